@@ -1,0 +1,494 @@
+//! The HTTP edge: one router whose dispatch runs the checks of `spec/errors.md` §4 in order — request id,
+//! body size, authentication, routing (404/405), microversion, content type and JSON parse, project match —
+//! before handing a request to its API module (`nova`; V3 and admin come later).
+//!
+//! Routing is written out by hand (`route`), not left to a generic router, because the order of those
+//! checks and the exact 404/405 semantics of Nova are part of the contract.
+
+pub mod auth;
+pub mod error;
+pub mod microversion;
+pub mod nova;
+pub mod schema;
+pub mod versions;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::Router;
+use axum::body::{Body, Bytes};
+use axum::extract::{Request, State};
+use axum::http::{HeaderMap, HeaderValue, Method, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use http_body_util::{BodyExt, Limited};
+use serde_json::{Map, Value};
+use zeroize::Zeroizing;
+
+use self::auth::{Authenticator, Caller};
+use self::error::ApiError;
+use self::microversion::MicroVersion;
+use self::nova::{NovaApi, NovaRequest};
+use crate::service::KeypairService;
+
+/// Everything a request handler may use.
+pub struct AppState {
+    pub service: KeypairService,
+    pub authenticator: Authenticator,
+    pub public_url: Option<String>,
+    pub max_body_bytes: usize,
+    pub request_timeout: Duration,
+    pub custody_allow_default: bool,
+}
+
+/// The kps HTTP application.
+pub fn app(state: Arc<AppState>) -> Router {
+    Router::new().fallback(dispatch).with_state(state)
+}
+
+async fn dispatch(State(state): State<Arc<AppState>>, request: Request) -> Response {
+    let request_id = format!("req-{}", uuid::Uuid::new_v4());
+    let method = request.method().clone();
+    let path = request.uri().path().to_owned();
+    let started = std::time::Instant::now();
+    let handled = tokio::time::timeout(state.request_timeout, handle(&state, request, &request_id)).await;
+    let mut response = match handled {
+        Ok(response) => response,
+        Err(_) => ApiError::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "KPS.9004",
+            format!("Request timed out. Request id {request_id}."),
+        )
+        .into_response(),
+    };
+    let headers = response.headers_mut();
+    if let Ok(value) = HeaderValue::from_str(&request_id) {
+        for name in ["x-openstack-request-id", "x-compute-request-id", "x-request-id"] {
+            headers.insert(name, value.clone());
+        }
+    }
+    tracing::info!(
+        request_id,
+        %method,
+        path,
+        status = response.status().as_u16(),
+        elapsed_ms = started.elapsed().as_secs_f64() * 1000.0,
+        "request"
+    );
+    response
+}
+
+/// A matched route.
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum Route {
+    VersionList,
+    V20Document,
+    V21Document,
+    Health,
+    /// `.../os-keypairs`.
+    KeypairCollection {
+        api: ApiRoot,
+        project: Option<String>,
+    },
+    /// `.../os-keypairs/{name}` (name percent-decoded).
+    Keypair {
+        api: ApiRoot,
+        project: Option<String>,
+        name: String,
+    },
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum ApiRoot {
+    V2,
+    V21,
+}
+
+impl Route {
+    /// Methods this route serves, for matching and for `Allow`.
+    fn allowed_methods(&self) -> &'static [Method] {
+        match self {
+            Route::KeypairCollection { .. } => &[Method::GET, Method::HEAD, Method::POST],
+            Route::Keypair { .. } => &[Method::DELETE, Method::GET, Method::HEAD],
+            _ => &[Method::GET, Method::HEAD],
+        }
+    }
+
+    fn needs_auth(&self) -> bool {
+        matches!(self, Route::KeypairCollection { .. } | Route::Keypair { .. })
+    }
+}
+
+/// Paths below these prefixes need authentication before anything else is said about them.
+fn is_api_path(path: &str) -> bool {
+    ["/v2/", "/v2.1/", "/v3/", "/admin/"].iter().any(|prefix| path.starts_with(prefix))
+}
+
+fn decode_segment(segment: &str) -> String {
+    percent_encoding::percent_decode_str(segment).decode_utf8_lossy().into_owned()
+}
+
+/// Maps a path to its route; `None` is a 404.
+fn route(path: &str) -> Option<Route> {
+    match path {
+        "/" => return Some(Route::VersionList),
+        "/v2" | "/v2/" => return Some(Route::V20Document),
+        "/v2.1" | "/v2.1/" => return Some(Route::V21Document),
+        "/healthz" => return Some(Route::Health),
+        _ => {}
+    }
+    let (api, rest) = if let Some(rest) = path.strip_prefix("/v2.1/") {
+        (ApiRoot::V21, rest)
+    } else {
+        (ApiRoot::V2, path.strip_prefix("/v2/")?)
+    };
+    let segments: Vec<&str> = rest.split('/').collect();
+    if segments.iter().any(|s| s.is_empty()) {
+        return None;
+    }
+    let project = |segment: &str| (segment.len() <= 255).then(|| segment.to_owned());
+    match segments.as_slice() {
+        ["os-keypairs"] if api == ApiRoot::V21 => Some(Route::KeypairCollection { api, project: None }),
+        ["os-keypairs", name] if api == ApiRoot::V21 => {
+            Some(Route::Keypair { api, project: None, name: decode_segment(name) })
+        }
+        [p, "os-keypairs"] => Some(Route::KeypairCollection { api, project: Some(project(p)?) }),
+        [p, "os-keypairs", name] => {
+            Some(Route::Keypair { api, project: Some(project(p)?), name: decode_segment(name) })
+        }
+        _ => None,
+    }
+}
+
+/// Runs the checks of errors.md §4 and the handler; every failure becomes its catalogue error.
+async fn handle(state: &AppState, request: Request, request_id: &str) -> Response {
+    let (parts, body) = request.into_parts();
+    // 1. Body size, whoever is asking.
+    let body = match read_body(body, &parts.headers, state.max_body_bytes).await {
+        Ok(body) => body,
+        Err(error) => return error.into_response(),
+    };
+    let path = parts.uri.path();
+    let matched = route(path);
+
+    // 2. Authentication for every API path, routed or not.
+    let caller = if matched.as_ref().is_some_and(Route::needs_auth) || (matched.is_none() && is_api_path(path)) {
+        match state.authenticator.authenticate(&parts.headers) {
+            Ok(caller) => Some(caller),
+            Err(error) => return error.into_response(),
+        }
+    } else {
+        None
+    };
+
+    // 3. Routing: 404, then 405 with Allow.
+    let Some(matched) = matched else { return ApiError::not_found_route().into_response() };
+    let allowed = matched.allowed_methods();
+    if !allowed.contains(&parts.method) {
+        let mut response = ApiError::method_not_allowed(parts.method.as_str()).into_response();
+        let allow = allowed.iter().map(Method::as_str).collect::<Vec<_>>().join(", ");
+        if let Ok(value) = HeaderValue::from_str(&allow) {
+            response.headers_mut().insert(header::ALLOW, value);
+        }
+        return response;
+    }
+
+    // 4. Microversion (/v2.1 only).
+    let is_v21 = matches!(
+        matched,
+        Route::V21Document
+            | Route::KeypairCollection { api: ApiRoot::V21, .. }
+            | Route::Keypair { api: ApiRoot::V21, .. }
+    );
+    let version = if is_v21 {
+        match MicroVersion::negotiate(&parts.headers) {
+            Ok(version) => Some(version),
+            Err((error, echoed)) => {
+                let mut response = error.into_response();
+                if let Some(echoed) = echoed {
+                    echoed.write_headers(response.headers_mut());
+                }
+                return response;
+            }
+        }
+    } else {
+        None
+    };
+
+    let base_url = base_url(state, &parts.headers);
+    let mut response = match (matched, caller) {
+        (Route::VersionList, _) => json_response(&versions::version_list(&base_url)),
+        (Route::V20Document, _) => json_response(&versions::v20_document(&base_url)),
+        (Route::V21Document, _) => json_response(&versions::v21_document(&base_url)),
+        (Route::Health, _) => json_response(&serde_json::json!({"status": "ok"})),
+        (Route::KeypairCollection { api, project }, Some(caller)) => {
+            let api = nova_api(api, version);
+            let context = NovaContext { state, caller: &caller, api, base_url, request_id };
+            context.collection(&parts, project.as_deref(), &body).await.unwrap_or_else(IntoResponse::into_response)
+        }
+        (Route::Keypair { api, project, name }, Some(caller)) => {
+            let api = nova_api(api, version);
+            let context = NovaContext { state, caller: &caller, api, base_url, request_id };
+            context.item(&parts, project.as_deref(), &name).await.unwrap_or_else(IntoResponse::into_response)
+        }
+        (_, None) => ApiError::internal(request_id).into_response(),
+    };
+    if let Some(version) = version {
+        version.write_headers(response.headers_mut());
+    }
+    response
+}
+
+fn nova_api(api: ApiRoot, version: Option<MicroVersion>) -> NovaApi {
+    match (api, version) {
+        (ApiRoot::V21, Some(version)) => NovaApi::V21(version),
+        (ApiRoot::V21, None) => NovaApi::V21(MicroVersion::MIN),
+        (ApiRoot::V2, _) => NovaApi::Legacy,
+    }
+}
+
+struct NovaContext<'a> {
+    state: &'a AppState,
+    caller: &'a Caller,
+    api: NovaApi,
+    base_url: String,
+    request_id: &'a str,
+}
+
+impl NovaContext<'_> {
+    fn request<'r>(&'r self, parts: &axum::http::request::Parts, project: Option<&'r str>) -> NovaRequest<'r> {
+        NovaRequest {
+            api: self.api,
+            caller: self.caller,
+            url_project: project,
+            query: parse_query(parts.uri.query()),
+            base_url: self.base_url.clone(),
+            request_id: self.request_id,
+        }
+    }
+
+    async fn collection(
+        &self,
+        parts: &axum::http::request::Parts,
+        project: Option<&str>,
+        body: &Bytes,
+    ) -> Result<Response, ApiError> {
+        let request = self.request(parts, project);
+        if parts.method == Method::POST {
+            // 5. Content type and JSON parse; 6. project match.
+            let json = parse_json_body(&parts.headers, body)?;
+            check_project(project, self.caller)?;
+            nova::create(self.state, &request, &json).await
+        } else {
+            check_project(project, self.caller)?;
+            nova::list(self.state, &request).await
+        }
+    }
+
+    async fn item(
+        &self,
+        parts: &axum::http::request::Parts,
+        project: Option<&str>,
+        name: &str,
+    ) -> Result<Response, ApiError> {
+        check_project(project, self.caller)?;
+        let request = self.request(parts, project);
+        if parts.method == Method::DELETE {
+            nova::delete(self.state, &request, name).await
+        } else {
+            nova::show(self.state, &request, name).await
+        }
+    }
+}
+
+/// KPS.1005: the URL's project must be the caller's, administrators included.
+fn check_project(url_project: Option<&str>, caller: &Caller) -> Result<(), ApiError> {
+    match url_project {
+        Some(project) if decode_segment(project) != caller.project_id => {
+            Err(ApiError::project_mismatch(&decode_segment(project), &caller.project_id))
+        }
+        _ => Ok(()),
+    }
+}
+
+/// Reads the whole body, refusing more than `limit` bytes (declared or actual) with 413.
+async fn read_body(body: Body, headers: &HeaderMap, limit: usize) -> Result<Bytes, ApiError> {
+    let declared = headers.get(header::CONTENT_LENGTH).and_then(|v| v.to_str().ok()?.parse::<u64>().ok());
+    if declared.is_some_and(|length| length > limit as u64) {
+        return Err(ApiError::body_too_large());
+    }
+    match Limited::new(body, limit).collect().await {
+        Ok(collected) => Ok(collected.to_bytes()),
+        Err(error) if error.is::<http_body_util::LengthLimitError>() => Err(ApiError::body_too_large()),
+        Err(_) => Err(ApiError::malformed_body()),
+    }
+}
+
+/// Content types whose bodies are parsed as JSON (nova-keypairs.md §1).
+fn is_json_content_type(headers: &HeaderMap) -> bool {
+    let Some(value) = headers.get(header::CONTENT_TYPE) else { return true };
+    let Ok(text) = value.to_str() else { return false };
+    let media_type = text.split(';').next().unwrap_or("").trim().to_ascii_lowercase();
+    matches!(media_type.as_str(), "" | "text/plain" | "application/json" | "application/vnd.openstack.compute+json")
+}
+
+/// KPS.1009 for a foreign content type, KPS.1002 for text that is not JSON; an empty body is JSON `null`.
+fn parse_json_body(headers: &HeaderMap, body: &Bytes) -> Result<Value, ApiError> {
+    if !is_json_content_type(headers) {
+        return Err(ApiError::unsupported_media_type());
+    }
+    if body.is_empty() {
+        return Ok(Value::Null);
+    }
+    serde_json::from_slice(body).map_err(|_| ApiError::malformed_body())
+}
+
+fn parse_query(query: Option<&str>) -> Vec<(String, String)> {
+    query.map(|q| form_urlencoded::parse(q.as_bytes()).into_owned().collect()).unwrap_or_default()
+}
+
+/// `public_url`, else `http://<Host>`.
+fn base_url(state: &AppState, headers: &HeaderMap) -> String {
+    if let Some(url) = &state.public_url {
+        return url.trim_end_matches('/').to_owned();
+    }
+    let host = headers.get(header::HOST).and_then(|h| h.to_str().ok()).unwrap_or("localhost");
+    format!("http://{host}")
+}
+
+fn json_response(value: &Value) -> Response {
+    (StatusCode::OK, nova::json_body(value)).into_response()
+}
+
+/// A response whose body carries a private key: `{"<wrapper>": {..fields.., "private_key": ...}}`.
+///
+/// The body is serialized straight into one pre-sized, zeroizing buffer (no intermediate `String` or
+/// `Value` holds the key) that is wiped when the body has been sent. `private_key` is placed after
+/// `public_key`. `Cache-Control: no-store` and `Pragma: no-cache` keep it out of caches.
+pub fn private_key_response(
+    status: StatusCode,
+    fields: Map<String, Value>,
+    wrapper: &str,
+    private_key: &str,
+) -> Response {
+    let capacity =
+        256 + 2 * private_key.len() + fields.iter().map(|(k, v)| k.len() + v.to_string().len() * 2).sum::<usize>();
+    let mut buffer = Zeroizing::new(Vec::with_capacity(capacity));
+    let written = write_with_private_key(&mut buffer, &fields, wrapper, private_key);
+    if written.is_err() || buffer.capacity() != capacity {
+        // A reallocation would have left a copy behind; this cannot happen with the capacity above.
+        tracing::error!("private key response buffer was reallocated");
+    }
+    let body = Body::from(Bytes::from_owner(buffer));
+    let mut response = (status, body).into_response();
+    let headers = response.headers_mut();
+    headers.insert(header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
+    headers.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    headers.insert(header::PRAGMA, HeaderValue::from_static("no-cache"));
+    response
+}
+
+fn write_with_private_key(
+    out: &mut Vec<u8>,
+    fields: &Map<String, Value>,
+    wrapper: &str,
+    private_key: &str,
+) -> serde_json::Result<()> {
+    out.push(b'{');
+    serde_json::to_writer(&mut *out, wrapper)?;
+    out.extend_from_slice(b":{");
+    let mut first = true;
+    let mut separator = |out: &mut Vec<u8>| {
+        if !std::mem::take(&mut first) {
+            out.push(b',');
+        }
+    };
+    for (key, value) in fields {
+        separator(out);
+        serde_json::to_writer(&mut *out, key)?;
+        out.push(b':');
+        serde_json::to_writer(&mut *out, value)?;
+        if key == "public_key" {
+            separator(out);
+            out.extend_from_slice(b"\"private_key\":");
+            serde_json::to_writer(&mut *out, private_key)?;
+        }
+    }
+    out.extend_from_slice(b"}}");
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn routes_follow_the_route_table() {
+        let collection =
+            |api, project: Option<&str>| Some(Route::KeypairCollection { api, project: project.map(Into::into) });
+        let item = |api, project: Option<&str>, name: &str| {
+            Some(Route::Keypair { api, project: project.map(Into::into), name: name.into() })
+        };
+        let table = [
+            ("/", Some(Route::VersionList)),
+            ("/v2", Some(Route::V20Document)),
+            ("/v2/", Some(Route::V20Document)),
+            ("/v2.1", Some(Route::V21Document)),
+            ("/v2.1/", Some(Route::V21Document)),
+            ("/healthz", Some(Route::Health)),
+            ("/v2.1/os-keypairs", collection(ApiRoot::V21, None)),
+            ("/v2.1/os-keypairs/k%20one", item(ApiRoot::V21, None, "k one")),
+            ("/v2.1/p-42/os-keypairs", collection(ApiRoot::V21, Some("p-42"))),
+            ("/v2.1/p-42/os-keypairs/k", item(ApiRoot::V21, Some("p-42"), "k")),
+            ("/v2/p-42/os-keypairs", collection(ApiRoot::V2, Some("p-42"))),
+            ("/v2/p-42/os-keypairs/k", item(ApiRoot::V2, Some("p-42"), "k")),
+            ("/v2/os-keypairs", None),
+            ("/v2.1/os-keypairs/", None),
+            ("/v2.1/p-42/os-keypairs/", None),
+            ("/v2.1/os-keypairs/k/", None),
+            ("/v2.1/p/os-keypairs/k/x", None),
+            ("/v2.1//os-keypairs", None),
+            ("/v3/p/keypairs", None),
+            ("/nothing", None),
+        ];
+        for (path, expected) in table {
+            assert_eq!(route(path), expected, "{path}");
+        }
+    }
+
+    #[test]
+    fn json_content_types() {
+        let with = |value: &str| {
+            let mut headers = HeaderMap::new();
+            headers.insert(header::CONTENT_TYPE, HeaderValue::from_str(value).expect("header"));
+            is_json_content_type(&headers)
+        };
+        assert!(is_json_content_type(&HeaderMap::new()));
+        for ok in [
+            "application/json",
+            "Application/JSON; charset=UTF-8",
+            "text/plain",
+            "application/vnd.openstack.compute+json",
+            "",
+        ] {
+            assert!(with(ok), "{ok}");
+        }
+        for bad in ["application/xml", "text/html", "multipart/form-data"] {
+            assert!(!with(bad), "{bad}");
+        }
+    }
+
+    #[test]
+    fn private_key_body_is_valid_json_with_the_key_after_public_key() {
+        let mut fields = Map::new();
+        fields.insert("name".into(), "k".into());
+        fields.insert("public_key".into(), "ssh-rsa AAAA".into());
+        fields.insert("user_id".into(), "u".into());
+        let mut out = Vec::new();
+        write_with_private_key(&mut out, &fields, "keypair", "-----BEGIN X-----\n\"q\"\n").expect("write");
+        let text = String::from_utf8(out).expect("utf8");
+        assert_eq!(
+            text,
+            r#"{"keypair":{"name":"k","public_key":"ssh-rsa AAAA","private_key":"-----BEGIN X-----\n\"q\"\n","user_id":"u"}}"#
+        );
+    }
+}

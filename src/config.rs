@@ -1,0 +1,474 @@
+//! Layered configuration: built-in defaults < `config/kps.toml` (or `--config`/`KPS_CONFIG`) < the `KPS_*`
+//! environment variables listed in `spec/interface.md` < command-line flags.
+//!
+//! There is no generic key-to-variable rule: `ENV_VARS` is the explicit list. `config/kps.toml` documents
+//! every key with its default.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+
+use serde::Deserialize;
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("cannot read config file {path}: {source}")]
+    Read { path: PathBuf, source: std::io::Error },
+    #[error("invalid config file {path}: {message}")]
+    Parse { path: PathBuf, message: String },
+    #[error("invalid value {value:?} for {name}: {message}")]
+    Invalid { name: String, value: String, message: String },
+    #[error("{0}")]
+    Unsupported(String),
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Config {
+    pub listen: String,
+    pub admin_listen: Option<String>,
+    pub data_dir: PathBuf,
+    pub public_url: Option<String>,
+    pub tls: TlsConfig,
+    pub auth: AuthConfig,
+    pub policy: PolicyConfig,
+    pub quota: QuotaConfig,
+    pub custody: CustodyConfig,
+    pub kms: KmsConfig,
+    pub limits: LimitsConfig,
+    pub log: LogConfig,
+    pub secrets: SecretsConfig,
+    pub keygen: KeygenConfig,
+}
+
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct TlsConfig {
+    pub cert_file: Option<PathBuf>,
+    pub key_file: Option<PathBuf>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum AuthMode {
+    Noauth,
+    Static,
+    Keystone,
+    Aksk,
+}
+
+impl std::str::FromStr for AuthMode {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s {
+            "noauth" => Ok(Self::Noauth),
+            "static" => Ok(Self::Static),
+            "keystone" => Ok(Self::Keystone),
+            "aksk" => Ok(Self::Aksk),
+            _ => Err("expected noauth, static, keystone or aksk".into()),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct AuthConfig {
+    pub mode: AuthMode,
+    pub allow_noauth_remote: bool,
+    pub tokens_file: Option<PathBuf>,
+    pub keystone_url: Option<String>,
+    pub keystone_cache_ttl_s: u64,
+    pub credentials_file: Option<PathBuf>,
+}
+
+impl Default for AuthConfig {
+    fn default() -> Self {
+        Self {
+            mode: AuthMode::Noauth,
+            allow_noauth_remote: false,
+            tokens_file: None,
+            keystone_url: None,
+            keystone_cache_ttl_s: 60,
+            credentials_file: None,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct PolicyConfig {
+    pub file: Option<PathBuf>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct QuotaConfig {
+    /// Key pairs per user; `-1` = unlimited.
+    pub key_pairs: i64,
+}
+
+impl Default for QuotaConfig {
+    fn default() -> Self {
+        Self { key_pairs: 100 }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct CustodyConfig {
+    pub enabled: bool,
+    pub allow_default: bool,
+    pub master_key_file: Option<PathBuf>,
+}
+
+impl Default for CustodyConfig {
+    fn default() -> Self {
+        Self { enabled: true, allow_default: true, master_key_file: None }
+    }
+}
+
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct KmsConfig {
+    pub provider: Option<String>,
+    pub endpoint: Option<String>,
+    pub project_id: Option<String>,
+    pub region: Option<String>,
+    pub ak: Option<String>,
+    pub sk: Option<String>,
+    pub ak_file: Option<PathBuf>,
+    pub sk_file: Option<PathBuf>,
+    pub check_key: Option<String>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct LimitsConfig {
+    pub max_body_bytes: usize,
+    pub per_caller_concurrency: u32,
+    pub per_caller_rps: u32,
+    pub request_timeout_s: u64,
+}
+
+impl Default for LimitsConfig {
+    fn default() -> Self {
+        Self { max_body_bytes: 114_688, per_caller_concurrency: 0, per_caller_rps: 0, request_timeout_s: 60 }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    #[default]
+    Text,
+    Json,
+}
+
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct LogConfig {
+    pub format: LogFormat,
+}
+
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct SecretsConfig {
+    pub allow_group_readable: bool,
+}
+
+/// kps extension (no environment variable): key generation tuning.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct KeygenConfig {
+    /// Pre-generated RSA-2048 keys kept ready in memory; 0 disables the pool.
+    pub rsa_pool_size: usize,
+}
+
+impl Default for KeygenConfig {
+    fn default() -> Self {
+        Self { rsa_pool_size: 16 }
+    }
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Self {
+            listen: "127.0.0.1:8774".into(),
+            admin_listen: None,
+            data_dir: PathBuf::from("./data"),
+            public_url: None,
+            tls: TlsConfig::default(),
+            auth: AuthConfig::default(),
+            policy: PolicyConfig::default(),
+            quota: QuotaConfig::default(),
+            custody: CustodyConfig::default(),
+            kms: KmsConfig::default(),
+            limits: LimitsConfig::default(),
+            log: LogConfig::default(),
+            secrets: SecretsConfig::default(),
+            keygen: KeygenConfig::default(),
+        }
+    }
+}
+
+/// Values given on the command line (highest precedence).
+#[derive(Debug, Clone, Default)]
+pub struct Overrides {
+    pub config: Option<PathBuf>,
+    pub listen: Option<String>,
+    pub data_dir: Option<PathBuf>,
+    pub auth: Option<AuthMode>,
+}
+
+type Setter = fn(&mut Config, &str) -> Result<(), String>;
+
+fn parse<T: std::str::FromStr>(value: &str) -> Result<T, String>
+where
+    T::Err: std::fmt::Display,
+{
+    value.parse::<T>().map_err(|e| e.to_string())
+}
+
+fn parse_bool(value: &str) -> Result<bool, String> {
+    match value {
+        "true" => Ok(true),
+        "false" => Ok(false),
+        _ => Err("expected true or false".into()),
+    }
+}
+
+/// Every environment variable of `spec/interface.md` and the config key it sets.
+const ENV_VARS: &[(&str, Setter)] = &[
+    ("KPS_LISTEN", |c, v| Ok(c.listen = v.to_owned())),
+    ("KPS_ADMIN_LISTEN", |c, v| Ok(c.admin_listen = Some(v.to_owned()))),
+    ("KPS_DATA_DIR", |c, v| Ok(c.data_dir = v.into())),
+    ("KPS_PUBLIC_URL", |c, v| Ok(c.public_url = Some(v.to_owned()))),
+    ("KPS_TLS_CERT_FILE", |c, v| Ok(c.tls.cert_file = Some(v.into()))),
+    ("KPS_TLS_KEY_FILE", |c, v| Ok(c.tls.key_file = Some(v.into()))),
+    ("KPS_AUTH", |c, v| Ok(c.auth.mode = parse(v)?)),
+    ("KPS_AUTH_ALLOW_NOAUTH_REMOTE", |c, v| Ok(c.auth.allow_noauth_remote = parse_bool(v)?)),
+    ("KPS_AUTH_TOKENS_FILE", |c, v| Ok(c.auth.tokens_file = Some(v.into()))),
+    ("KPS_AUTH_KEYSTONE_URL", |c, v| Ok(c.auth.keystone_url = Some(v.to_owned()))),
+    ("KPS_AUTH_KEYSTONE_CACHE_TTL_S", |c, v| Ok(c.auth.keystone_cache_ttl_s = parse(v)?)),
+    ("KPS_AUTH_CREDENTIALS_FILE", |c, v| Ok(c.auth.credentials_file = Some(v.into()))),
+    ("KPS_POLICY_FILE", |c, v| Ok(c.policy.file = Some(v.into()))),
+    ("KPS_QUOTA_KEY_PAIRS", |c, v| Ok(c.quota.key_pairs = parse(v)?)),
+    ("KPS_CUSTODY_ENABLED", |c, v| Ok(c.custody.enabled = parse_bool(v)?)),
+    ("KPS_CUSTODY_ALLOW_DEFAULT", |c, v| Ok(c.custody.allow_default = parse_bool(v)?)),
+    ("KPS_MASTER_KEY_FILE", |c, v| Ok(c.custody.master_key_file = Some(v.into()))),
+    ("KPS_KMS_PROVIDER", |c, v| Ok(c.kms.provider = Some(v.to_owned()))),
+    ("KPS_KMS_ENDPOINT", |c, v| Ok(c.kms.endpoint = Some(v.to_owned()))),
+    ("KPS_KMS_PROJECT_ID", |c, v| Ok(c.kms.project_id = Some(v.to_owned()))),
+    ("KPS_KMS_REGION", |c, v| Ok(c.kms.region = Some(v.to_owned()))),
+    ("KPS_KMS_AK", |c, v| Ok(c.kms.ak = Some(v.to_owned()))),
+    ("KPS_KMS_SK", |c, v| Ok(c.kms.sk = Some(v.to_owned()))),
+    ("KPS_KMS_AK_FILE", |c, v| Ok(c.kms.ak_file = Some(v.into()))),
+    ("KPS_KMS_SK_FILE", |c, v| Ok(c.kms.sk_file = Some(v.into()))),
+    ("KPS_KMS_CHECK_KEY", |c, v| Ok(c.kms.check_key = Some(v.to_owned()))),
+    ("KPS_LIMITS_MAX_BODY_BYTES", |c, v| Ok(c.limits.max_body_bytes = parse(v)?)),
+    ("KPS_LIMITS_PER_CALLER_CONCURRENCY", |c, v| Ok(c.limits.per_caller_concurrency = parse(v)?)),
+    ("KPS_LIMITS_PER_CALLER_RPS", |c, v| Ok(c.limits.per_caller_rps = parse(v)?)),
+    ("KPS_LIMITS_REQUEST_TIMEOUT_S", |c, v| Ok(c.limits.request_timeout_s = parse(v)?)),
+    ("KPS_LOG_FORMAT", |c, v| {
+        c.log.format = match v {
+            "text" => LogFormat::Text,
+            "json" => LogFormat::Json,
+            _ => return Err("expected text or json".into()),
+        };
+        Ok(())
+    }),
+    ("KPS_SECRETS_ALLOW_GROUP_READABLE", |c, v| Ok(c.secrets.allow_group_readable = parse_bool(v)?)),
+];
+
+const DEFAULT_CONFIG_FILE: &str = "config/kps.toml";
+
+impl Config {
+    /// Builds the configuration from file, environment and flags, in that order of increasing precedence.
+    pub fn load(overrides: &Overrides, env: impl Fn(&str) -> Option<String>) -> Result<Self, ConfigError> {
+        let file = overrides.config.clone().or_else(|| env("KPS_CONFIG").map(PathBuf::from));
+        let mut config = match file {
+            Some(path) => Self::from_file(&path)?,
+            None if Path::new(DEFAULT_CONFIG_FILE).exists() => Self::from_file(Path::new(DEFAULT_CONFIG_FILE))?,
+            None => Self::default(),
+        };
+        for (name, set) in ENV_VARS {
+            if let Some(value) = env(name) {
+                set(&mut config, &value).map_err(|message| ConfigError::Invalid {
+                    name: (*name).to_owned(),
+                    value: if name.ends_with("_SK") || name.ends_with("_AK") { "***".into() } else { value },
+                    message,
+                })?;
+            }
+        }
+        if let Some(listen) = &overrides.listen {
+            config.listen.clone_from(listen);
+        }
+        if let Some(dir) = &overrides.data_dir {
+            config.data_dir.clone_from(dir);
+        }
+        if let Some(mode) = overrides.auth {
+            config.auth.mode = mode;
+        }
+        Ok(config)
+    }
+
+    pub fn from_file(path: &Path) -> Result<Self, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read { path: path.into(), source })?;
+        toml::from_str(&text).map_err(|e| ConfigError::Parse { path: path.into(), message: e.message().to_owned() })
+    }
+
+    /// The API listen address.
+    pub fn listen_addr(&self) -> Result<SocketAddr, ConfigError> {
+        parse_addr("listen", &self.listen)
+    }
+
+    /// Key pairs allowed per user, `None` for unlimited.
+    pub fn quota(&self) -> Option<u64> {
+        u64::try_from(self.quota.key_pairs).ok()
+    }
+
+    /// Refuses settings this build cannot honour, and unsafe combinations, before anything starts.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        let listen = self.listen_addr()?;
+        if let Some(admin) = &self.admin_listen {
+            parse_addr("admin_listen", admin)?;
+        }
+        if self.quota.key_pairs < -1 {
+            return Err(invalid("quota.key_pairs", &self.quota.key_pairs.to_string(), "must be -1 or >= 0"));
+        }
+        if self.limits.max_body_bytes == 0 {
+            return Err(invalid("limits.max_body_bytes", "0", "must be positive"));
+        }
+        if self.limits.request_timeout_s == 0 {
+            return Err(invalid("limits.request_timeout_s", "0", "must be positive"));
+        }
+        if let Some(url) = &self.public_url
+            && !(url.starts_with("http://") || url.starts_with("https://"))
+        {
+            return Err(invalid("public_url", url, "must start with http:// or https://"));
+        }
+        if self.auth.mode == AuthMode::Noauth && !listen.ip().is_loopback() && !self.auth.allow_noauth_remote {
+            return Err(ConfigError::Unsupported(format!(
+                "auth.mode = noauth refuses to listen on the non-loopback address {listen}; set \
+                 auth.allow_noauth_remote = true to allow it (development only)"
+            )));
+        }
+        // Features of later milestones: refuse rather than silently ignore them (README, "Not implemented yet").
+        let not_yet = |what: &str| Err(ConfigError::Unsupported(format!("{what} is not implemented yet in this kps")));
+        if self.auth.mode != AuthMode::Noauth {
+            return not_yet(&format!("auth.mode = {:?}", self.auth.mode).to_lowercase());
+        }
+        if self.tls.cert_file.is_some() || self.tls.key_file.is_some() {
+            return not_yet("TLS (tls.cert_file / tls.key_file)");
+        }
+        if self.kms.provider.is_some() {
+            return not_yet("kms.provider");
+        }
+        if self.policy.file.is_some() {
+            return not_yet("policy.file");
+        }
+        if self.limits.per_caller_concurrency != 0 || self.limits.per_caller_rps != 0 {
+            return not_yet("limits.per_caller_concurrency / limits.per_caller_rps");
+        }
+        Ok(())
+    }
+}
+
+fn invalid(name: &str, value: &str, message: &str) -> ConfigError {
+    ConfigError::Invalid { name: name.into(), value: value.into(), message: message.into() }
+}
+
+fn parse_addr(name: &str, value: &str) -> Result<SocketAddr, ConfigError> {
+    value.parse().map_err(|e: std::net::AddrParseError| invalid(name, value, &e.to_string()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::collections::HashMap;
+
+    fn load(env: &[(&str, &str)], overrides: &Overrides) -> Result<Config, ConfigError> {
+        let env: HashMap<String, String> = env.iter().map(|(k, v)| ((*k).into(), (*v).into())).collect();
+        Config::load(overrides, |name| env.get(name).cloned())
+    }
+
+    #[test]
+    fn defaults_match_the_interface_table() {
+        let config = Config::default();
+        assert_eq!(config.listen, "127.0.0.1:8774");
+        assert_eq!(config.data_dir, PathBuf::from("./data"));
+        assert_eq!(config.auth.mode, AuthMode::Noauth);
+        assert_eq!(config.quota(), Some(100));
+        assert_eq!(config.limits.max_body_bytes, 114_688);
+        assert_eq!(config.limits.request_timeout_s, 60);
+        assert!(config.custody.enabled && config.custody.allow_default);
+        config.validate().expect("defaults are valid");
+    }
+
+    #[test]
+    fn flag_beats_env_beats_file() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let file = dir.path().join("kps.toml");
+        std::fs::write(&file, "listen = \"127.0.0.1:1\"\n[quota]\nkey_pairs = 5\n").expect("write");
+        let overrides = Overrides { config: Some(file.clone()), ..Overrides::default() };
+        let config = load(&[("KPS_LISTEN", "127.0.0.1:2")], &overrides).expect("load");
+        assert_eq!(config.listen, "127.0.0.1:2");
+        assert_eq!(config.quota(), Some(5));
+        let overrides = Overrides { config: Some(file), listen: Some("127.0.0.1:3".into()), ..Overrides::default() };
+        let config = load(&[("KPS_LISTEN", "127.0.0.1:2")], &overrides).expect("load");
+        assert_eq!(config.listen, "127.0.0.1:3");
+    }
+
+    #[test]
+    fn unlimited_quota_is_minus_one() {
+        let config = load(&[("KPS_QUOTA_KEY_PAIRS", "-1")], &Overrides::default()).expect("load");
+        assert_eq!(config.quota(), None);
+    }
+
+    #[test]
+    fn bad_env_values_name_the_variable() {
+        let error = load(&[("KPS_CUSTODY_ENABLED", "yes")], &Overrides::default()).expect_err("bad bool");
+        assert!(error.to_string().contains("KPS_CUSTODY_ENABLED"), "{error}");
+    }
+
+    #[test]
+    fn unknown_config_keys_are_rejected() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let file = dir.path().join("kps.toml");
+        std::fs::write(&file, "lisen = \"x\"\n").expect("write");
+        assert!(Config::from_file(&file).is_err());
+    }
+
+    #[test]
+    fn shipped_config_file_parses_to_the_defaults() {
+        let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("config/kps.toml");
+        let text = std::fs::read_to_string(&path).expect("config/kps.toml");
+        let uncommented: String = text
+            .lines()
+            .map(|line| {
+                if line.starts_with('[') {
+                    return line;
+                }
+                let is_setting = |l: &&str| {
+                    l.split_once(" = ").is_some_and(|(key, _)| key.bytes().all(|b| b.is_ascii_lowercase() || b == b'_'))
+                };
+                line.strip_prefix("# ").filter(is_setting).unwrap_or("")
+            })
+            .collect::<Vec<_>>()
+            .join("\n");
+        let config: Config = toml::from_str(&uncommented).expect("uncommented config parses");
+        let defaults = Config::default();
+        assert_eq!(config.listen, defaults.listen);
+        assert_eq!(config.quota.key_pairs, defaults.quota.key_pairs);
+        assert_eq!(config.limits.max_body_bytes, defaults.limits.max_body_bytes);
+        assert_eq!(config.keygen.rsa_pool_size, defaults.keygen.rsa_pool_size);
+    }
+
+    #[test]
+    fn noauth_refuses_a_remote_listen_address() {
+        let config = Config { listen: "0.0.0.0:8774".into(), ..Config::default() };
+        assert!(config.validate().is_err());
+        let mut config = config;
+        config.auth.allow_noauth_remote = true;
+        config.validate().expect("explicitly allowed");
+    }
+}

@@ -1,0 +1,325 @@
+//! Key pair domain: parsing imported public keys and certificates, parsing and matching escrowed private
+//! keys, and generating new key pairs — the rules of nova-keypairs.md §6.1 and §8. Everything here is pure
+//! (no I/O, no storage, no HTTP); the API layer maps [`KeypairError`] to the KPS.12xx/13xx catalogue entries.
+
+pub mod fingerprint;
+pub mod generate;
+mod material;
+pub mod parse;
+pub mod pool;
+mod private_key;
+mod ssh_wire;
+
+use std::fmt;
+
+/// Kind of key pair, as in Nova's `type` field.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum KeyType {
+    /// An OpenSSH public key line.
+    Ssh,
+    /// A PEM X.509 certificate (Nova's WinRM certificates).
+    X509,
+}
+
+impl KeyType {
+    /// The wire name: `ssh` or `x509`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            KeyType::Ssh => "ssh",
+            KeyType::X509 => "x509",
+        }
+    }
+
+    /// Parses the wire name; anything but `ssh`/`x509` is `None`.
+    pub fn from_name(name: &str) -> Option<Self> {
+        match name {
+            "ssh" => Some(KeyType::Ssh),
+            "x509" => Some(KeyType::X509),
+            _ => None,
+        }
+    }
+}
+
+impl fmt::Display for KeyType {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// Algorithm that can be requested for generation (the `algorithm` extension).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Algorithm {
+    /// Nova's only behaviour, and the default when `algorithm` is absent.
+    #[default]
+    Rsa2048,
+    Rsa3072,
+    Rsa4096,
+    Ed25519,
+    EcP256,
+    EcP384,
+}
+
+impl Algorithm {
+    /// Every requestable algorithm, in the order the spec lists them.
+    pub const ALL: [Algorithm; 6] = [
+        Algorithm::Rsa2048,
+        Algorithm::Rsa3072,
+        Algorithm::Rsa4096,
+        Algorithm::Ed25519,
+        Algorithm::EcP256,
+        Algorithm::EcP384,
+    ];
+
+    /// The wire name (`RSA_2048`, …), identical to the V3 `algorithm` value of the resulting key.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Algorithm::Rsa2048 => "RSA_2048",
+            Algorithm::Rsa3072 => "RSA_3072",
+            Algorithm::Rsa4096 => "RSA_4096",
+            Algorithm::Ed25519 => "ED25519",
+            Algorithm::EcP256 => "EC_P256",
+            Algorithm::EcP384 => "EC_P384",
+        }
+    }
+
+    /// Parses a wire name exactly (case-sensitive); unknown names are `None`.
+    pub fn from_name(name: &str) -> Option<Self> {
+        Algorithm::ALL.into_iter().find(|a| a.as_str() == name)
+    }
+
+    /// True for the `RSA_*` algorithms, the only ones allowed with `type=x509`.
+    pub fn is_rsa(self) -> bool {
+        self.rsa_bits().is_some()
+    }
+
+    /// Modulus size for the `RSA_*` algorithms.
+    pub fn rsa_bits(self) -> Option<usize> {
+        match self {
+            Algorithm::Rsa2048 => Some(2048),
+            Algorithm::Rsa3072 => Some(3072),
+            Algorithm::Rsa4096 => Some(4096),
+            Algorithm::Ed25519 | Algorithm::EcP256 | Algorithm::EcP384 => None,
+        }
+    }
+}
+
+impl fmt::Display for Algorithm {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// Algorithm of a stored or imported key as reported by the V3 `algorithm` field: `RSA_<bits>`,
+/// `EC_P256`, `EC_P384`, `EC_P521` or `ED25519`. For x509 key pairs it is the certificate key's algorithm.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum KeyAlgorithm {
+    /// RSA with the bit length of the modulus (2048 for a 2048-bit key).
+    Rsa {
+        bits: usize,
+    },
+    EcP256,
+    EcP384,
+    EcP521,
+    Ed25519,
+}
+
+impl KeyAlgorithm {
+    /// Parses the V3 name back (e.g. from a stored record). `RSA_0` and non-decimal sizes are `None`.
+    pub fn from_name(name: &str) -> Option<Self> {
+        match name {
+            "EC_P256" => Some(KeyAlgorithm::EcP256),
+            "EC_P384" => Some(KeyAlgorithm::EcP384),
+            "EC_P521" => Some(KeyAlgorithm::EcP521),
+            "ED25519" => Some(KeyAlgorithm::Ed25519),
+            _ => {
+                let digits = name.strip_prefix("RSA_")?;
+                if digits.is_empty() || !digits.bytes().all(|b| b.is_ascii_digit()) {
+                    return None;
+                }
+                let bits: usize = digits.parse().ok()?;
+                (bits > 0).then_some(KeyAlgorithm::Rsa { bits })
+            }
+        }
+    }
+}
+
+impl From<Algorithm> for KeyAlgorithm {
+    fn from(algorithm: Algorithm) -> Self {
+        match algorithm {
+            Algorithm::Rsa2048 => KeyAlgorithm::Rsa { bits: 2048 },
+            Algorithm::Rsa3072 => KeyAlgorithm::Rsa { bits: 3072 },
+            Algorithm::Rsa4096 => KeyAlgorithm::Rsa { bits: 4096 },
+            Algorithm::Ed25519 => KeyAlgorithm::Ed25519,
+            Algorithm::EcP256 => KeyAlgorithm::EcP256,
+            Algorithm::EcP384 => KeyAlgorithm::EcP384,
+        }
+    }
+}
+
+impl fmt::Display for KeyAlgorithm {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            KeyAlgorithm::Rsa { bits } => write!(f, "RSA_{bits}"),
+            KeyAlgorithm::EcP256 => f.write_str("EC_P256"),
+            KeyAlgorithm::EcP384 => f.write_str("EC_P384"),
+            KeyAlgorithm::EcP521 => f.write_str("EC_P521"),
+            KeyAlgorithm::Ed25519 => f.write_str("ED25519"),
+        }
+    }
+}
+
+/// Why key material was refused or could not be produced. The `Display` texts of the public-key variants
+/// are the catalogue messages verbatim (errors.md §3.3); the private-key variants need the key pair name,
+/// so the API layer renders them with [`KeypairError::message_for`].
+#[derive(Debug, thiserror::Error)]
+pub enum KeypairError {
+    /// KPS.1201: not one well-formed OpenSSH public key line of an accepted algorithm, or `ssh-dss`.
+    #[error("Keypair data is invalid: failed to generate fingerprint")]
+    InvalidPublicKey,
+    /// KPS.1202: not a PEM X.509 certificate. The detail never contains key material.
+    #[error("Keypair data is invalid: failed to generate X509 fingerprint. Error message: {0}")]
+    InvalidCertificate(String),
+    /// KPS.1203: a well-formed key of an algorithm we do not accept (`sk-*`, certificates, …).
+    #[error("Keypair data is invalid: unsupported public key type {0}")]
+    UnsupportedKeyType(String),
+    /// KPS.1301: the private key is in no accepted encoding (or is a DSA key).
+    #[error("Private key could not be parsed")]
+    PrivateKeyUnparsable,
+    /// KPS.1302: the private key is not the counterpart of the public key.
+    #[error("Private key does not match the public key")]
+    PrivateKeyMismatch,
+    /// KPS.1304: the private key is passphrase-protected.
+    #[error("Encrypted private keys are not supported; import the key without a passphrase")]
+    PrivateKeyEncrypted,
+    /// Key generation or encoding failed inside the service (500, KPS.9001). Detail is for logs only.
+    #[error("key generation failed: {0}")]
+    Generation(String),
+}
+
+impl KeypairError {
+    /// The catalogue code (errors.md §3.3, §3.4, §3.12).
+    pub fn code(&self) -> &'static str {
+        match self {
+            KeypairError::InvalidPublicKey => "KPS.1201",
+            KeypairError::InvalidCertificate(_) => "KPS.1202",
+            KeypairError::UnsupportedKeyType(_) => "KPS.1203",
+            KeypairError::PrivateKeyUnparsable => "KPS.1301",
+            KeypairError::PrivateKeyMismatch => "KPS.1302",
+            KeypairError::PrivateKeyEncrypted => "KPS.1304",
+            KeypairError::Generation(_) => "KPS.9001",
+        }
+    }
+
+    /// HTTP status of the catalogue entry.
+    pub fn http_status(&self) -> u16 {
+        match self {
+            KeypairError::Generation(_) => 500,
+            _ => 400,
+        }
+    }
+
+    /// The catalogue message for a request about key pair `keypair_name`. Only the private-key texts
+    /// mention the name; for [`KeypairError::Generation`] this is the internal detail (log it, do not
+    /// send it: 5xx bodies are generic).
+    pub fn message_for(&self, keypair_name: &str) -> String {
+        match self {
+            KeypairError::PrivateKeyUnparsable => {
+                format!("Private key of keypair {keypair_name} could not be parsed")
+            }
+            KeypairError::PrivateKeyMismatch => {
+                format!("Private key does not match the public key of keypair {keypair_name}")
+            }
+            other => other.to_string(),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn algorithm_names_round_trip_and_match_the_spec_list() {
+        let names: Vec<&str> = Algorithm::ALL.iter().map(|a| a.as_str()).collect();
+        assert_eq!(names, ["RSA_2048", "RSA_3072", "RSA_4096", "ED25519", "EC_P256", "EC_P384"]);
+        for algorithm in Algorithm::ALL {
+            assert_eq!(Algorithm::from_name(algorithm.as_str()), Some(algorithm));
+            assert_eq!(KeyAlgorithm::from(algorithm).to_string(), algorithm.as_str());
+        }
+    }
+
+    #[test]
+    fn algorithm_from_name_rejects_unknown_and_differently_cased_names() {
+        for name in ["", "rsa_2048", "RSA_1024", "EC_P521", "DSA", "ED448", " RSA_2048"] {
+            assert_eq!(Algorithm::from_name(name), None, "{name:?}");
+        }
+    }
+
+    #[test]
+    fn default_algorithm_is_rsa_2048_as_in_nova() {
+        assert_eq!(Algorithm::default(), Algorithm::Rsa2048);
+    }
+
+    #[test]
+    fn only_rsa_algorithms_are_rsa() {
+        let rsa: Vec<Algorithm> = Algorithm::ALL.into_iter().filter(|a| a.is_rsa()).collect();
+        assert_eq!(rsa, [Algorithm::Rsa2048, Algorithm::Rsa3072, Algorithm::Rsa4096]);
+    }
+
+    #[test]
+    fn key_algorithm_names_follow_v3() {
+        let table = [
+            (KeyAlgorithm::Rsa { bits: 2048 }, "RSA_2048"),
+            (KeyAlgorithm::Rsa { bits: 8192 }, "RSA_8192"),
+            (KeyAlgorithm::EcP256, "EC_P256"),
+            (KeyAlgorithm::EcP384, "EC_P384"),
+            (KeyAlgorithm::EcP521, "EC_P521"),
+            (KeyAlgorithm::Ed25519, "ED25519"),
+        ];
+        for (algorithm, name) in table {
+            assert_eq!(algorithm.to_string(), name);
+            assert_eq!(KeyAlgorithm::from_name(name), Some(algorithm));
+        }
+        for bad in ["RSA_", "RSA_0", "RSA_-1", "RSA_+2048", "rsa_2048", "EC_P224"] {
+            assert_eq!(KeyAlgorithm::from_name(bad), None, "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn key_type_names() {
+        assert_eq!(KeyType::Ssh.as_str(), "ssh");
+        assert_eq!(KeyType::X509.as_str(), "x509");
+        assert_eq!(KeyType::from_name("x509"), Some(KeyType::X509));
+        assert_eq!(KeyType::from_name("SSH"), None);
+    }
+
+    #[test]
+    fn error_messages_and_codes_are_the_catalogue_entries() {
+        let table = [
+            (KeypairError::InvalidPublicKey, "KPS.1201", "Keypair data is invalid: failed to generate fingerprint"),
+            (
+                KeypairError::InvalidCertificate("bad PEM".into()),
+                "KPS.1202",
+                "Keypair data is invalid: failed to generate X509 fingerprint. Error message: bad PEM",
+            ),
+            (
+                KeypairError::UnsupportedKeyType("sk-ssh-ed25519@openssh.com".into()),
+                "KPS.1203",
+                "Keypair data is invalid: unsupported public key type sk-ssh-ed25519@openssh.com",
+            ),
+            (KeypairError::PrivateKeyUnparsable, "KPS.1301", "Private key of keypair kp-1 could not be parsed"),
+            (KeypairError::PrivateKeyMismatch, "KPS.1302", "Private key does not match the public key of keypair kp-1"),
+            (
+                KeypairError::PrivateKeyEncrypted,
+                "KPS.1304",
+                "Encrypted private keys are not supported; import the key without a passphrase",
+            ),
+        ];
+        for (error, code, message) in table {
+            assert_eq!(error.code(), code);
+            assert_eq!(error.http_status(), 400);
+            assert_eq!(error.message_for("kp-1"), message);
+        }
+        assert_eq!(KeypairError::Generation("x".into()).http_status(), 500);
+    }
+}

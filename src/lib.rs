@@ -1,0 +1,94 @@
+//! kps — a key pair service for private clouds.
+//!
+//! It serves the OpenStack Nova `os-keypairs` API (and, later, the Huawei KPS V3 custody API) over the same
+//! records. Data flows one way: HTTP edge (`api`) → use-cases (`service`) → pure key logic (`keypair`) and
+//! storage (`store`).
+
+#![forbid(unsafe_code)]
+
+pub mod api;
+pub mod config;
+pub mod datadir;
+pub mod keypair;
+pub mod service;
+pub mod store;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+pub use api::{AppState, app};
+
+use api::auth::Authenticator;
+use config::Config;
+use keypair::pool::RsaKeyPool;
+use service::KeypairService;
+use store::Store;
+
+/// Why the server could not start or stopped with an error.
+#[derive(Debug, thiserror::Error)]
+pub enum ServeError {
+    #[error(transparent)]
+    Config(#[from] config::ConfigError),
+    #[error(transparent)]
+    DataDir(#[from] datadir::DataDirError),
+    #[error("cannot open the store: {0}")]
+    Store(#[from] store::StoreError),
+    #[error("cannot listen on {addr}: {source}")]
+    Bind { addr: String, source: std::io::Error },
+    #[error("server error: {0}")]
+    Io(#[from] std::io::Error),
+}
+
+/// Builds the application state over an opened store.
+pub fn state(config: &Config, store: Arc<dyn Store>) -> AppState {
+    let pool = RsaKeyPool::new(config.keygen.rsa_pool_size);
+    AppState {
+        service: KeypairService::new(store, config.quota(), pool),
+        authenticator: Authenticator::NoAuth,
+        public_url: config.public_url.clone(),
+        max_body_bytes: config.limits.max_body_bytes,
+        request_timeout: Duration::from_secs(config.limits.request_timeout_s),
+        custody_allow_default: config.custody.allow_default,
+    }
+}
+
+/// Runs `kps serve` until SIGTERM/SIGINT: checks the configuration, opens (and locks) the data directory,
+/// serves, then finishes in-flight requests and flushes the store.
+pub async fn serve(config: Config) -> Result<(), ServeError> {
+    config.validate()?;
+    let data_dir = datadir::DataDir::open(&config.data_dir)?;
+    let store: Arc<dyn Store> = Arc::new(store::sled::SledStore::open(&data_dir.db_path())?);
+    let state = Arc::new(state(&config, Arc::clone(&store)));
+
+    let addr = config.listen_addr()?;
+    let listener = tokio::net::TcpListener::bind(addr)
+        .await
+        .map_err(|source| ServeError::Bind { addr: addr.to_string(), source })?;
+    tracing::info!(listen = %listener.local_addr()?, data_dir = %config.data_dir.display(), "kps is ready");
+    axum::serve(listener, app(state)).with_graceful_shutdown(shutdown_signal()).await?;
+    store.flush().await?;
+    tracing::info!("kps stopped");
+    drop(data_dir);
+    Ok(())
+}
+
+async fn shutdown_signal() {
+    let ctrl_c = async {
+        if tokio::signal::ctrl_c().await.is_err() {
+            std::future::pending::<()>().await;
+        }
+    };
+    let terminate = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut signal) => {
+                signal.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    tokio::select! {
+        () = ctrl_c => {}
+        () = terminate => {}
+    }
+    tracing::info!("shutting down: finishing in-flight requests");
+}

@@ -1,0 +1,338 @@
+//! Use-cases on key pairs, shared by every API (Nova v2/v2.1 and, later, KPS V3): create/import, list,
+//! show and delete, with quotas and the name-uniqueness rules of `spec/kps-v3.md` §2.
+//!
+//! The HTTP edge has already authenticated the caller, validated the request and checked policy; this
+//! layer decides everything that needs the store. Key pairs belong to their owner *user*; `domain` key
+//! pairs of the request's project are visible too. A failed create writes nothing.
+
+use std::sync::Arc;
+
+use zeroize::Zeroizing;
+
+use crate::keypair::pool::RsaKeyPool;
+use crate::keypair::{Algorithm, KeyType, KeypairError, generate, parse};
+use crate::store::record::{self, KeypairRecord, NameIndexEntry, Scope};
+use crate::store::{ApplyError, Space, Store, StoreError, WriteOp};
+
+/// The most key pairs one list call returns (Nova's `max_limit`).
+pub const MAX_LIST_LIMIT: usize = 1000;
+
+#[derive(Debug, thiserror::Error)]
+pub enum ServiceError {
+    #[error("key pair {name} not found for user {user_id}")]
+    NotFound { name: String, user_id: String },
+    #[error("marker {0} not found")]
+    MarkerNotFound(String),
+    #[error("key pair {0} already exists")]
+    Duplicate(String),
+    #[error("quota exceeded")]
+    QuotaExceeded,
+    #[error(transparent)]
+    Keypair(#[from] KeypairError),
+    #[error(transparent)]
+    Store(#[from] StoreError),
+}
+
+/// What a create/import asks for, after validation at the edge.
+#[derive(Debug, Clone)]
+pub struct NewKeypair {
+    pub name: String,
+    pub key_type: KeyType,
+    /// `Some` → import exactly this text; `None` → generate.
+    pub public_key: Option<String>,
+    /// Generation algorithm (`None` = RSA-2048); only with `public_key == None`.
+    pub algorithm: Option<Algorithm>,
+    /// Owner user.
+    pub user_id: String,
+    /// Project of the creating request.
+    pub project_id: String,
+}
+
+/// A stored key pair and, when it was generated, its private key (returned to the caller once).
+pub struct Created {
+    pub record: KeypairRecord,
+    pub private_key: Option<Zeroizing<String>>,
+}
+
+impl std::fmt::Debug for Created {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Created")
+            .field("record", &self.record)
+            .field("private_key", &self.private_key.as_ref().map(|_| "[REDACTED]"))
+            .finish()
+    }
+}
+
+pub struct KeypairService {
+    store: Arc<dyn Store>,
+    /// Key pairs per owner; `None` = unlimited.
+    quota: Option<u64>,
+    rsa_pool: RsaKeyPool,
+}
+
+impl KeypairService {
+    pub fn new(store: Arc<dyn Store>, quota: Option<u64>, rsa_pool: RsaKeyPool) -> Self {
+        Self { store, quota, rsa_pool }
+    }
+
+    pub fn store(&self) -> &Arc<dyn Store> {
+        &self.store
+    }
+
+    /// Creates (generates) or imports a `user` key pair.
+    pub async fn create(&self, new: NewKeypair) -> Result<Created, ServiceError> {
+        self.check_quota(&new.user_id).await?;
+        let imported = match &new.public_key {
+            Some(text) => Some(parse::parse_public_key(new.key_type, text)?),
+            None => None,
+        };
+        self.check_name_free(&new.user_id, &new.project_id, &new.name).await?;
+
+        let (public_key, fingerprint, algorithm, private_key) = match (imported, new.public_key) {
+            (Some(parsed), Some(text)) => (text, parsed.fingerprint, parsed.algorithm.to_string(), None),
+            _ => {
+                let generated = self.generate(new.key_type, new.algorithm, &new.user_id).await?;
+                (
+                    generated.public_key,
+                    generated.fingerprint,
+                    generated.algorithm.to_string(),
+                    Some(generated.private_key),
+                )
+            }
+        };
+
+        let record = KeypairRecord {
+            id: self.store.next_id().await?,
+            name: new.name,
+            key_type: new.key_type.as_str().to_owned(),
+            public_key,
+            fingerprint,
+            algorithm,
+            user_id: new.user_id,
+            project_id: new.project_id,
+            scope: Scope::User,
+            description: String::new(),
+            created_at_us: now_micros(),
+            updated_at_us: None,
+        };
+        self.insert(&record).await?;
+        Ok(Created { record, private_key })
+    }
+
+    /// The key pair `name` visible to `user_id` in `project_id`: the user's own key, else a `domain` key of
+    /// the project.
+    pub async fn get(&self, user_id: &str, project_id: &str, name: &str) -> Result<KeypairRecord, ServiceError> {
+        self.find(user_id, project_id, name)
+            .await?
+            .map(|(_, _, record)| record)
+            .ok_or_else(|| ServiceError::NotFound { name: name.to_owned(), user_id: user_id.to_owned() })
+    }
+
+    /// Up to `limit` key pairs visible to `user_id` in `project_id`, ascending by name, after `marker`.
+    pub async fn list(
+        &self,
+        user_id: &str,
+        project_id: &str,
+        marker: Option<&str>,
+        limit: usize,
+    ) -> Result<Vec<KeypairRecord>, ServiceError> {
+        if let Some(marker) = marker
+            && self.find(user_id, project_id, marker).await?.is_none()
+        {
+            return Err(ServiceError::MarkerNotFound(marker.to_owned()));
+        }
+        let limit = limit.min(MAX_LIST_LIMIT);
+        let user_prefix = record::user_prefix(user_id);
+        let domain_prefix = record::domain_prefix(project_id);
+        let after_user = marker.map(|m| record::user_key(user_id, m));
+        let after_domain = marker.map(|m| record::domain_key(project_id, m));
+        let own = self.store.scan(Space::KeyPairs, &user_prefix, after_user.as_deref(), limit).await?;
+        let shared = self.store.scan(Space::KeyPairs, &domain_prefix, after_domain.as_deref(), limit).await?;
+
+        // Merge the two name-ordered runs; on a shared name the user's own key wins (kps-v3.md §2).
+        let mut own = own.into_iter().peekable();
+        let mut shared = shared.into_iter().peekable();
+        let mut page = Vec::with_capacity(limit.min(64));
+        while page.len() < limit {
+            let own_name = own.peek().and_then(|(k, _)| record::name_from_key(k, &user_prefix)).map(str::to_owned);
+            let shared_name =
+                shared.peek().and_then(|(k, _)| record::name_from_key(k, &domain_prefix)).map(str::to_owned);
+            let take_own = match (own_name, shared_name) {
+                (None, None) => break,
+                (Some(_), None) => true,
+                (None, Some(_)) => false,
+                (Some(a), Some(b)) => {
+                    if a == b {
+                        shared.next();
+                    }
+                    a.as_bytes() <= b.as_bytes()
+                }
+            };
+            let next = if take_own { own.next() } else { shared.next() };
+            if let Some((_, value)) = next {
+                page.push(record::decode::<KeypairRecord>(&value)?);
+            }
+        }
+        Ok(page)
+    }
+
+    /// Deletes the key pair `name` visible to `user_id` in `project_id`, with its name-index entry.
+    pub async fn delete(&self, user_id: &str, project_id: &str, name: &str) -> Result<(), ServiceError> {
+        loop {
+            let Some((key, value, found)) = self.find(user_id, project_id, name).await? else {
+                return Err(ServiceError::NotFound { name: name.to_owned(), user_id: user_id.to_owned() });
+            };
+            let mut ops = vec![WriteOp::Delete { space: Space::KeyPairs, key, expected: value }];
+            ops.extend(self.index_release(&found).await?);
+            match self.store.apply(ops).await {
+                Ok(()) => return Ok(()),
+                // The record or its index entry changed under us: look again.
+                Err(ApplyError::Conflict { .. }) => {}
+                Err(ApplyError::Store(error)) => return Err(error.into()),
+            }
+        }
+    }
+
+    async fn check_quota(&self, user_id: &str) -> Result<(), ServiceError> {
+        let Some(quota) = self.quota else { return Ok(()) };
+        let used = self.store.count(Space::KeyPairs, &record::user_prefix(user_id)).await?;
+        if used >= quota { Err(ServiceError::QuotaExceeded) } else { Ok(()) }
+    }
+
+    /// The uniqueness pre-check: the owner's keys and the project's `domain` keys.
+    async fn check_name_free(&self, user_id: &str, project_id: &str, name: &str) -> Result<(), ServiceError> {
+        if self.find(user_id, project_id, name).await?.is_some() {
+            return Err(ServiceError::Duplicate(name.to_owned()));
+        }
+        Ok(())
+    }
+
+    async fn generate(
+        &self,
+        key_type: KeyType,
+        algorithm: Option<Algorithm>,
+        user_id: &str,
+    ) -> Result<generate::GeneratedKeyPair, ServiceError> {
+        let algorithm = algorithm.unwrap_or(Algorithm::Rsa2048);
+        let rsa_key = match algorithm {
+            Algorithm::Rsa2048 => Some(self.rsa_pool.take().await?),
+            _ => None,
+        };
+        let user_id = user_id.to_owned();
+        let generated = tokio::task::spawn_blocking(move || match (key_type, rsa_key) {
+            (KeyType::X509, Some(key)) => generate::generate_x509(&user_id, key),
+            (KeyType::X509, None) => {
+                let bits = rsa_bits(algorithm).unwrap_or(2048);
+                generate::generate_x509(&user_id, generate::generate_rsa(bits)?)
+            }
+            (KeyType::Ssh, Some(key)) => generate::generate_ssh_from_rsa(key),
+            (KeyType::Ssh, None) => generate::generate_ssh(algorithm),
+        })
+        .await
+        .map_err(|e| KeypairError::Generation(e.to_string()))??;
+        Ok(generated)
+    }
+
+    /// Writes a new `user` record and its name-index entry in one atomic apply.
+    async fn insert(&self, record: &KeypairRecord) -> Result<(), ServiceError> {
+        let key = record::user_key(&record.user_id, &record.name);
+        let value = record::encode(record)?;
+        let index_key = record::name_index_key(&record.project_id, &record.name);
+        loop {
+            let current = self.store.get(Space::NameIndex, &index_key).await?;
+            let mut entry: NameIndexEntry = match &current {
+                Some(bytes) => record::decode(bytes)?,
+                None => NameIndexEntry::default(),
+            };
+            if entry.domain_key.is_some() {
+                return Err(ServiceError::Duplicate(record.name.clone()));
+            }
+            if !entry.users.contains(&record.user_id) {
+                entry.users.push(record.user_id.clone());
+            }
+            let encoded = record::encode(&entry)?;
+            let index_op = match current {
+                None => WriteOp::PutIfAbsent { space: Space::NameIndex, key: index_key.clone(), value: encoded },
+                Some(expected) => {
+                    WriteOp::Replace { space: Space::NameIndex, key: index_key.clone(), expected, value: encoded }
+                }
+            };
+            let record_op = WriteOp::PutIfAbsent { space: Space::KeyPairs, key: key.clone(), value: value.clone() };
+            match self.store.apply(vec![record_op, index_op]).await {
+                Ok(()) => return Ok(()),
+                Err(ApplyError::Conflict { op: 0 }) => return Err(ServiceError::Duplicate(record.name.clone())),
+                // Another create or delete of this name in this project changed the index entry: retry.
+                Err(ApplyError::Conflict { .. }) => {}
+                Err(ApplyError::Store(error)) => return Err(error.into()),
+            }
+        }
+    }
+
+    /// The index operation that removes `record` from its name-index entry (none if it is not there).
+    async fn index_release(&self, record: &KeypairRecord) -> Result<Option<WriteOp>, ServiceError> {
+        let key = record::name_index_key(&record.project_id, &record.name);
+        let Some(current) = self.store.get(Space::NameIndex, &key).await? else { return Ok(None) };
+        let mut entry: NameIndexEntry = record::decode(&current)?;
+        match record.scope {
+            Scope::User => entry.users.retain(|u| u != &record.user_id),
+            Scope::Domain => entry.domain_key = None,
+        }
+        Ok(Some(if entry.is_empty() {
+            WriteOp::Delete { space: Space::NameIndex, key, expected: current }
+        } else {
+            WriteOp::Replace { space: Space::NameIndex, key, expected: current, value: record::encode(&entry)? }
+        }))
+    }
+
+    /// Looks `name` up as the user's own key, then as a `domain` key of the project. Returns the store key,
+    /// the raw value (for conditional writes) and the decoded record.
+    async fn find(
+        &self,
+        user_id: &str,
+        project_id: &str,
+        name: &str,
+    ) -> Result<Option<(Vec<u8>, Vec<u8>, KeypairRecord)>, ServiceError> {
+        for key in [record::user_key(user_id, name), record::domain_key(project_id, name)] {
+            if let Some(value) = self.store.get(Space::KeyPairs, &key).await? {
+                let found = record::decode(&value)?;
+                return Ok(Some((key, value, found)));
+            }
+        }
+        Ok(None)
+    }
+}
+
+fn rsa_bits(algorithm: Algorithm) -> Option<usize> {
+    match algorithm {
+        Algorithm::Rsa2048 => Some(2048),
+        Algorithm::Rsa3072 => Some(3072),
+        Algorithm::Rsa4096 => Some(4096),
+        _ => None,
+    }
+}
+
+fn now_micros() -> i64 {
+    let now = time::OffsetDateTime::now_utc();
+    i64::try_from(now.unix_timestamp_nanos() / 1000).unwrap_or(i64::MAX)
+}
+
+/// Formats a timestamp as Nova does: `YYYY-MM-DDTHH:MM:SS.ffffff`, UTC, no zone suffix.
+pub fn format_timestamp(micros: i64) -> String {
+    let format =
+        time::macros::format_description!("[year]-[month]-[day]T[hour]:[minute]:[second].[subsecond digits:6]");
+    time::OffsetDateTime::from_unix_timestamp_nanos(i128::from(micros) * 1000)
+        .ok()
+        .and_then(|t| t.format(&format).ok())
+        .unwrap_or_default()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn timestamps_have_six_fraction_digits_and_no_zone() {
+        assert_eq!(format_timestamp(1_795_462_200_123_456), "2026-11-23T19:30:00.123456");
+        assert_eq!(format_timestamp(0), "1970-01-01T00:00:00.000000");
+    }
+}

@@ -1,0 +1,231 @@
+//! Storage: the `Store` trait every backend implements, and the backends.
+//!
+//! The trait is byte-oriented and knows nothing about key pairs; `record` defines what the service stores
+//! and how store keys are built. A backend must make `apply` all-or-nothing and durable before it returns
+//! `Ok`: a success answered to a client means the write survives a crash.
+
+pub mod memory;
+pub mod record;
+pub mod sled;
+
+use async_trait::async_trait;
+
+/// The key spaces of the store (a sled tree each). Keys are only unique within a space.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum Space {
+    /// Key pair records, keyed by `record::keypair_key`.
+    KeyPairs,
+    /// The `(project_id, name)` name index of design.md.
+    NameIndex,
+}
+
+impl Space {
+    pub const ALL: [Space; 2] = [Space::KeyPairs, Space::NameIndex];
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Space::KeyPairs => "keypairs",
+            Space::NameIndex => "name_index",
+        }
+    }
+}
+
+/// One conditional write of an atomic batch.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum WriteOp {
+    /// Insert `value` under `key`; fails if the key exists.
+    PutIfAbsent { space: Space, key: Vec<u8>, value: Vec<u8> },
+    /// Overwrite `key`; fails unless its current value is exactly `expected`.
+    Replace { space: Space, key: Vec<u8>, expected: Vec<u8>, value: Vec<u8> },
+    /// Remove `key`; fails unless its current value is exactly `expected`.
+    Delete { space: Space, key: Vec<u8>, expected: Vec<u8> },
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("storage backend failure: {0}")]
+    Backend(String),
+    #[error("corrupt record: {0}")]
+    Corrupt(String),
+}
+
+/// Why `Store::apply` wrote nothing.
+#[derive(Debug, thiserror::Error)]
+pub enum ApplyError {
+    /// The precondition of the operation at this index of the batch did not hold.
+    #[error("precondition of operation {op} failed")]
+    Conflict { op: usize },
+    #[error(transparent)]
+    Store(#[from] StoreError),
+}
+
+/// A key/value store with atomic conditional batches and ordered prefix scans.
+#[async_trait]
+pub trait Store: Send + Sync + 'static {
+    async fn get(&self, space: Space, key: &[u8]) -> Result<Option<Vec<u8>>, StoreError>;
+
+    /// Applies every operation or none, durably. On a failed precondition nothing is written and the
+    /// index of the first failing operation is returned.
+    async fn apply(&self, ops: Vec<WriteOp>) -> Result<(), ApplyError>;
+
+    /// Up to `limit` entries whose key starts with `prefix` and is strictly greater than `after` (when
+    /// given), in ascending key order. Must seek, not scan from the start of the prefix.
+    async fn scan(
+        &self,
+        space: Space,
+        prefix: &[u8],
+        after: Option<&[u8]>,
+        limit: usize,
+    ) -> Result<Vec<(Vec<u8>, Vec<u8>)>, StoreError>;
+
+    /// Number of keys starting with `prefix`.
+    async fn count(&self, space: Space, prefix: &[u8]) -> Result<u64, StoreError>;
+
+    /// A fresh record id: positive, unique across the store's life, never reused after a restart.
+    async fn next_id(&self) -> Result<u64, StoreError>;
+
+    /// Makes everything written so far durable (used at shutdown).
+    async fn flush(&self) -> Result<(), StoreError>;
+
+    async fn put_if_absent(&self, space: Space, key: &[u8], value: &[u8]) -> Result<bool, StoreError> {
+        conflict_as_false(
+            self.apply(vec![WriteOp::PutIfAbsent { space, key: key.to_vec(), value: value.to_vec() }]).await,
+        )
+    }
+
+    async fn replace(&self, space: Space, key: &[u8], expected: &[u8], value: &[u8]) -> Result<bool, StoreError> {
+        let op = WriteOp::Replace { space, key: key.to_vec(), expected: expected.to_vec(), value: value.to_vec() };
+        conflict_as_false(self.apply(vec![op]).await)
+    }
+
+    async fn delete(&self, space: Space, key: &[u8], expected: &[u8]) -> Result<bool, StoreError> {
+        let op = WriteOp::Delete { space, key: key.to_vec(), expected: expected.to_vec() };
+        conflict_as_false(self.apply(vec![op]).await)
+    }
+}
+
+fn conflict_as_false(result: Result<(), ApplyError>) -> Result<bool, StoreError> {
+    match result {
+        Ok(()) => Ok(true),
+        Err(ApplyError::Conflict { .. }) => Ok(false),
+        Err(ApplyError::Store(error)) => Err(error),
+    }
+}
+
+/// The first key after every key that starts with `prefix` (None when there is none).
+pub(crate) fn prefix_end(prefix: &[u8]) -> Option<Vec<u8>> {
+    let mut end = prefix.to_vec();
+    while let Some(last) = end.pop() {
+        if last < u8::MAX {
+            end.push(last + 1);
+            return Some(end);
+        }
+    }
+    None
+}
+
+/// The conformance suite every `Store` implementation must pass.
+#[cfg(test)]
+pub(crate) mod suite {
+    use super::*;
+
+    fn put(space: Space, key: &str, value: &str) -> WriteOp {
+        WriteOp::PutIfAbsent { space, key: key.into(), value: value.into() }
+    }
+
+    pub async fn run(store: &dyn Store) {
+        get_returns_what_apply_wrote(store).await;
+        put_if_absent_refuses_an_existing_key(store).await;
+        apply_is_all_or_nothing(store).await;
+        replace_and_delete_check_the_expected_value(store).await;
+        spaces_are_separate(store).await;
+        scan_is_ordered_bounded_and_seeks(store).await;
+        count_counts_a_prefix(store).await;
+        ids_are_unique_and_increasing(store).await;
+    }
+
+    async fn get_returns_what_apply_wrote(store: &dyn Store) {
+        store.apply(vec![put(Space::KeyPairs, "a/1", "one")]).await.expect("apply");
+        assert_eq!(store.get(Space::KeyPairs, b"a/1").await.expect("get"), Some(b"one".to_vec()));
+        assert_eq!(store.get(Space::KeyPairs, b"a/2").await.expect("get"), None);
+    }
+
+    async fn put_if_absent_refuses_an_existing_key(store: &dyn Store) {
+        assert!(store.put_if_absent(Space::KeyPairs, b"b/1", b"first").await.expect("put"));
+        assert!(!store.put_if_absent(Space::KeyPairs, b"b/1", b"second").await.expect("put"));
+        assert_eq!(store.get(Space::KeyPairs, b"b/1").await.expect("get"), Some(b"first".to_vec()));
+    }
+
+    async fn apply_is_all_or_nothing(store: &dyn Store) {
+        store.apply(vec![put(Space::KeyPairs, "c/exists", "x")]).await.expect("apply");
+        let result = store
+            .apply(vec![
+                put(Space::KeyPairs, "c/new", "y"),
+                put(Space::NameIndex, "c/new", "z"),
+                put(Space::KeyPairs, "c/exists", "w"),
+            ])
+            .await;
+        assert!(matches!(result, Err(ApplyError::Conflict { op: 2 })), "{result:?}");
+        assert_eq!(store.get(Space::KeyPairs, b"c/new").await.expect("get"), None);
+        assert_eq!(store.get(Space::NameIndex, b"c/new").await.expect("get"), None);
+        assert_eq!(store.get(Space::KeyPairs, b"c/exists").await.expect("get"), Some(b"x".to_vec()));
+    }
+
+    async fn replace_and_delete_check_the_expected_value(store: &dyn Store) {
+        store.apply(vec![put(Space::KeyPairs, "d/1", "v1")]).await.expect("apply");
+        assert!(!store.replace(Space::KeyPairs, b"d/1", b"wrong", b"v2").await.expect("replace"));
+        assert!(store.replace(Space::KeyPairs, b"d/1", b"v1", b"v2").await.expect("replace"));
+        assert!(!store.replace(Space::KeyPairs, b"d/missing", b"v1", b"v2").await.expect("replace"));
+        assert!(!store.delete(Space::KeyPairs, b"d/1", b"v1").await.expect("delete"));
+        assert!(store.delete(Space::KeyPairs, b"d/1", b"v2").await.expect("delete"));
+        assert_eq!(store.get(Space::KeyPairs, b"d/1").await.expect("get"), None);
+        assert!(!store.delete(Space::KeyPairs, b"d/1", b"v2").await.expect("delete"));
+    }
+
+    async fn spaces_are_separate(store: &dyn Store) {
+        store.apply(vec![put(Space::NameIndex, "e/1", "index")]).await.expect("apply");
+        assert_eq!(store.get(Space::KeyPairs, b"e/1").await.expect("get"), None);
+        assert!(store.put_if_absent(Space::KeyPairs, b"e/1", b"record").await.expect("put"));
+    }
+
+    async fn scan_is_ordered_bounded_and_seeks(store: &dyn Store) {
+        let ops = ["f/c", "f/a", "f/b", "f/d", "g/a", "f\x7f"].iter().map(|k| put(Space::KeyPairs, k, k)).collect();
+        store.apply(ops).await.expect("apply");
+        let keys = |entries: Vec<(Vec<u8>, Vec<u8>)>| {
+            entries.into_iter().map(|(k, _)| String::from_utf8(k).expect("utf8")).collect::<Vec<_>>()
+        };
+        let all = store.scan(Space::KeyPairs, b"f/", None, 100).await.expect("scan");
+        assert_eq!(keys(all), ["f/a", "f/b", "f/c", "f/d"]);
+        let page = store.scan(Space::KeyPairs, b"f/", Some(b"f/a"), 2).await.expect("scan");
+        assert_eq!(keys(page), ["f/b", "f/c"]);
+        let after_missing = store.scan(Space::KeyPairs, b"f/", Some(b"f/bb"), 10).await.expect("scan");
+        assert_eq!(keys(after_missing), ["f/c", "f/d"]);
+        let none = store.scan(Space::KeyPairs, b"f/", Some(b"f/d"), 10).await.expect("scan");
+        assert!(none.is_empty());
+        let zero = store.scan(Space::KeyPairs, b"f/", None, 0).await.expect("scan");
+        assert!(zero.is_empty());
+    }
+
+    async fn count_counts_a_prefix(store: &dyn Store) {
+        let ops = ["h/1", "h/2", "h/3", "i/1"].iter().map(|k| put(Space::KeyPairs, k, k)).collect();
+        store.apply(ops).await.expect("apply");
+        assert_eq!(store.count(Space::KeyPairs, b"h/").await.expect("count"), 3);
+        assert_eq!(store.count(Space::KeyPairs, b"zz").await.expect("count"), 0);
+    }
+
+    async fn ids_are_unique_and_increasing(store: &dyn Store) {
+        let mut last = 0;
+        for _ in 0..2500 {
+            let id = store.next_id().await.expect("id");
+            assert!(id > last, "{id} after {last}");
+            last = id;
+        }
+    }
+
+    #[test]
+    fn prefix_end_is_the_next_key_after_the_prefix() {
+        assert_eq!(prefix_end(b"ab"), Some(b"ac".to_vec()));
+        assert_eq!(prefix_end(b"a\xff"), Some(b"b".to_vec()));
+        assert_eq!(prefix_end(b"\xff\xff"), None);
+    }
+}

@@ -1,0 +1,180 @@
+//! What the service stores: versioned key pair records and name-index entries, and the byte layout of
+//! their store keys.
+//!
+//! Encoding: one format-version byte, then JSON. Readers accept every version up to `FORMAT_VERSION`; a
+//! newer version is an error, never a silent misreading. Records hold ciphertext only (the sealed private
+//! key, once custody exists); nothing in here is secret.
+
+use serde::{Deserialize, Serialize};
+
+use super::StoreError;
+
+/// Current record format.
+pub const FORMAT_VERSION: u8 = 1;
+
+/// Who sees a key pair: its owner user (`user`, Nova's model) or every user of its project (`domain`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Scope {
+    User,
+    Domain,
+}
+
+/// A stored key pair.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct KeypairRecord {
+    pub id: u64,
+    pub name: String,
+    /// `ssh` or `x509`.
+    pub key_type: String,
+    pub public_key: String,
+    pub fingerprint: String,
+    /// `RSA_2048`, `ED25519`, … (kps-v3.md §2).
+    pub algorithm: String,
+    /// Owner (the creator for `domain` keys).
+    pub user_id: String,
+    /// Project of the creating request.
+    pub project_id: String,
+    pub scope: Scope,
+    #[serde(default)]
+    pub description: String,
+    /// Microseconds since the Unix epoch, UTC.
+    pub created_at_us: i64,
+    #[serde(default)]
+    pub updated_at_us: Option<i64>,
+}
+
+/// A name-index entry for `(project_id, name)`: the users whose `user` key of that name was created in
+/// that project, or the `domain` key holding the name.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct NameIndexEntry {
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub users: Vec<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub domain_key: Option<u64>,
+}
+
+impl NameIndexEntry {
+    pub fn is_empty(&self) -> bool {
+        self.users.is_empty() && self.domain_key.is_none()
+    }
+}
+
+/// Serializes a record value with its format version.
+pub fn encode<T: Serialize>(value: &T) -> Result<Vec<u8>, StoreError> {
+    let mut bytes = vec![FORMAT_VERSION];
+    serde_json::to_writer(&mut bytes, value).map_err(|e| StoreError::Corrupt(e.to_string()))?;
+    Ok(bytes)
+}
+
+/// Reads a record value written by `encode` at any known format version.
+pub fn decode<T: for<'de> Deserialize<'de>>(bytes: &[u8]) -> Result<T, StoreError> {
+    match bytes.split_first() {
+        Some((&FORMAT_VERSION, json)) => serde_json::from_slice(json).map_err(|e| StoreError::Corrupt(e.to_string())),
+        Some((version, _)) => Err(StoreError::Corrupt(format!(
+            "record format version {version} is not supported by this kps (max {FORMAT_VERSION})"
+        ))),
+        None => Err(StoreError::Corrupt("empty record".into())),
+    }
+}
+
+/// `len(owner) as u16 BE | owner`: the prefix under which one owner's entries sort by name.
+fn owner_prefix(tag: u8, owner: &str) -> Vec<u8> {
+    let len = u16::try_from(owner.len()).unwrap_or(u16::MAX);
+    let mut key = Vec::with_capacity(3 + owner.len() + 64);
+    key.push(tag);
+    key.extend_from_slice(&len.to_be_bytes());
+    key.extend_from_slice(owner.as_bytes());
+    key
+}
+
+/// Prefix of every `user` key pair of `user_id`.
+pub fn user_prefix(user_id: &str) -> Vec<u8> {
+    owner_prefix(b'u', user_id)
+}
+
+/// Store key of the `user` key pair `name` of `user_id`.
+pub fn user_key(user_id: &str, name: &str) -> Vec<u8> {
+    let mut key = user_prefix(user_id);
+    key.extend_from_slice(name.as_bytes());
+    key
+}
+
+/// Prefix of every `domain` key pair of `project_id`.
+pub fn domain_prefix(project_id: &str) -> Vec<u8> {
+    owner_prefix(b'd', project_id)
+}
+
+/// Store key of the `domain` key pair `name` of `project_id`.
+pub fn domain_key(project_id: &str, name: &str) -> Vec<u8> {
+    let mut key = domain_prefix(project_id);
+    key.extend_from_slice(name.as_bytes());
+    key
+}
+
+/// Name-index key of `(project_id, name)`.
+pub fn name_index_key(project_id: &str, name: &str) -> Vec<u8> {
+    let mut key = owner_prefix(b'n', project_id);
+    key.extend_from_slice(name.as_bytes());
+    key
+}
+
+/// The name part of a key built by `user_key`/`domain_key`, given its prefix.
+pub fn name_from_key<'a>(key: &'a [u8], prefix: &[u8]) -> Option<&'a str> {
+    std::str::from_utf8(key.strip_prefix(prefix)?).ok()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn record() -> KeypairRecord {
+        KeypairRecord {
+            id: 7,
+            name: "k".into(),
+            key_type: "ssh".into(),
+            public_key: "ssh-ed25519 AAAA".into(),
+            fingerprint: "f1".into(),
+            algorithm: "ED25519".into(),
+            user_id: "u".into(),
+            project_id: "p".into(),
+            scope: Scope::User,
+            description: String::new(),
+            created_at_us: 1,
+            updated_at_us: None,
+        }
+    }
+
+    #[test]
+    fn records_round_trip_with_the_version_byte_first() {
+        let bytes = encode(&record()).expect("encode");
+        assert_eq!(bytes[0], FORMAT_VERSION);
+        assert_eq!(decode::<KeypairRecord>(&bytes).expect("decode"), record());
+    }
+
+    #[test]
+    fn a_newer_format_version_is_an_error_not_a_misreading() {
+        let mut bytes = encode(&record()).expect("encode");
+        bytes[0] = FORMAT_VERSION + 1;
+        let error = decode::<KeypairRecord>(&bytes).expect_err("newer version");
+        assert!(error.to_string().contains("not supported"), "{error}");
+    }
+
+    #[test]
+    fn one_users_keys_share_a_prefix_that_no_other_user_shares() {
+        assert!(user_key("ab", "c").starts_with(&user_prefix("ab")));
+        assert!(!user_key("abc", "").starts_with(&user_prefix("ab")));
+        assert!(!user_key("a", "bc").starts_with(&user_prefix("ab")));
+        assert_eq!(name_from_key(&user_key("ab", "name x"), &user_prefix("ab")), Some("name x"));
+    }
+
+    #[test]
+    fn keys_of_one_owner_sort_by_name_bytes() {
+        let mut names = ["b", "a b", "B", "a", "a-"];
+        let mut keys: Vec<_> = names.iter().map(|n| user_key("u", n)).collect();
+        keys.sort();
+        names.sort_unstable();
+        let decoded: Vec<_> = keys.iter().filter_map(|k| name_from_key(k, &user_prefix("u"))).collect();
+        assert_eq!(decoded, names);
+    }
+}
