@@ -238,36 +238,126 @@ fn parse_bool(value: &str) -> Result<bool, String> {
 
 /// Every environment variable of `spec/interface.md` and the config key it sets.
 const ENV_VARS: &[(&str, Setter)] = &[
-    ("KPS_LISTEN", |c, v| Ok(c.listen = v.to_owned())),
-    ("KPS_ADMIN_LISTEN", |c, v| Ok(c.admin_listen = Some(v.to_owned()))),
-    ("KPS_DATA_DIR", |c, v| Ok(c.data_dir = v.into())),
-    ("KPS_PUBLIC_URL", |c, v| Ok(c.public_url = Some(v.to_owned()))),
-    ("KPS_TLS_CERT_FILE", |c, v| Ok(c.tls.cert_file = Some(v.into()))),
-    ("KPS_TLS_KEY_FILE", |c, v| Ok(c.tls.key_file = Some(v.into()))),
-    ("KPS_AUTH", |c, v| Ok(c.auth.mode = parse(v)?)),
-    ("KPS_AUTH_ALLOW_NOAUTH_REMOTE", |c, v| Ok(c.auth.allow_noauth_remote = parse_bool(v)?)),
-    ("KPS_AUTH_TOKENS_FILE", |c, v| Ok(c.auth.tokens_file = Some(v.into()))),
-    ("KPS_AUTH_KEYSTONE_URL", |c, v| Ok(c.auth.keystone_url = Some(v.to_owned()))),
-    ("KPS_AUTH_KEYSTONE_CACHE_TTL_S", |c, v| Ok(c.auth.keystone_cache_ttl_s = parse(v)?)),
-    ("KPS_AUTH_CREDENTIALS_FILE", |c, v| Ok(c.auth.credentials_file = Some(v.into()))),
-    ("KPS_POLICY_FILE", |c, v| Ok(c.policy.file = Some(v.into()))),
-    ("KPS_QUOTA_KEY_PAIRS", |c, v| Ok(c.quota.key_pairs = parse(v)?)),
-    ("KPS_CUSTODY_ENABLED", |c, v| Ok(c.custody.enabled = parse_bool(v)?)),
-    ("KPS_CUSTODY_ALLOW_DEFAULT", |c, v| Ok(c.custody.allow_default = parse_bool(v)?)),
-    ("KPS_MASTER_KEY_FILE", |c, v| Ok(c.custody.master_key_file = Some(v.into()))),
-    ("KPS_KMS_PROVIDER", |c, v| Ok(c.kms.provider = Some(v.to_owned()))),
-    ("KPS_KMS_ENDPOINT", |c, v| Ok(c.kms.endpoint = Some(v.to_owned()))),
-    ("KPS_KMS_PROJECT_ID", |c, v| Ok(c.kms.project_id = Some(v.to_owned()))),
-    ("KPS_KMS_REGION", |c, v| Ok(c.kms.region = Some(v.to_owned()))),
-    ("KPS_KMS_AK", |c, v| Ok(c.kms.ak = Some(v.to_owned()))),
-    ("KPS_KMS_SK", |c, v| Ok(c.kms.sk = Some(v.to_owned()))),
-    ("KPS_KMS_AK_FILE", |c, v| Ok(c.kms.ak_file = Some(v.into()))),
-    ("KPS_KMS_SK_FILE", |c, v| Ok(c.kms.sk_file = Some(v.into()))),
-    ("KPS_KMS_CHECK_KEY", |c, v| Ok(c.kms.check_key = Some(v.to_owned()))),
-    ("KPS_LIMITS_MAX_BODY_BYTES", |c, v| Ok(c.limits.max_body_bytes = parse(v)?)),
-    ("KPS_LIMITS_PER_CALLER_CONCURRENCY", |c, v| Ok(c.limits.per_caller_concurrency = parse(v)?)),
-    ("KPS_LIMITS_PER_CALLER_RPS", |c, v| Ok(c.limits.per_caller_rps = parse(v)?)),
-    ("KPS_LIMITS_REQUEST_TIMEOUT_S", |c, v| Ok(c.limits.request_timeout_s = parse(v)?)),
+    ("KPS_LISTEN", |c, v| {
+        c.listen = v.to_owned();
+        Ok(())
+    }),
+    ("KPS_ADMIN_LISTEN", |c, v| {
+        c.admin_listen = Some(v.to_owned());
+        Ok(())
+    }),
+    ("KPS_DATA_DIR", |c, v| {
+        c.data_dir = v.into();
+        Ok(())
+    }),
+    ("KPS_PUBLIC_URL", |c, v| {
+        c.public_url = Some(v.to_owned());
+        Ok(())
+    }),
+    ("KPS_TLS_CERT_FILE", |c, v| {
+        c.tls.cert_file = Some(v.into());
+        Ok(())
+    }),
+    ("KPS_TLS_KEY_FILE", |c, v| {
+        c.tls.key_file = Some(v.into());
+        Ok(())
+    }),
+    ("KPS_AUTH", |c, v| {
+        c.auth.mode = parse(v)?;
+        Ok(())
+    }),
+    ("KPS_AUTH_ALLOW_NOAUTH_REMOTE", |c, v| {
+        c.auth.allow_noauth_remote = parse_bool(v)?;
+        Ok(())
+    }),
+    ("KPS_AUTH_TOKENS_FILE", |c, v| {
+        c.auth.tokens_file = Some(v.into());
+        Ok(())
+    }),
+    ("KPS_AUTH_KEYSTONE_URL", |c, v| {
+        c.auth.keystone_url = Some(v.to_owned());
+        Ok(())
+    }),
+    ("KPS_AUTH_KEYSTONE_CACHE_TTL_S", |c, v| {
+        c.auth.keystone_cache_ttl_s = parse(v)?;
+        Ok(())
+    }),
+    ("KPS_AUTH_CREDENTIALS_FILE", |c, v| {
+        c.auth.credentials_file = Some(v.into());
+        Ok(())
+    }),
+    ("KPS_POLICY_FILE", |c, v| {
+        c.policy.file = Some(v.into());
+        Ok(())
+    }),
+    ("KPS_QUOTA_KEY_PAIRS", |c, v| {
+        c.quota.key_pairs = parse(v)?;
+        Ok(())
+    }),
+    ("KPS_CUSTODY_ENABLED", |c, v| {
+        c.custody.enabled = parse_bool(v)?;
+        Ok(())
+    }),
+    ("KPS_CUSTODY_ALLOW_DEFAULT", |c, v| {
+        c.custody.allow_default = parse_bool(v)?;
+        Ok(())
+    }),
+    ("KPS_MASTER_KEY_FILE", |c, v| {
+        c.custody.master_key_file = Some(v.into());
+        Ok(())
+    }),
+    ("KPS_KMS_PROVIDER", |c, v| {
+        c.kms.provider = Some(v.to_owned());
+        Ok(())
+    }),
+    ("KPS_KMS_ENDPOINT", |c, v| {
+        c.kms.endpoint = Some(v.to_owned());
+        Ok(())
+    }),
+    ("KPS_KMS_PROJECT_ID", |c, v| {
+        c.kms.project_id = Some(v.to_owned());
+        Ok(())
+    }),
+    ("KPS_KMS_REGION", |c, v| {
+        c.kms.region = Some(v.to_owned());
+        Ok(())
+    }),
+    ("KPS_KMS_AK", |c, v| {
+        c.kms.ak = Some(v.to_owned());
+        Ok(())
+    }),
+    ("KPS_KMS_SK", |c, v| {
+        c.kms.sk = Some(v.to_owned());
+        Ok(())
+    }),
+    ("KPS_KMS_AK_FILE", |c, v| {
+        c.kms.ak_file = Some(v.into());
+        Ok(())
+    }),
+    ("KPS_KMS_SK_FILE", |c, v| {
+        c.kms.sk_file = Some(v.into());
+        Ok(())
+    }),
+    ("KPS_KMS_CHECK_KEY", |c, v| {
+        c.kms.check_key = Some(v.to_owned());
+        Ok(())
+    }),
+    ("KPS_LIMITS_MAX_BODY_BYTES", |c, v| {
+        c.limits.max_body_bytes = parse(v)?;
+        Ok(())
+    }),
+    ("KPS_LIMITS_PER_CALLER_CONCURRENCY", |c, v| {
+        c.limits.per_caller_concurrency = parse(v)?;
+        Ok(())
+    }),
+    ("KPS_LIMITS_PER_CALLER_RPS", |c, v| {
+        c.limits.per_caller_rps = parse(v)?;
+        Ok(())
+    }),
+    ("KPS_LIMITS_REQUEST_TIMEOUT_S", |c, v| {
+        c.limits.request_timeout_s = parse(v)?;
+        Ok(())
+    }),
     ("KPS_LOG_FORMAT", |c, v| {
         c.log.format = match v {
             "text" => LogFormat::Text,
@@ -276,7 +366,10 @@ const ENV_VARS: &[(&str, Setter)] = &[
         };
         Ok(())
     }),
-    ("KPS_SECRETS_ALLOW_GROUP_READABLE", |c, v| Ok(c.secrets.allow_group_readable = parse_bool(v)?)),
+    ("KPS_SECRETS_ALLOW_GROUP_READABLE", |c, v| {
+        c.secrets.allow_group_readable = parse_bool(v)?;
+        Ok(())
+    }),
 ];
 
 const DEFAULT_CONFIG_FILE: &str = "config/kps.toml";
@@ -362,6 +455,9 @@ impl Config {
         }
         if self.kms.provider.is_some() {
             return not_yet("kms.provider");
+        }
+        if self.admin_listen.is_some() {
+            return not_yet("admin_listen");
         }
         if self.policy.file.is_some() {
             return not_yet("policy.file");

@@ -80,20 +80,30 @@ impl std::fmt::Display for MicroVersion {
 }
 
 /// The raw, trimmed version string the request asks for, if any.
+///
+/// As Nova reads them: repeated headers count as one comma-separated list; in `OpenStack-API-Version` the
+/// last `compute` entry that carries a version wins (entries without one are skipped); the legacy header's
+/// last comma-separated value is used.
 fn requested_value(headers: &HeaderMap) -> Option<String> {
-    let from_new_header = headers.get_all("openstack-api-version").iter().find_map(|value| {
-        let text = value.to_str().ok()?;
-        text.split(',').find_map(|entry| {
-            let entry = entry.trim();
-            let (service, version) = entry.split_once(char::is_whitespace).unwrap_or((entry, ""));
-            service.eq_ignore_ascii_case("compute").then(|| version.trim().to_owned())
+    let joined = |name: &str| {
+        let values: Vec<String> =
+            headers.get_all(name).iter().map(|v| String::from_utf8_lossy(v.as_bytes()).into_owned()).collect();
+        (!values.is_empty()).then(|| values.join(","))
+    };
+    let from_new_header = joined("openstack-api-version").and_then(|text| {
+        text.rsplit(',').find_map(|entry| {
+            let mut words = entry.split_whitespace();
+            let service = words.next()?;
+            let version = words.next()?;
+            service.eq_ignore_ascii_case("compute").then(|| version.to_owned())
         })
     });
     if from_new_header.is_some() {
         return from_new_header;
     }
-    let legacy = headers.get("x-openstack-nova-api-version")?;
-    Some(String::from_utf8_lossy(legacy.as_bytes()).trim().to_owned())
+    let legacy = joined("x-openstack-nova-api-version")?;
+    let last = legacy.rsplit(',').next().unwrap_or("").trim();
+    (!last.is_empty()).then(|| last.to_owned())
 }
 
 #[cfg(test)]
@@ -108,6 +118,8 @@ mod tests {
         map
     }
 
+    type Outcome = Result<String, (String, u16)>;
+
     fn negotiated(pairs: &[(&'static str, &str)]) -> Result<String, (String, u16)> {
         MicroVersion::negotiate(&headers(pairs))
             .map(|v| v.to_string())
@@ -118,7 +130,7 @@ mod tests {
     fn negotiation_follows_the_spec_table() {
         let ok = |v: &str| Ok(v.to_owned());
         let bad = |code: &str, status| Err((code.to_owned(), status));
-        let table: Vec<(&[(&'static str, &str)], Result<String, (String, u16)>)> = vec![
+        let table: Vec<(&[(&'static str, &str)], Outcome)> = vec![
             (&[], ok("2.1")),
             (&[("openstack-api-version", "compute 2.35")], ok("2.35")),
             (&[("openstack-api-version", "COMPUTE 2.35")], ok("2.35")),
@@ -136,7 +148,11 @@ mod tests {
             (&[("openstack-api-version", "compute 2.01")], bad("KPS.1006", 400)),
             (&[("openstack-api-version", "compute 02.1")], bad("KPS.1006", 400)),
             (&[("openstack-api-version", "compute 2.1.1")], bad("KPS.1006", 400)),
-            (&[("openstack-api-version", "compute")], bad("KPS.1006", 400)),
+            (&[("openstack-api-version", "compute")], ok("2.1")),
+            (&[("openstack-api-version", "compute "), ("x-openstack-nova-api-version", "2.35")], ok("2.35")),
+            (&[("openstack-api-version", "compute 2.2, compute 2.35")], ok("2.35")),
+            (&[("openstack-api-version", "compute 2.2"), ("openstack-api-version", "compute 2.35")], ok("2.35")),
+            (&[("x-openstack-nova-api-version", "2.2, 2.35")], ok("2.35")),
             (&[("openstack-api-version", "compute 2.97")], bad("KPS.1007", 406)),
             (&[("openstack-api-version", "compute 2.200")], bad("KPS.1007", 406)),
             (&[("openstack-api-version", "compute 2.0")], bad("KPS.1007", 406)),

@@ -83,6 +83,10 @@ fn is_valid_nova_name_format(name: &str) -> bool {
 fn validate_name(api: NovaApi, value: &Value, with_protection: bool) -> Result<String, ApiError> {
     let invalid = |reason: String| ApiError::invalid_name(field_message("name", value, &reason));
     let Value::String(name) = value else { return Err(invalid(not_of_type(value, "string"))) };
+    // Legacy v2's name format is checked before the length (Nova's v2.0 schema).
+    if api == NovaApi::Legacy && (name.trim().is_empty() || !name.chars().all(super::schema::is_printable)) {
+        return Err(ApiError::invalid_name(INVALID_NAME_V2));
+    }
     if name.is_empty() {
         return Err(invalid(format!("{} should be non-empty", repr(value))));
     }
@@ -90,12 +94,7 @@ fn validate_name(api: NovaApi, value: &Value, with_protection: bool) -> Result<S
         return Err(invalid(format!("{} is too long", repr(value))));
     }
     let stored = match api {
-        NovaApi::Legacy => {
-            if name.trim().is_empty() || !name.chars().all(super::schema::is_printable) {
-                return Err(ApiError::invalid_name(INVALID_NAME_V2));
-            }
-            name.trim().to_owned()
-        }
+        NovaApi::Legacy => name.trim().to_owned(),
         NovaApi::V21(version) => {
             if !is_valid_nova_name_format(name) {
                 return Err(ApiError::invalid_name(INVALID_NAME_21));
@@ -156,40 +155,36 @@ fn masked(value: &Value) -> Value {
 
 const KEYPAIR_PROPERTIES: [&str; 6] = ["name", "public_key", "key_protection", "algorithm", "type", "user_id"];
 
-/// Validates a create body in Nova's order; returns the first error.
+/// Validates a create body; returns the first error in the order Nova's jsonschema validator finds it: at
+/// each level the value's type, then each known property's own checks (in schema order: `name`, `type`,
+/// `public_key`, `user_id`, then the kps extensions), then missing required properties, then unexpected
+/// ones.
 pub fn validate_create(api: NovaApi, body: &Value) -> Result<CreateBody, ApiError> {
     let relaxed = api == NovaApi::Legacy;
     let Value::Object(root) = body else { return Err(ApiError::schema(not_of_type(body, "object"))) };
-    let Some(keypair) = root.get("keypair") else {
-        return Err(ApiError::schema("'keypair' is a required property"));
-    };
+    let parsed = root.get("keypair").map(|keypair| validate_keypair(api, keypair)).transpose()?;
+    let Some(parsed) = parsed else { return Err(ApiError::schema("'keypair' is a required property")) };
     let extras: Vec<&str> = root.keys().map(String::as_str).filter(|k| *k != "keypair").collect();
     if !extras.is_empty() && !relaxed {
         return Err(ApiError::schema(additional_properties(&extras)));
     }
+    Ok(parsed)
+}
+
+/// The `keypair` object of a create body.
+fn validate_keypair(api: NovaApi, keypair: &Value) -> Result<CreateBody, ApiError> {
+    let relaxed = api == NovaApi::Legacy;
     let Value::Object(fields) = keypair else {
         return Err(ApiError::schema(field_message("keypair", keypair, &not_of_type(keypair, "object"))));
     };
     let shown = masked(keypair);
     let keypair_error = |reason: String| ApiError::schema(field_message("keypair", &shown, &reason));
-
-    let mut required = vec!["name"];
-    if api.at_least(92) {
-        required.push("public_key");
-    }
-    if let Some(missing) = required.iter().find(|p| !fields.contains_key(**p)) {
-        return Err(keypair_error(format!("'{missing}' is a required property")));
-    }
     let allowed = &KEYPAIR_PROPERTIES[..4 + usize::from(api.at_least(2)) + usize::from(api.at_least(10))];
-    let extras: Vec<&str> = fields.keys().map(String::as_str).filter(|k| !allowed.contains(k)).collect();
-    if !extras.is_empty() && !relaxed {
-        return Err(keypair_error(additional_properties(&extras)));
-    }
     let field = |name: &str| if allowed.contains(&name) { fields.get(name) } else { None };
 
+    // Each known property's own checks.
     let protection_value = field("key_protection");
-    let name = validate_name(api, &fields["name"], protection_value.is_some())?;
-
+    let name = fields.get("name").map(|value| validate_name(api, value, protection_value.is_some())).transpose()?;
     let key_type = match field("type") {
         None => KeyType::Ssh,
         Some(Value::String(t)) if t == "ssh" => KeyType::Ssh,
@@ -209,21 +204,44 @@ pub fn validate_create(api: NovaApi, body: &Value) -> Result<CreateBody, ApiErro
     let public_key = string_field("public_key")?;
     let user_id = string_field("user_id")?;
     let key_protection = protection_value.map(validate_key_protection).transpose()?;
-    let algorithm = match field("algorithm") {
-        None => None,
-        Some(value) => Some(validate_algorithm(value, key_type, public_key.is_some(), &shown)?),
-    };
+    let algorithm = field("algorithm").map(validate_algorithm_value).transpose()?;
+
+    // Then required, then unexpected properties.
+    let mut required = vec!["name"];
+    if api.at_least(92) {
+        required.push("public_key");
+    }
+    if let Some(missing) = required.iter().find(|p| !fields.contains_key(**p)) {
+        return Err(keypair_error(format!("'{missing}' is a required property")));
+    }
+    let extras: Vec<&str> = fields.keys().map(String::as_str).filter(|k| !allowed.contains(k)).collect();
+    if !extras.is_empty() && !relaxed {
+        return Err(keypair_error(additional_properties(&extras)));
+    }
+
+    // Cross-property rules of the `algorithm` extension.
+    if let Some(algorithm) = algorithm {
+        check_algorithm_use(algorithm, key_type, public_key.is_some(), &shown)?;
+    }
+    let name = name.unwrap_or_default();
     Ok(CreateBody { name, key_type, public_key, user_id, key_protection, algorithm })
 }
 
-fn validate_algorithm(value: &Value, key_type: KeyType, importing: bool, shown: &Value) -> Result<Algorithm, ApiError> {
+fn validate_algorithm_value(value: &Value) -> Result<Algorithm, ApiError> {
     let names: Vec<&str> = Algorithm::ALL.iter().map(|a| a.as_str()).collect();
     let Value::String(text) = value else {
         return Err(ApiError::schema(field_message("algorithm", value, &not_of_type(value, "string"))));
     };
-    let Some(algorithm) = Algorithm::from_name(text) else {
-        return Err(ApiError::schema(field_message("algorithm", value, &not_one_of(value, &names))));
-    };
+    Algorithm::from_name(text)
+        .ok_or_else(|| ApiError::schema(field_message("algorithm", value, &not_one_of(value, &names))))
+}
+
+fn check_algorithm_use(
+    algorithm: Algorithm,
+    key_type: KeyType,
+    importing: bool,
+    shown: &Value,
+) -> Result<(), ApiError> {
     if importing {
         return Err(ApiError::schema(field_message(
             "keypair",
@@ -232,10 +250,11 @@ fn validate_algorithm(value: &Value, key_type: KeyType, importing: bool, shown: 
         )));
     }
     if key_type == KeyType::X509 && !algorithm.is_rsa() {
-        let rsa: Vec<&str> = names.iter().copied().filter(|n| n.starts_with("RSA_")).collect();
-        return Err(ApiError::schema(field_message("algorithm", value, &not_one_of(value, &rsa))));
+        let value = Value::from(algorithm.as_str());
+        let rsa: Vec<&str> = Algorithm::ALL.iter().filter(|a| a.is_rsa()).map(|a| a.as_str()).collect();
+        return Err(ApiError::schema(field_message("algorithm", &value, &not_one_of(&value, &rsa))));
     }
-    Ok(algorithm)
+    Ok(())
 }
 
 const KMS_KEY_ID_LEN: [usize; 5] = [8, 4, 4, 4, 12];
@@ -422,7 +441,7 @@ pub async fn create(state: &AppState, request: &NovaRequest<'_>, body: &Value) -
     let status = if with_type { StatusCode::CREATED } else { StatusCode::OK };
     match created.private_key {
         Some(private_key) => Ok(private_key_response(status, keypair, "keypair", &private_key)),
-        None => Ok((status, json_body(&json!({ "keypair": keypair })))).map(IntoResponse::into_response),
+        None => Ok((status, json_body(&json!({ "keypair": keypair }))).into_response()),
     }
 }
 
@@ -489,7 +508,7 @@ pub async fn list(state: &AppState, request: &NovaRequest<'_>) -> Result<Respons
         && records.len() == page_size
         && let Some(last_record) = records.last()
     {
-        let href = next_link(request, &last_record.name);
+        let href = next_link(request, &allowed, &last_record.name);
         body.insert("keypairs_links".into(), json!([{ "rel": "next", "href": href }]));
     }
     Ok((StatusCode::OK, json_body(&Value::Object(body))).into_response())
@@ -517,8 +536,15 @@ fn parse_limit(query: &[(String, String)]) -> Result<usize, ApiError> {
 }
 
 /// The `next` link, built as Nova builds it (§6.2).
-fn next_link(request: &NovaRequest<'_>, last_name: &str) -> String {
-    let mut pairs: Vec<(&str, &str)> = request.query.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
+///
+/// Only the parameters the list accepts at this version are kept: Nova drops the others before building it.
+fn next_link(request: &NovaRequest<'_>, allowed: &[&str], last_name: &str) -> String {
+    let mut pairs: Vec<(&str, &str)> = request
+        .query
+        .iter()
+        .filter(|(k, _)| allowed.contains(&k.as_str()))
+        .map(|(k, v)| (k.as_str(), v.as_str()))
+        .collect();
     pairs.sort_unstable();
     let mut kept: Vec<(&str, &str)> = Vec::new();
     for (name, value) in pairs {

@@ -3,7 +3,7 @@
 //! as a base64 PKCS#12 bundle. The private key leaves this module once, inside a `Zeroizing` string.
 
 use super::fingerprint::x509_fingerprint;
-use super::material::{EcCurve, PublicKeyMaterial};
+use super::material::{EcCurve, OID_SECP256R1, OID_SECP384R1, PublicKeyMaterial};
 use super::parse::parse_public_key;
 use super::{Algorithm, KeyAlgorithm, KeyType, KeypairError};
 use base64::Engine;
@@ -12,9 +12,11 @@ use p256::elliptic_curve::sec1::ToEncodedPoint;
 use rand::RngCore;
 use rand::rngs::OsRng;
 use rsa::pkcs1::EncodeRsaPrivateKey;
-use rsa::pkcs8::{EncodePrivateKey, LineEnding};
+use rsa::pkcs8::{EncodePrivateKey, LineEnding, SecretDocument};
 use rsa::traits::PublicKeyParts;
 use std::fmt;
+use x509_cert::der::asn1::{BitStringRef, ContextSpecific, ObjectIdentifier, OctetStringRef};
+use x509_cert::der::{Encode, EncodeValue, FixedTag, Length, Tag, TagMode, TagNumber, Writer};
 use zeroize::Zeroizing;
 
 /// Comment of generated RSA public keys: Nova's, so that clients that never ask for another algorithm
@@ -64,13 +66,15 @@ pub fn generate_ssh(algorithm: Algorithm) -> Result<GeneratedKeyPair, KeypairErr
         Algorithm::EcP256 => {
             let key = p256::SecretKey::random(&mut OsRng);
             let point = key.public_key().to_encoded_point(false);
-            let private_key = key.to_sec1_pem(LineEnding::LF).map_err(encoding_error)?;
+            let scalar = Zeroizing::new(key.to_bytes());
+            let private_key = sec1_pem(&scalar, OID_SECP256R1, point.as_bytes())?;
             ssh_key_pair(EcCurve::P256, point.as_bytes(), private_key)
         }
         Algorithm::EcP384 => {
             let key = p384::SecretKey::random(&mut OsRng);
             let point = key.public_key().to_encoded_point(false);
-            let private_key = key.to_sec1_pem(LineEnding::LF).map_err(encoding_error)?;
+            let scalar = Zeroizing::new(key.to_bytes());
+            let private_key = sec1_pem(&scalar, OID_SECP384R1, point.as_bytes())?;
             ssh_key_pair(EcCurve::P384, point.as_bytes(), private_key)
         }
         Algorithm::Rsa2048 | Algorithm::Rsa3072 | Algorithm::Rsa4096 => {
@@ -96,6 +100,51 @@ fn generate_ssh_ed25519() -> Result<GeneratedKeyPair, KeypairError> {
         .map_err(encoding_error)?;
     let private_key = openssh.to_openssh(ssh_key::LineEnding::LF).map_err(encoding_error)?;
     finish_ssh(&PublicKeyMaterial::Ed25519(public), KPS_COMMENT, private_key)
+}
+
+/// RFC 5915 `ECPrivateKey` PEM *with* the `namedCurve` parameters. elliptic-curve 0.13's `to_sec1_pem`
+/// omits them, and OpenSSL, ssh-keygen and Python `cryptography` then refuse the key.
+fn sec1_pem(scalar: &[u8], curve: ObjectIdentifier, public_point: &[u8]) -> Result<Zeroizing<String>, KeypairError> {
+    let key = Sec1PrivateKey {
+        scalar: OctetStringRef::new(scalar).map_err(encoding_error)?,
+        curve: ContextSpecific { tag_number: TagNumber::N0, tag_mode: TagMode::Explicit, value: curve },
+        public_point: ContextSpecific {
+            tag_number: TagNumber::N1,
+            tag_mode: TagMode::Explicit,
+            value: BitStringRef::from_bytes(public_point).map_err(encoding_error)?,
+        },
+    };
+    let len = usize::try_from(key.encoded_len().map_err(encoding_error)?).map_err(encoding_error)?;
+    // Sized up front so that encoding never reallocates and leaves an unzeroized copy behind.
+    let mut der = Zeroizing::new(Vec::with_capacity(len));
+    key.encode_to_vec(&mut der).map_err(encoding_error)?;
+    SecretDocument::try_from(der.as_slice())
+        .and_then(|document| document.to_pem("EC PRIVATE KEY", LineEnding::LF))
+        .map_err(encoding_error)
+}
+
+struct Sec1PrivateKey<'a> {
+    scalar: OctetStringRef<'a>,
+    curve: ContextSpecific<ObjectIdentifier>,
+    public_point: ContextSpecific<BitStringRef<'a>>,
+}
+
+impl FixedTag for Sec1PrivateKey<'_> {
+    const TAG: Tag = Tag::Sequence;
+}
+
+impl EncodeValue for Sec1PrivateKey<'_> {
+    fn value_len(&self) -> x509_cert::der::Result<Length> {
+        1u8.encoded_len()? + self.scalar.encoded_len()? + self.curve.encoded_len()? + self.public_point.encoded_len()?
+    }
+
+    fn encode_value(&self, writer: &mut impl Writer) -> x509_cert::der::Result<()> {
+        // version 1 (ecPrivkeyVer1)
+        1u8.encode(writer)?;
+        self.scalar.encode(writer)?;
+        self.curve.encode(writer)?;
+        self.public_point.encode(writer)
+    }
 }
 
 fn ssh_key_pair(
@@ -125,14 +174,15 @@ fn finish_ssh(
 /// 3650 days from now, EKU clientAuth, SAN otherName UPN `<user_id>@localhost`. `public_key` is the
 /// certificate PEM, `private_key` the base64 of a PKCS#12 bundle (key + certificate, empty password).
 pub fn generate_x509(user_id: &str, rsa_key: rsa::RsaPrivateKey) -> Result<GeneratedKeyPair, KeypairError> {
+    // SecretDocument and the Zeroizing PEM wipe themselves; rcgen and p12-keystore keep plain copies
+    // (their types have no Zeroize), which are dropped when this function returns.
     let pkcs8 = rsa_key.to_pkcs8_der().map_err(encoding_error)?;
-    let pkcs8_der: Zeroizing<Vec<u8>> = Zeroizing::new(pkcs8.as_bytes().to_vec());
     let pkcs8_pem = pkcs8.to_pem("PRIVATE KEY", LineEnding::LF).map_err(encoding_error)?;
     let signing_key =
         rcgen::KeyPair::from_pkcs8_pem_and_sign_algo(&pkcs8_pem, &rcgen::PKCS_RSA_SHA256).map_err(certificate_error)?;
     let certificate = certificate_params(user_id)?.self_signed(&signing_key).map_err(certificate_error)?;
     let certificate_der = certificate.der().to_vec();
-    let bundle = pkcs12_bundle(user_id, &pkcs8_der, &certificate_der)?;
+    let bundle = pkcs12_bundle(user_id, pkcs8.as_bytes(), &certificate_der)?;
     Ok(GeneratedKeyPair {
         public_key: certificate.pem(),
         fingerprint: x509_fingerprint(&certificate_der),
@@ -180,12 +230,11 @@ fn pkcs12_bundle(alias: &str, pkcs8_der: &[u8], certificate_der: &[u8]) -> Resul
         sha1::Sha1::digest(certificate_der).to_vec()
     };
     let chain = p12_keystore::PrivateKeyChain::new(local_key_id, key, [certificate]);
+    // The alias becomes a BMPString friendlyName, which cannot hold characters beyond U+FFFF.
+    let alias = if alias.chars().all(|c| u32::from(c) <= 0xffff) { alias } else { "kps" };
     let mut store = p12_keystore::KeyStore::new();
     store.add_entry(alias, p12_keystore::KeyStoreEntry::PrivateKeyChain(chain));
-    let bundle = store.writer("").write().map_err(pkcs12_error)?;
-    // The keystore held a copy of the PKCS#8 key; it is dropped (not zeroized: p12-keystore's type has
-    // no Zeroize) when `store` goes out of scope here.
-    Ok(Zeroizing::new(bundle))
+    store.writer("").write().map(Zeroizing::new).map_err(pkcs12_error)
 }
 
 fn encoding_error(e: impl fmt::Display) -> KeypairError {
@@ -394,6 +443,17 @@ mod tests {
             x509_cert::Certificate::from_pem(&generated.public_key).expect("X.509").to_der().expect("DER");
         assert_eq!(chain.certs().len(), 1);
         assert_eq!(chain.certs()[0].as_der(), certificate_der.as_slice());
+    }
+
+    #[test]
+    fn x509_for_a_user_id_outside_the_bmp_still_builds_a_bundle() {
+        let generated = generate_x509("u-\u{1F511}", test_rsa_key()).expect("generated");
+        let bundle = STANDARD.decode(generated.private_key.as_bytes()).expect("base64");
+        let store = p12_keystore::KeyStore::from_pkcs12(&bundle, "", p12_keystore::Pkcs12ImportPolicy::Strict)
+            .expect("PKCS#12");
+        assert_eq!(store.private_key_chain().map(|(alias, _)| alias), Some("kps"));
+        let public = parse_public_key(KeyType::X509, &generated.public_key).expect("import");
+        assert_eq!(public.fingerprint, generated.fingerprint);
     }
 
     #[test]

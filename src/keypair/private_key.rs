@@ -155,7 +155,7 @@ fn sec1_public(der: &[u8]) -> Option<PublicKeyMaterial> {
 }
 
 /// The `parameters [0] namedCurve` of an RFC 5915 `ECPrivateKey`, if present.
-fn sec1_named_curve(der: &[u8]) -> x509_cert::der::Result<Option<ObjectIdentifier>> {
+pub(crate) fn sec1_named_curve(der: &[u8]) -> x509_cert::der::Result<Option<ObjectIdentifier>> {
     let mut reader = SliceReader::new(der)?;
     let curve = reader.sequence(|seq| {
         let _version = u8::decode(seq)?;
@@ -180,7 +180,7 @@ fn openssh_public(pem: &str) -> Result<PublicKeyMaterial, KeypairError> {
         return Err(KeypairError::PrivateKeyEncrypted);
     }
     let derived = match key.key_data() {
-        KeypairData::Rsa(keypair) => rsa::RsaPrivateKey::try_from(keypair).ok().and_then(|k| rsa_public(&k)),
+        KeypairData::Rsa(keypair) => openssh_rsa_key(keypair).and_then(|k| rsa_public(&k)),
         KeypairData::Ecdsa(keypair) => openssh_ecdsa_public(keypair),
         KeypairData::Ed25519(keypair) => {
             let signing_key = ed25519_dalek::SigningKey::from(&keypair.private);
@@ -190,6 +190,19 @@ fn openssh_public(pem: &str) -> Result<PublicKeyMaterial, KeypairError> {
         _ => None,
     };
     derived.ok_or(KeypairError::PrivateKeyUnparsable)
+}
+
+/// Not `rsa::RsaPrivateKey::try_from(&RsaKeypair)`: ssh-key 0.6.7 passes `p` twice instead of `p, q`
+/// there, so every real key fails validation.
+fn openssh_rsa_key(keypair: &ssh_key::private::RsaKeypair) -> Option<rsa::RsaPrivateKey> {
+    let uint = |m: &ssh_key::Mpint| m.as_positive_bytes().map(rsa::BigUint::from_bytes_be);
+    rsa::RsaPrivateKey::from_components(
+        uint(&keypair.public.n)?,
+        uint(&keypair.public.e)?,
+        uint(&keypair.private.d)?,
+        vec![uint(&keypair.private.p)?, uint(&keypair.private.q)?],
+    )
+    .ok()
 }
 
 fn openssh_ecdsa_public(keypair: &EcdsaKeypair) -> Option<PublicKeyMaterial> {

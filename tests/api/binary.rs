@@ -1,0 +1,133 @@
+//! The real `kps` binary: startup, readiness, persistence, data-directory checks and graceful shutdown.
+
+use std::net::TcpListener;
+use std::os::unix::fs::PermissionsExt;
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0").expect("bind").local_addr().expect("addr").port()
+}
+
+struct Server {
+    child: Child,
+    url: String,
+}
+
+impl Server {
+    fn start(data_dir: &Path) -> Self {
+        let port = free_port();
+        let child = Command::new(env!("CARGO_BIN_EXE_kps"))
+            .args(["serve", "--listen", &format!("127.0.0.1:{port}"), "--data-dir"])
+            .arg(data_dir)
+            .env("KPS_LOG", "warn")
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("spawn kps");
+        let server = Self { child, url: format!("http://127.0.0.1:{port}") };
+        server.wait_ready();
+        server
+    }
+
+    fn wait_ready(&self) {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while Instant::now() < deadline {
+            if reqwest::blocking::get(format!("{}/healthz", self.url)).is_ok_and(|r| r.status() == 200) {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        panic!("kps did not become ready");
+    }
+
+    /// SIGTERM, then the exit status.
+    fn stop(mut self) -> std::process::ExitStatus {
+        let pid = self.child.id().to_string();
+        Command::new("kill").args(["-TERM", &pid]).status().expect("kill");
+        self.child.wait().expect("wait")
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+    }
+}
+
+#[test]
+fn version_flag_prints_the_crate_version() {
+    let out = Command::new(env!("CARGO_BIN_EXE_kps")).arg("--version").output().expect("run");
+    assert!(out.status.success());
+    assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), format!("kps {}", env!("CARGO_PKG_VERSION")));
+}
+
+#[test]
+fn key_pairs_survive_a_restart_and_sigterm_exits_0() {
+    let parent = tempfile::tempdir().expect("tempdir");
+    let data = parent.path().join("data");
+    let server = Server::start(&data);
+    let client = reqwest::blocking::Client::new();
+    let created = client
+        .post(format!("{}/v2.1/os-keypairs", server.url))
+        .header("x-auth-token", "u:p")
+        .header("content-type", "application/json")
+        .body(serde_json::json!({"keypair": {"name": "kept", "public_key": crate::ED25519_VECTOR}}).to_string())
+        .send()
+        .expect("create");
+    assert_eq!(created.status(), 200);
+    assert!(server.stop().success(), "SIGTERM exits 0");
+    let mode = std::fs::metadata(&data).expect("data dir").permissions().mode() & 0o777;
+    assert_eq!(mode, 0o700);
+
+    let server = Server::start(&data);
+    let shown =
+        client.get(format!("{}/v2.1/os-keypairs/kept", server.url)).header("x-auth-token", "u:p").send().expect("show");
+    assert_eq!(shown.status(), 200);
+    let body: serde_json::Value = shown.json().expect("json");
+    assert_eq!(body["keypair"]["fingerprint"], crate::ED25519_VECTOR_FINGERPRINT);
+    assert!(server.stop().success());
+}
+
+#[test]
+fn a_second_server_on_the_same_data_dir_is_refused() {
+    let parent = tempfile::tempdir().expect("tempdir");
+    let data = parent.path().join("data");
+    let server = Server::start(&data);
+    let out = Command::new(env!("CARGO_BIN_EXE_kps"))
+        .args(["serve", "--listen", &format!("127.0.0.1:{}", free_port()), "--data-dir"])
+        .arg(&data)
+        .output()
+        .expect("run");
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("in use by another kps process"));
+    assert!(server.stop().success());
+}
+
+#[test]
+fn a_group_readable_data_dir_is_refused() {
+    let parent = tempfile::tempdir().expect("tempdir");
+    let data = parent.path().join("data");
+    std::fs::create_dir(&data).expect("mkdir");
+    std::fs::set_permissions(&data, std::fs::Permissions::from_mode(0o755)).expect("chmod");
+    let out = Command::new(env!("CARGO_BIN_EXE_kps"))
+        .args(["serve", "--listen", &format!("127.0.0.1:{}", free_port()), "--data-dir"])
+        .arg(&data)
+        .output()
+        .expect("run");
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("0755"), "{}", String::from_utf8_lossy(&out.stderr));
+}
+
+#[test]
+fn noauth_refuses_a_non_loopback_listen_address() {
+    let parent = tempfile::tempdir().expect("tempdir");
+    let out = Command::new(env!("CARGO_BIN_EXE_kps"))
+        .args(["serve", "--listen", "0.0.0.0:0", "--data-dir"])
+        .arg(parent.path().join("data"))
+        .output()
+        .expect("run");
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("allow_noauth_remote"));
+}
