@@ -83,7 +83,7 @@ impl std::fmt::Display for MicroVersion {
 ///
 /// As Nova reads them: repeated headers count as one comma-separated list; in `OpenStack-API-Version` the
 /// last `compute` entry that carries a version wins (entries without one are skipped); the legacy header's
-/// last comma-separated value is used.
+/// last comma-separated value is used, even when it is empty (then malformed).
 fn requested_value(headers: &HeaderMap) -> Option<String> {
     let joined = |name: &str| {
         let values: Vec<String> =
@@ -92,18 +92,16 @@ fn requested_value(headers: &HeaderMap) -> Option<String> {
     };
     let from_new_header = joined("openstack-api-version").and_then(|text| {
         text.rsplit(',').find_map(|entry| {
-            let mut words = entry.split_whitespace();
-            let service = words.next()?;
-            let version = words.next()?;
-            service.eq_ignore_ascii_case("compute").then(|| version.to_owned())
+            let (service, version) = entry.trim().split_once(char::is_whitespace)?;
+            let version = version.trim();
+            (service.eq_ignore_ascii_case("compute") && !version.is_empty()).then(|| version.to_owned())
         })
     });
     if from_new_header.is_some() {
         return from_new_header;
     }
     let legacy = joined("x-openstack-nova-api-version")?;
-    let last = legacy.rsplit(',').next().unwrap_or("").trim();
-    (!last.is_empty()).then(|| last.to_owned())
+    Some(legacy.rsplit(',').next().unwrap_or("").trim().to_owned())
 }
 
 #[cfg(test)]
@@ -153,6 +151,8 @@ mod tests {
             (&[("openstack-api-version", "compute 2.2, compute 2.35")], ok("2.35")),
             (&[("openstack-api-version", "compute 2.2"), ("openstack-api-version", "compute 2.35")], ok("2.35")),
             (&[("x-openstack-nova-api-version", "2.2, 2.35")], ok("2.35")),
+            (&[("x-openstack-nova-api-version", "")], bad("KPS.1006", 400)),
+            (&[("openstack-api-version", "compute 2.10 x")], bad("KPS.1006", 400)),
             (&[("openstack-api-version", "compute 2.97")], bad("KPS.1007", 406)),
             (&[("openstack-api-version", "compute 2.200")], bad("KPS.1007", 406)),
             (&[("openstack-api-version", "compute 2.0")], bad("KPS.1007", 406)),
