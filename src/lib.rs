@@ -7,6 +7,8 @@
 #![forbid(unsafe_code)]
 
 pub mod api;
+pub mod backup;
+pub mod commands;
 pub mod config;
 pub mod datadir;
 pub mod keypair;

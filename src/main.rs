@@ -3,7 +3,8 @@
 use std::path::PathBuf;
 use std::process::ExitCode;
 
-use clap::{Parser, Subcommand};
+use clap::{Args, Parser, Subcommand};
+use kps::commands::{self, Remote};
 use kps::config::{AuthMode, Config, LogFormat, Overrides};
 
 #[derive(Parser)]
@@ -17,19 +18,54 @@ struct Cli {
 enum Command {
     /// Serve the APIs (the default command).
     Serve(ServeArgs),
+    /// Portable backups of all records (ciphertext only).
+    #[command(subcommand)]
+    Backup(BackupCommand),
 }
 
-#[derive(clap::Args, Default)]
-struct ServeArgs {
+#[derive(Subcommand)]
+enum BackupCommand {
+    /// Write every record to FILE; through the running server's admin API if one holds the data dir.
+    Export {
+        file: PathBuf,
+        #[command(flatten)]
+        common: CommonArgs,
+        /// Base URL of the running server (default: http://<listen>).
+        #[arg(long, value_name = "URL")]
+        url: Option<String>,
+        /// Admin credential for the running server, sent as X-Auth-Token.
+        #[arg(long, value_name = "TOKEN")]
+        token: Option<String>,
+    },
+    /// Load FILE into the store (server stopped); refuses a non-empty store unless --force.
+    Import {
+        file: PathBuf,
+        #[command(flatten)]
+        common: CommonArgs,
+        /// Overwrite records with the same key.
+        #[arg(long)]
+        force: bool,
+    },
+}
+
+/// Options every command takes.
+#[derive(Args, Default, Clone)]
+struct CommonArgs {
     /// Config file (default: config/kps.toml if present).
     #[arg(long, value_name = "FILE")]
     config: Option<PathBuf>,
-    /// API listen address.
-    #[arg(long, value_name = "ADDR")]
-    listen: Option<String>,
     /// Data directory.
     #[arg(long, value_name = "DIR")]
     data_dir: Option<PathBuf>,
+}
+
+#[derive(Args, Default)]
+struct ServeArgs {
+    #[command(flatten)]
+    common: CommonArgs,
+    /// API listen address.
+    #[arg(long, value_name = "ADDR")]
+    listen: Option<String>,
     /// Authentication mode: noauth | static | keystone | aksk.
     #[arg(long, value_name = "MODE")]
     auth: Option<AuthMode>,
@@ -37,34 +73,49 @@ struct ServeArgs {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    let args = match cli.command {
-        Some(Command::Serve(args)) => args,
-        None => ServeArgs::default(),
+    let command = cli.command.unwrap_or(Command::Serve(ServeArgs::default()));
+    let (common, listen, auth) = match &command {
+        Command::Serve(args) => (args.common.clone(), args.listen.clone(), args.auth),
+        Command::Backup(BackupCommand::Export { common, .. } | BackupCommand::Import { common, .. }) => {
+            (common.clone(), None, None)
+        }
     };
-    let overrides = Overrides { config: args.config, listen: args.listen, data_dir: args.data_dir, auth: args.auth };
+    let overrides = Overrides { config: common.config, listen, data_dir: common.data_dir, auth };
     let config = match Config::load(&overrides, |name| std::env::var(name).ok()) {
         Ok(config) => config,
-        Err(error) => {
-            eprintln!("kps: {error}");
-            return ExitCode::FAILURE;
-        }
+        Err(error) => return fail(&error),
     };
     init_logging(config.log.format);
     let runtime = match tokio::runtime::Runtime::new() {
         Ok(runtime) => runtime,
-        Err(error) => {
-            eprintln!("kps: cannot start the async runtime: {error}");
-            return ExitCode::FAILURE;
-        }
+        Err(error) => return fail(&format!("cannot start the async runtime: {error}")),
     };
-    match runtime.block_on(kps::serve(config)) {
-        Ok(()) => ExitCode::SUCCESS,
-        Err(error) => {
-            tracing::error!(%error, "kps failed");
-            eprintln!("kps: {error}");
-            ExitCode::FAILURE
+    let outcome = runtime.block_on(async {
+        match command {
+            Command::Serve(_) => kps::serve(config).await.map_err(|e| e.to_string()),
+            Command::Backup(BackupCommand::Export { file, url, token, .. }) => {
+                let report = commands::backup_export(&config, &file, &Remote { url, token }).await;
+                report.map(|line| println!("{line}")).map_err(|e| e.to_string())
+            }
+            Command::Backup(BackupCommand::Import { file, force, .. }) => {
+                let summary = commands::backup_import(&config, &file, force).await.map_err(|e| e.to_string())?;
+                println!(
+                    "imported {} key pairs and {} name-index entries; next id {}",
+                    summary.keypairs, summary.name_index_entries, summary.next_id
+                );
+                Ok(())
+            }
         }
+    });
+    match outcome {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(error) => fail(&error),
     }
+}
+
+fn fail(error: &dyn std::fmt::Display) -> ExitCode {
+    eprintln!("kps: {error}");
+    ExitCode::FAILURE
 }
 
 fn init_logging(format: LogFormat) {

@@ -95,6 +95,8 @@ enum Route {
         project: Option<String>,
         name: String,
     },
+    /// `POST /admin/v1/backup`: the backup stream.
+    AdminBackup,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -109,12 +111,13 @@ impl Route {
         match self {
             Route::KeypairCollection { .. } => &[Method::GET, Method::HEAD, Method::POST],
             Route::Keypair { .. } => &[Method::DELETE, Method::GET, Method::HEAD],
+            Route::AdminBackup => &[Method::POST],
             _ => &[Method::GET, Method::HEAD],
         }
     }
 
     fn needs_auth(&self) -> bool {
-        matches!(self, Route::KeypairCollection { .. } | Route::Keypair { .. })
+        matches!(self, Route::KeypairCollection { .. } | Route::Keypair { .. } | Route::AdminBackup)
     }
 }
 
@@ -134,6 +137,7 @@ fn route(path: &str) -> Option<Route> {
         "/v2" | "/v2/" => return Some(Route::V20Document),
         "/v2.1" | "/v2.1/" => return Some(Route::V21Document),
         "/healthz" => return Some(Route::Health),
+        "/admin/v1/backup" => return Some(Route::AdminBackup),
         _ => {}
     }
     let (api, rest) = if let Some(rest) = path.strip_prefix("/v2.1/") {
@@ -230,11 +234,42 @@ async fn handle(state: &AppState, request: Request, request_id: &str) -> Respons
             let context = NovaContext { state, caller: &caller, api, base_url, request_id };
             context.item(&parts, project.as_deref(), &name).await.unwrap_or_else(IntoResponse::into_response)
         }
+        (Route::AdminBackup, Some(caller)) => admin_backup(state, &caller),
         (_, None) => ApiError::internal(request_id).into_response(),
     };
     if let Some(version) = version {
         version.write_headers(response.headers_mut());
     }
+    response
+}
+
+/// `POST /admin/v1/backup`: streams the backup lines of `crate::backup` (admin only).
+fn admin_backup(state: &AppState, caller: &Caller) -> Response {
+    if !caller.is_admin() {
+        return ApiError::policy_denied("kps:admin:backup").into_response();
+    }
+    let store = std::sync::Arc::clone(state.service.store());
+    let (sender, receiver) = tokio::sync::mpsc::channel::<Vec<u8>>(4);
+    let (failed_sender, failed) = tokio::sync::oneshot::channel::<()>();
+    tokio::spawn(async move {
+        if let Err(error) = crate::backup::export(store.as_ref(), &sender).await {
+            tracing::error!(%error, "backup stream failed");
+            let _ = failed_sender.send(());
+        }
+    });
+    // After the last chunk, a failed export ends the body with an error, so the client sees a broken
+    // transfer, never a short backup that looks complete.
+    let stream = futures_util::stream::unfold((receiver, Some(failed)), |(mut receiver, failed)| async move {
+        match receiver.recv().await {
+            Some(chunk) => Some((Ok(Bytes::from(chunk)), (receiver, failed))),
+            None => match failed?.await {
+                Ok(()) => Some((Err(std::io::Error::other("backup failed")), (receiver, None))),
+                Err(_) => None,
+            },
+        }
+    });
+    let mut response = Response::new(Body::from_stream(stream));
+    response.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static("application/x-ndjson"));
     response
 }
 

@@ -100,6 +100,16 @@ impl Store for MemoryStore {
         Ok(inner.last_id)
     }
 
+    async fn peek_next_id(&self) -> Result<u64, StoreError> {
+        Ok(self.lock()?.last_id + 1)
+    }
+
+    async fn advance_ids(&self, next: u64) -> Result<(), StoreError> {
+        let mut inner = self.lock()?;
+        inner.last_id = inner.last_id.max(next.saturating_sub(1));
+        Ok(())
+    }
+
     async fn flush(&self) -> Result<(), StoreError> {
         Ok(())
     }

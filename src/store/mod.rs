@@ -84,6 +84,12 @@ pub trait Store: Send + Sync + 'static {
     /// A fresh record id: positive, unique across the store's life, never reused after a restart.
     async fn next_id(&self) -> Result<u64, StoreError>;
 
+    /// The id `next_id` would hand out next (ids below it may have been used).
+    async fn peek_next_id(&self) -> Result<u64, StoreError>;
+
+    /// Moves the id counter so that every id handed out from now on is at least `next` (never backwards).
+    async fn advance_ids(&self, next: u64) -> Result<(), StoreError>;
+
     /// Makes everything written so far durable (used at shutdown).
     async fn flush(&self) -> Result<(), StoreError>;
 
@@ -220,6 +226,11 @@ pub(crate) mod suite {
             assert!(id > last, "{id} after {last}");
             last = id;
         }
+        assert!(store.peek_next_id().await.expect("peek") > last);
+        store.advance_ids(100_000).await.expect("advance");
+        assert_eq!(store.next_id().await.expect("id"), 100_000);
+        store.advance_ids(5).await.expect("never backwards");
+        assert_eq!(store.next_id().await.expect("id"), 100_001);
     }
 
     #[test]

@@ -119,6 +119,29 @@ pub fn name_index_key(project_id: &str, name: &str) -> Vec<u8> {
     key
 }
 
+/// Splits a name-index key into `(project_id, name)`.
+pub fn split_name_index_key(key: &[u8]) -> Option<(&str, &str)> {
+    let (&tag, rest) = key.split_first()?;
+    if tag != b'n' || rest.len() < 2 {
+        return None;
+    }
+    let len = usize::from(u16::from_be_bytes([rest[0], rest[1]]));
+    let rest = &rest[2..];
+    if rest.len() < len {
+        return None;
+    }
+    let (owner, name) = rest.split_at(len);
+    Some((std::str::from_utf8(owner).ok()?, std::str::from_utf8(name).ok()?))
+}
+
+/// The store key of a key pair record: by owner user for `user` keys, by project for `domain` keys.
+pub fn keypair_key(record: &KeypairRecord) -> Vec<u8> {
+    match record.scope {
+        Scope::User => user_key(&record.user_id, &record.name),
+        Scope::Domain => domain_key(&record.project_id, &record.name),
+    }
+}
+
 /// The name part of a key built by `user_key`/`domain_key`, given its prefix.
 pub fn name_from_key<'a>(key: &'a [u8], prefix: &[u8]) -> Option<&'a str> {
     std::str::from_utf8(key.strip_prefix(prefix)?).ok()
@@ -166,6 +189,14 @@ mod tests {
         assert!(!user_key("abc", "").starts_with(&user_prefix("ab")));
         assert!(!user_key("a", "bc").starts_with(&user_prefix("ab")));
         assert_eq!(name_from_key(&user_key("ab", "name x"), &user_prefix("ab")), Some("name x"));
+    }
+
+    #[test]
+    fn name_index_keys_split_back_into_project_and_name() {
+        let key = name_index_key("p-42", "a name");
+        assert_eq!(split_name_index_key(&key), Some(("p-42", "a name")));
+        assert_eq!(split_name_index_key(&user_key("p-42", "a name")), None);
+        assert_eq!(split_name_index_key(b"n\x00"), None);
     }
 
     #[test]

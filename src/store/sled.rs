@@ -25,6 +25,9 @@ use super::{ApplyError, Space, Store, StoreError, WriteOp, prefix_end};
 /// hands out an id that may already have been used (it resumes after the reserved block).
 const ID_BLOCK: u64 = 1024;
 const ID_RESERVATION_KEY: &[u8] = b"id_reserved_until";
+/// Layout version of the whole store (trees, key encodings); records carry their own version too.
+const STORE_FORMAT_KEY: &[u8] = b"store_format_version";
+const STORE_FORMAT: u8 = 1;
 
 /// The most batches one group commit takes.
 const MAX_GROUP: usize = 1024;
@@ -70,6 +73,17 @@ struct IdBlock {
     reserved_until: u64,
 }
 
+impl IdBlock {
+    /// If `id` lies past the reserved block, reserves a new block that covers it and returns its end, which
+    /// must reach the disk before `id` is used.
+    fn reserve_for(&mut self, id: u64) -> Option<u64> {
+        (id > self.reserved_until).then(|| {
+            self.reserved_until = id + ID_BLOCK - 1;
+            self.reserved_until
+        })
+    }
+}
+
 fn backend(error: sled::Error) -> StoreError {
     match error {
         sled::Error::Corruption { .. } => StoreError::Corrupt(error.to_string()),
@@ -84,6 +98,19 @@ impl SledStore {
         let trees = Space::ALL.iter().map(|space| db.open_tree(space.name())).collect::<Result<Vec<_>, _>>();
         let trees = trees.map_err(backend)?;
         let meta = db.open_tree("meta").map_err(backend)?;
+        match meta.get(STORE_FORMAT_KEY).map_err(backend)?.as_deref() {
+            None => {
+                meta.insert(STORE_FORMAT_KEY, &[STORE_FORMAT]).map_err(backend)?;
+            }
+            Some([version]) if *version <= STORE_FORMAT => {}
+            Some(other) => {
+                return Err(StoreError::Corrupt(format!(
+                    "the store in {} has format version {other:?}, written by a newer kps (this one reads up to \
+                     {STORE_FORMAT}); refusing to misread it",
+                    dir.display()
+                )));
+            }
+        }
         let reserved = match meta.get(ID_RESERVATION_KEY).map_err(backend)? {
             None => 0,
             Some(bytes) => {
@@ -112,6 +139,17 @@ impl SledStore {
             .spawn(move || committer.run(&queue))
             .map_err(|e| StoreError::Backend(format!("cannot start the commit thread: {e}")))?;
         Ok(Self { db, trees, meta, ids, commits: Some(commits), committer: Some(committer), stats, log_file })
+    }
+
+    /// Writes an id reservation durably; the stored value never goes backwards.
+    async fn persist_reservation(&self, until: u64) -> Result<(), StoreError> {
+        self.meta
+            .fetch_and_update(ID_RESERVATION_KEY, |old| {
+                let old = old.and_then(|b| <[u8; 8]>::try_from(b).ok()).map_or(0, u64::from_be_bytes);
+                Some(old.max(until).to_be_bytes().to_vec())
+            })
+            .map_err(backend)?;
+        self.sync().await
     }
 
     /// Group-commit counters (for tests, metrics and benchmarks).
@@ -187,25 +225,29 @@ impl Store for SledStore {
             let mut ids = self.ids.lock().map_err(|_| StoreError::Backend("id lock poisoned".into()))?;
             let id = ids.next;
             ids.next += 1;
-            let reserve = if id > ids.reserved_until {
-                ids.reserved_until = id + ID_BLOCK - 1;
-                Some(ids.reserved_until)
-            } else {
-                None
-            };
-            (id, reserve)
+            (id, ids.reserve_for(id))
         };
         if let Some(until) = reserve {
-            // fetch_and_update keeps the stored reservation monotonic even if two blocks race to disk.
-            self.meta
-                .fetch_and_update(ID_RESERVATION_KEY, |old| {
-                    let old = old.and_then(|b| <[u8; 8]>::try_from(b).ok()).map_or(0, u64::from_be_bytes);
-                    Some(old.max(until).to_be_bytes().to_vec())
-                })
-                .map_err(backend)?;
-            self.sync().await?;
+            self.persist_reservation(until).await?;
         }
         Ok(id)
+    }
+
+    async fn peek_next_id(&self) -> Result<u64, StoreError> {
+        Ok(self.ids.lock().map_err(|_| StoreError::Backend("id lock poisoned".into()))?.next)
+    }
+
+    async fn advance_ids(&self, next: u64) -> Result<(), StoreError> {
+        let reserve = {
+            let mut ids = self.ids.lock().map_err(|_| StoreError::Backend("id lock poisoned".into()))?;
+            ids.next = ids.next.max(next);
+            let next = ids.next;
+            ids.reserve_for(next)
+        };
+        if let Some(until) = reserve {
+            self.persist_reservation(until).await?;
+        }
+        Ok(())
     }
 
     async fn flush(&self) -> Result<(), StoreError> {
@@ -324,6 +366,18 @@ mod tests {
         let stats = store.commit_stats();
         assert_eq!(stats.batches.load(Ordering::Relaxed), 64);
         assert!(stats.syncs.load(Ordering::Relaxed) < 64, "{stats:?}");
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_store_written_by_a_newer_kps_is_refused() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        {
+            let store = SledStore::open(dir.path()).expect("open");
+            store.meta.insert(STORE_FORMAT_KEY, &[STORE_FORMAT + 1]).expect("insert");
+            store.flush().await.expect("flush");
+        }
+        let error = SledStore::open(dir.path()).err().expect("newer format");
+        assert!(error.to_string().contains("newer kps"), "{error}");
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -6,19 +6,31 @@ use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-fn free_port() -> u16 {
+pub fn free_port() -> u16 {
     TcpListener::bind("127.0.0.1:0").expect("bind").local_addr().expect("addr").port()
 }
 
-struct Server {
-    child: Child,
-    url: String,
+pub struct Server {
+    pub child: Child,
+    pub url: String,
 }
 
 impl Server {
-    fn start(data_dir: &Path) -> Self {
+    pub fn start(data_dir: &Path) -> Self {
+        Self::spawn(data_dir, None)
+    }
+
+    pub fn start_with_config(data_dir: &Path, config: &Path) -> Self {
+        Self::spawn(data_dir, Some(config))
+    }
+
+    fn spawn(data_dir: &Path, config: Option<&Path>) -> Self {
         let port = free_port();
-        let child = Command::new(env!("CARGO_BIN_EXE_kps"))
+        let mut command = Command::new(env!("CARGO_BIN_EXE_kps"));
+        if let Some(config) = config {
+            command.env("KPS_CONFIG", config);
+        }
+        let child = command
             .args(["serve", "--listen", &format!("127.0.0.1:{port}"), "--data-dir"])
             .arg(data_dir)
             .env("KPS_LOG", "warn")
@@ -42,8 +54,14 @@ impl Server {
         panic!("kps did not become ready");
     }
 
+    /// SIGKILL: no chance to flush anything.
+    pub fn kill(mut self) {
+        self.child.kill().expect("kill");
+        self.child.wait().expect("wait");
+    }
+
     /// SIGTERM, then the exit status.
-    fn stop(mut self) -> std::process::ExitStatus {
+    pub fn stop(mut self) -> std::process::ExitStatus {
         let pid = self.child.id().to_string();
         Command::new("kill").args(["-TERM", &pid]).status().expect("kill");
         self.child.wait().expect("wait")

@@ -1,0 +1,154 @@
+//! The operator commands besides `serve`: `kps backup export` and `kps backup import`.
+//!
+//! While a server holds the data directory's lock, `backup export` goes through that server's admin API
+//! (`POST /admin/v1/backup`, admin token), so backups need no downtime; otherwise it opens the store itself.
+//! `backup import` always needs the server stopped.
+
+use std::io::Write;
+use std::os::unix::fs::OpenOptionsExt;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use crate::backup::{self, BackupError, ImportSummary};
+use crate::config::Config;
+use crate::datadir::{DataDir, DataDirError};
+use crate::store::sled::SledStore;
+use crate::store::{Store, StoreError};
+
+#[derive(Debug, thiserror::Error)]
+pub enum CommandError {
+    #[error(transparent)]
+    DataDir(#[from] DataDirError),
+    #[error("cannot open the store: {0}")]
+    Store(#[from] StoreError),
+    #[error(transparent)]
+    Backup(#[from] BackupError),
+    #[error("{path}: {source}")]
+    File { path: PathBuf, source: std::io::Error },
+    #[error("{0}")]
+    Remote(String),
+}
+
+/// How to reach a running server's admin API.
+#[derive(Debug, Clone, Default)]
+pub struct Remote {
+    /// Base URL; default `http://<listen>`.
+    pub url: Option<String>,
+    /// Admin credential, sent as `X-Auth-Token`.
+    pub token: Option<String>,
+}
+
+/// `kps backup export FILE`: returns a one-line report.
+pub async fn backup_export(config: &Config, file: &Path, remote: &Remote) -> Result<String, CommandError> {
+    match DataDir::open(&config.data_dir) {
+        Ok(data_dir) => {
+            let store = SledStore::open(&data_dir.db_path())?;
+            let bytes = export_store_to_file(Arc::new(store), file).await?;
+            Ok(format!("exported {bytes} bytes from {} to {}", config.data_dir.display(), file.display()))
+        }
+        Err(DataDirError::Locked { .. }) => {
+            let bytes = export_remote(config, file, remote).await?;
+            Ok(format!("exported {bytes} bytes from the running server to {}", file.display()))
+        }
+        Err(error) => Err(error.into()),
+    }
+}
+
+/// `kps backup import FILE [--force]` (server stopped).
+pub async fn backup_import(config: &Config, file: &Path, force: bool) -> Result<ImportSummary, CommandError> {
+    let text = std::fs::read_to_string(file).map_err(|source| CommandError::File { path: file.into(), source })?;
+    let data_dir = DataDir::open(&config.data_dir).map_err(|error| match error {
+        DataDirError::Locked { path, .. } => CommandError::Remote(format!(
+            "{} is in use by a running kps: stop the server before `kps backup import`",
+            path.display()
+        )),
+        other => other.into(),
+    })?;
+    let store = SledStore::open(&data_dir.db_path())?;
+    let summary = backup::import(&store, &text, force).await?;
+    store.flush().await?;
+    Ok(summary)
+}
+
+async fn export_store_to_file(store: Arc<dyn Store>, file: &Path) -> Result<u64, CommandError> {
+    let (sender, mut receiver) = tokio::sync::mpsc::channel(8);
+    let exporter = tokio::spawn(async move { backup::export(store.as_ref(), &sender).await });
+    let mut out = AtomicFile::create(file)?;
+    while let Some(chunk) = receiver.recv().await {
+        out.write(&chunk)?;
+    }
+    exporter.await.map_err(|e| CommandError::Remote(format!("export task failed: {e}")))??;
+    out.commit()
+}
+
+async fn export_remote(config: &Config, file: &Path, remote: &Remote) -> Result<u64, CommandError> {
+    let token = remote.token.as_deref().ok_or_else(|| {
+        CommandError::Remote(format!(
+            "{} is in use by a running kps: pass --token (an admin credential) to export through its admin API",
+            config.data_dir.display()
+        ))
+    })?;
+    let base = remote.url.clone().unwrap_or_else(|| format!("http://{}", config.listen));
+    let url = format!("{}/admin/v1/backup", base.trim_end_matches('/'));
+    let remote_error = |e: reqwest::Error| CommandError::Remote(format!("{url}: {e}"));
+    let mut response =
+        reqwest::Client::new().post(&url).header("x-auth-token", token).send().await.map_err(remote_error)?;
+    if !response.status().is_success() {
+        let status = response.status();
+        let body = response.text().await.unwrap_or_default();
+        return Err(CommandError::Remote(format!("{url} answered {status}: {body}")));
+    }
+    let mut out = AtomicFile::create(file)?;
+    while let Some(chunk) = response.chunk().await.map_err(remote_error)? {
+        out.write(&chunk)?;
+    }
+    out.commit()
+}
+
+/// A file written under a temporary name (mode 0600) and renamed into place once complete and synced, so a
+/// failed export never leaves a truncated backup under the real name.
+struct AtomicFile {
+    path: PathBuf,
+    temp: PathBuf,
+    file: std::fs::File,
+    written: u64,
+}
+
+impl AtomicFile {
+    fn create(path: &Path) -> Result<Self, CommandError> {
+        let mut temp = path.as_os_str().to_owned();
+        temp.push(".partial");
+        let temp = PathBuf::from(temp);
+        let file = std::fs::OpenOptions::new()
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .mode(0o600)
+            .open(&temp)
+            .map_err(|source| CommandError::File { path: temp.clone(), source })?;
+        Ok(Self { path: path.into(), temp, file, written: 0 })
+    }
+
+    fn write(&mut self, bytes: &[u8]) -> Result<(), CommandError> {
+        self.file.write_all(bytes).map_err(|source| CommandError::File { path: self.temp.clone(), source })?;
+        self.written += bytes.len() as u64;
+        Ok(())
+    }
+
+    fn commit(self) -> Result<u64, CommandError> {
+        let error = |source| CommandError::File { path: self.path.clone(), source };
+        self.file.sync_all().map_err(error)?;
+        std::fs::rename(&self.temp, &self.path).map_err(error)?;
+        if let Some(parent) = self.path.parent().filter(|p| !p.as_os_str().is_empty()) {
+            std::fs::File::open(parent).and_then(|d| d.sync_all()).map_err(error)?;
+        }
+        Ok(self.written)
+    }
+}
+
+impl Drop for AtomicFile {
+    fn drop(&mut self) {
+        // Only an uncommitted file is still at its temporary name.
+        let _ = std::fs::remove_file(&self.temp);
+    }
+}
