@@ -46,6 +46,8 @@ pub struct NewKeypair {
     pub user_id: String,
     /// Project of the creating request.
     pub project_id: String,
+    /// `user` (Nova) or `domain` (KPS V3: visible to every user of `project_id`).
+    pub scope: Scope,
 }
 
 /// A stored key pair and, when it was generated, its private key (returned to the caller once).
@@ -79,14 +81,14 @@ impl KeypairService {
         &self.store
     }
 
-    /// Creates (generates) or imports a `user` key pair.
+    /// Creates (generates) or imports a key pair.
     pub async fn create(&self, new: NewKeypair) -> Result<Created, ServiceError> {
         self.check_quota(&new.user_id).await?;
         let imported = match &new.public_key {
             Some(text) => Some(parse::parse_public_key(new.key_type, text)?),
             None => None,
         };
-        self.check_name_free(&new.user_id, &new.project_id, &new.name).await?;
+        self.check_name_free(&new.user_id, &new.project_id, &new.name, new.scope).await?;
 
         let (public_key, fingerprint, algorithm, private_key) = match (imported, new.public_key) {
             (Some(parsed), Some(text)) => (text, parsed.fingerprint, parsed.algorithm.to_string(), None),
@@ -110,7 +112,7 @@ impl KeypairService {
             algorithm,
             user_id: new.user_id,
             project_id: new.project_id,
-            scope: Scope::User,
+            scope: new.scope,
             description: String::new(),
             created_at_us: now_micros(),
             updated_at_us: None,
@@ -199,9 +201,22 @@ impl KeypairService {
         if used >= quota { Err(ServiceError::QuotaExceeded) } else { Ok(()) }
     }
 
-    /// The uniqueness pre-check: the owner's keys and the project's `domain` keys.
-    async fn check_name_free(&self, user_id: &str, project_id: &str, name: &str) -> Result<(), ServiceError> {
+    /// The uniqueness pre-check (kps-v3.md §2): the owner's keys and the project's `domain` keys; a new
+    /// `domain` key also conflicts with every `user` key of that name created in the project.
+    async fn check_name_free(
+        &self,
+        user_id: &str,
+        project_id: &str,
+        name: &str,
+        scope: Scope,
+    ) -> Result<(), ServiceError> {
         if self.find(user_id, project_id, name).await?.is_some() {
+            return Err(ServiceError::Duplicate(name.to_owned()));
+        }
+        if scope == Scope::Domain
+            && let Some(bytes) = self.store.get(Space::NameIndex, &record::name_index_key(project_id, name)).await?
+            && !record::decode::<NameIndexEntry>(&bytes)?.is_empty()
+        {
             return Err(ServiceError::Duplicate(name.to_owned()));
         }
         Ok(())
@@ -233,22 +248,24 @@ impl KeypairService {
         Ok(generated)
     }
 
-    /// Writes a new `user` record and its name-index entry in one atomic apply.
+    /// Writes a new record and its name-index entry in one atomic apply; the apply decides races on the name.
     async fn insert(&self, record: &KeypairRecord) -> Result<(), ServiceError> {
-        let key = record::user_key(&record.user_id, &record.name);
+        let key = record::keypair_key(record);
         let value = record::encode(record)?;
         let index_key = record::name_index_key(&record.project_id, &record.name);
+        let duplicate = || ServiceError::Duplicate(record.name.clone());
         loop {
             let current = self.store.get(Space::NameIndex, &index_key).await?;
             let mut entry: NameIndexEntry = match &current {
                 Some(bytes) => record::decode(bytes)?,
                 None => NameIndexEntry::default(),
             };
-            if entry.domain_key.is_some() {
-                return Err(ServiceError::Duplicate(record.name.clone()));
-            }
-            if !entry.users.contains(&record.user_id) {
-                entry.users.push(record.user_id.clone());
+            match record.scope {
+                Scope::User if entry.domain_key.is_some() => return Err(duplicate()),
+                Scope::User if !entry.users.contains(&record.user_id) => entry.users.push(record.user_id.clone()),
+                Scope::User => {}
+                Scope::Domain if !entry.is_empty() => return Err(duplicate()),
+                Scope::Domain => entry.domain_key = Some(record.id),
             }
             let encoded = record::encode(&entry)?;
             let index_op = match current {
@@ -260,8 +277,8 @@ impl KeypairService {
             let record_op = WriteOp::PutIfAbsent { space: Space::KeyPairs, key: key.clone(), value: value.clone() };
             match self.store.apply(vec![record_op, index_op]).await {
                 Ok(()) => return Ok(()),
-                Err(ApplyError::Conflict { op: 0 }) => return Err(ServiceError::Duplicate(record.name.clone())),
-                // Another create or delete of this name in this project changed the index entry: retry.
+                Err(ApplyError::Conflict { op: 0 }) => return Err(duplicate()),
+                // Another create or delete of this name in this project changed the index entry: look again.
                 Err(ApplyError::Conflict { .. }) => {}
                 Err(ApplyError::Store(error)) => return Err(error.into()),
             }
@@ -329,6 +346,70 @@ pub fn format_timestamp(micros: i64) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::store::memory::MemoryStore;
+
+    const KEY: &str = "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIAOhB7/zzhC+HXDdGOdLwJln5NYwm6UNXx3chmQSVTG4";
+
+    fn service() -> Arc<KeypairService> {
+        Arc::new(KeypairService::new(Arc::new(MemoryStore::new()), None, RsaKeyPool::disabled()))
+    }
+
+    fn import(user: &str, project: &str, name: &str, scope: Scope) -> NewKeypair {
+        NewKeypair {
+            name: name.into(),
+            key_type: KeyType::Ssh,
+            public_key: Some(KEY.into()),
+            algorithm: None,
+            user_id: user.into(),
+            project_id: project.into(),
+            scope,
+        }
+    }
+
+    #[tokio::test]
+    async fn a_domain_key_conflicts_with_user_keys_of_its_project() {
+        let service = service();
+        service.create(import("alice", "p", "shared", Scope::User)).await.expect("user key");
+        let clash = service.create(import("bob", "p", "shared", Scope::Domain)).await;
+        assert!(matches!(clash, Err(ServiceError::Duplicate(_))), "{clash:?}");
+        // Another project's domain key of that name is fine.
+        service.create(import("bob", "q", "shared", Scope::Domain)).await.expect("other project");
+        // And a user key created in q now clashes with q's domain key.
+        let clash = service.create(import("carol", "q", "shared", Scope::User)).await;
+        assert!(matches!(clash, Err(ServiceError::Duplicate(_))), "{clash:?}");
+    }
+
+    #[tokio::test]
+    async fn domain_keys_are_visible_to_every_member_of_their_project() {
+        let service = service();
+        service.create(import("bob", "p", "team", Scope::Domain)).await.expect("domain key");
+        service.create(import("alice", "p", "mine", Scope::User)).await.expect("user key");
+        let names: Vec<String> =
+            service.list("alice", "p", None, 10).await.expect("list").into_iter().map(|r| r.name).collect();
+        assert_eq!(names, ["mine", "team"]);
+        assert_eq!(service.get("alice", "p", "team").await.expect("show").user_id, "bob");
+        assert!(service.get("alice", "other", "team").await.is_err());
+        service.delete("alice", "p", "team").await.expect("any member may delete");
+        service.create(import("alice", "p", "team", Scope::User)).await.expect("name free again");
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn concurrent_user_and_domain_creates_of_one_name_let_exactly_one_win() {
+        for round in 0..50 {
+            let service = service();
+            let name = format!("race{round}");
+            let user = tokio::spawn({
+                let (service, name) = (Arc::clone(&service), name.clone());
+                async move { service.create(import("alice", "p", &name, Scope::User)).await.is_ok() }
+            });
+            let domain = tokio::spawn({
+                let (service, name) = (Arc::clone(&service), name.clone());
+                async move { service.create(import("bob", "p", &name, Scope::Domain)).await.is_ok() }
+            });
+            let wins = [user.await.expect("task"), domain.await.expect("task")];
+            assert_eq!(wins.iter().filter(|w| **w).count(), 1, "round {round}: {wins:?}");
+        }
+    }
 
     #[test]
     fn timestamps_have_six_fraction_digits_and_no_zone() {

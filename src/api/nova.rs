@@ -425,6 +425,7 @@ pub async fn create(state: &AppState, request: &NovaRequest<'_>, body: &Value) -
         algorithm: body.algorithm,
         user_id: owner,
         project_id: caller.project_id.clone(),
+        scope: crate::store::record::Scope::User,
     };
     let created = state.service.create(new).await.map_err(|e| service_error(e, request.request_id))?;
 
