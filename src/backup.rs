@@ -40,7 +40,7 @@ struct Header {
 #[derive(Debug, Serialize, Deserialize)]
 #[serde(tag = "type", rename_all = "snake_case", deny_unknown_fields)]
 enum Line {
-    Keypair { record: KeypairRecord },
+    Keypair { record: Box<KeypairRecord> },
     NameIndex { project_id: String, name: String, entry: NameIndexEntry },
 }
 
@@ -71,7 +71,7 @@ pub async fn export(store: &dyn Store, out: &tokio::sync::mpsc::Sender<Vec<u8>>)
 
 fn to_line(space: Space, key: &[u8], value: &[u8]) -> Result<Line, StoreError> {
     match space {
-        Space::KeyPairs => Ok(Line::Keypair { record: record::decode(value)? }),
+        Space::KeyPairs => Ok(Line::Keypair { record: Box::new(record::decode(value)?) }),
         Space::NameIndex => {
             let (project_id, name) = record::split_name_index_key(key)
                 .ok_or_else(|| StoreError::Corrupt("malformed name-index key".into()))?;
@@ -186,6 +186,7 @@ mod tests {
             description: String::new(),
             created_at_us: 1,
             updated_at_us: None,
+            sealed: None,
         }
     }
 

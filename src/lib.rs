@@ -10,6 +10,7 @@ pub mod api;
 pub mod backup;
 pub mod commands;
 pub mod config;
+pub mod custody;
 pub mod datadir;
 pub mod keypair;
 pub mod service;
@@ -33,6 +34,8 @@ pub enum ServeError {
     Config(#[from] config::ConfigError),
     #[error(transparent)]
     DataDir(#[from] datadir::DataDirError),
+    #[error(transparent)]
+    Keyring(#[from] custody::KeyringError),
     #[error("cannot open the store: {0}")]
     Store(#[from] store::StoreError),
     #[error("cannot listen on {addr}: {source}")]
@@ -41,17 +44,25 @@ pub enum ServeError {
     Io(#[from] std::io::Error),
 }
 
-/// Builds the application state over an opened store.
-pub fn state(config: &Config, store: Arc<dyn Store>) -> AppState {
+/// Builds the application state over an opened store: loads (or creates) the master keyring when the
+/// `default` encryptor is allowed, and starts the RSA key pool.
+pub fn state(config: &Config, store: Arc<dyn Store>) -> Result<AppState, ServeError> {
     let pool = RsaKeyPool::new(config.keygen.rsa_pool_size);
-    AppState {
-        service: KeypairService::new(store, config.quota(), pool),
+    let mut service = KeypairService::new(store, config.quota(), pool);
+    if config.custody.allow_default {
+        let path = config.custody.master_key_file.clone().unwrap_or_else(|| config.data_dir.join("master.key"));
+        let keyring = custody::MasterKeyring::load_or_create(&path, config.secrets.allow_group_readable)?;
+        tracing::info!(current = keyring.current_id(), "master keyring loaded");
+        service = service.with_default_encryptor(custody::Encryptor::Local(custody::LocalEncryptor::new(keyring)));
+    }
+    Ok(AppState {
+        service,
         authenticator: Authenticator::NoAuth,
         public_url: config.public_url.clone(),
         max_body_bytes: config.limits.max_body_bytes,
         request_timeout: Duration::from_secs(config.limits.request_timeout_s),
-        custody_allow_default: config.custody.allow_default,
-    }
+        custody_enabled: config.custody.enabled,
+    })
 }
 
 /// Runs `kps serve` until SIGTERM/SIGINT: checks the configuration, opens (and locks) the data directory,
@@ -60,7 +71,7 @@ pub async fn serve(config: Config) -> Result<(), ServeError> {
     config.validate()?;
     let data_dir = datadir::DataDir::open(&config.data_dir)?;
     let store: Arc<dyn Store> = Arc::new(store::sled::SledStore::open(&data_dir.db_path())?);
-    let state = Arc::new(state(&config, Arc::clone(&store)));
+    let state = Arc::new(state(&config, Arc::clone(&store))?);
 
     let addr = config.listen_addr()?;
     let listener = tokio::net::TcpListener::bind(addr)

@@ -9,6 +9,7 @@ use std::sync::Arc;
 
 use zeroize::Zeroizing;
 
+use crate::custody::{Aad, CustodyError, Encryptor, PrivateKeyText};
 use crate::keypair::pool::RsaKeyPool;
 use crate::keypair::{Algorithm, KeyType, KeypairError, generate, parse};
 use crate::store::record::{self, KeypairRecord, NameIndexEntry, Scope};
@@ -29,12 +30,26 @@ pub enum ServiceError {
     QuotaExceeded,
     #[error(transparent)]
     Keypair(#[from] KeypairError),
+    /// A private key problem, reported with the key pair's name (KPS.1301/1302/1304).
+    #[error("private key of {name}: {error}")]
+    PrivateKey { error: KeypairError, name: String },
+    /// `key_protection.private_key` without `public_key` (KPS.1303).
+    #[error("key_protection.private_key requires keypair.public_key")]
+    PrivateKeyWithoutPublicKey,
+    /// `encryption.type = kms` but no KMS is configured (KPS.1402).
+    #[error("no KMS is configured")]
+    KmsNotConfigured,
+    /// `encryption.type = default` is disabled on this server (KPS.1403).
+    #[error("encryption type default is disabled")]
+    DefaultEncryptionDisabled,
+    #[error(transparent)]
+    Custody(#[from] CustodyError),
     #[error(transparent)]
     Store(#[from] StoreError),
 }
 
 /// What a create/import asks for, after validation at the edge.
-#[derive(Debug, Clone)]
+#[derive(Debug)]
 pub struct NewKeypair {
     pub name: String,
     pub key_type: KeyType,
@@ -48,6 +63,38 @@ pub struct NewKeypair {
     pub project_id: String,
     /// `user` (Nova) or `domain` (KPS V3: visible to every user of `project_id`).
     pub scope: Scope,
+    /// `key_protection`: escrow the private key (generated, or given in `private_key`).
+    pub protection: Option<ProtectionRequest>,
+}
+
+/// What `key_protection` asks for, after shape validation at the edge.
+pub struct ProtectionRequest {
+    /// The private key to escrow on import (secret).
+    pub private_key: Option<Zeroizing<String>>,
+    pub encryption: EncryptionRequest,
+}
+
+impl std::fmt::Debug for ProtectionRequest {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ProtectionRequest")
+            .field("private_key", &self.private_key.as_ref().map(|_| "[REDACTED]"))
+            .field("encryption", &self.encryption)
+            .finish()
+    }
+}
+
+/// `key_protection.encryption`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum EncryptionRequest {
+    Default,
+    Kms { key_name: Option<String>, key_id: Option<String> },
+}
+
+impl ProtectionRequest {
+    /// Whether this request escrows a private key: a generated one, or the one it carries.
+    pub fn escrows(&self, generating: bool) -> bool {
+        generating || self.private_key.is_some()
+    }
 }
 
 /// A stored key pair and, when it was generated, its private key (returned to the caller once).
@@ -70,41 +117,73 @@ pub struct KeypairService {
     /// Key pairs per owner; `None` = unlimited.
     quota: Option<u64>,
     rsa_pool: RsaKeyPool,
+    /// The `default` encryptor; `None` when `custody.allow_default = false`.
+    default_encryptor: Option<Encryptor>,
 }
 
 impl KeypairService {
     pub fn new(store: Arc<dyn Store>, quota: Option<u64>, rsa_pool: RsaKeyPool) -> Self {
-        Self { store, quota, rsa_pool }
+        Self { store, quota, rsa_pool, default_encryptor: None }
+    }
+
+    /// Enables `encryption.type = default` with this encryptor.
+    #[must_use]
+    pub fn with_default_encryptor(mut self, encryptor: Encryptor) -> Self {
+        self.default_encryptor = Some(encryptor);
+        self
     }
 
     pub fn store(&self) -> &Arc<dyn Store> {
         &self.store
     }
 
-    /// Creates (generates) or imports a key pair.
+    /// Creates (generates) or imports a key pair, escrowing its private key when `protection` asks for it.
+    ///
+    /// Order (errors.md §4): quota, key material (public key, private key and match, protection settings),
+    /// uniqueness pre-check, generation, id, seal, one atomic write. A failure writes nothing.
     pub async fn create(&self, new: NewKeypair) -> Result<Created, ServiceError> {
         self.check_quota(&new.user_id).await?;
         let imported = match &new.public_key {
             Some(text) => Some(parse::parse_public_key(new.key_type, text)?),
             None => None,
         };
+        let encryptor = match &new.protection {
+            Some(protection) => Some(self.check_protection(protection, imported.as_ref(), &new.name)?),
+            None => None,
+        };
         self.check_name_free(&new.user_id, &new.project_id, &new.name, new.scope).await?;
 
-        let (public_key, fingerprint, algorithm, private_key) = match (imported, new.public_key) {
+        let generating = imported.is_none();
+        let (public_key, fingerprint, algorithm, generated_private_key) = match (imported, new.public_key) {
             (Some(parsed), Some(text)) => (text, parsed.fingerprint, parsed.algorithm.to_string(), None),
             _ => {
                 let generated = self.generate(new.key_type, new.algorithm, &new.user_id).await?;
-                (
-                    generated.public_key,
-                    generated.fingerprint,
-                    generated.algorithm.to_string(),
-                    Some(generated.private_key),
-                )
+                let algorithm = generated.algorithm.to_string();
+                (generated.public_key, generated.fingerprint, algorithm, Some(generated.private_key))
             }
         };
 
+        let id = self.store.next_id().await?;
+        let sealed = match (encryptor, new.protection) {
+            (Some(encryptor), Some(protection)) if protection.escrows(generating) => {
+                let text = match (&generated_private_key, protection.private_key) {
+                    (Some(generated), _) => Zeroizing::new(generated.as_str().to_owned()),
+                    (None, Some(given)) => given,
+                    (None, None) => unreachable_escrow()?,
+                };
+                let aad = Aad {
+                    project_id: new.project_id.clone(),
+                    user_id: new.user_id.clone(),
+                    name: new.name.clone(),
+                    record_id: id,
+                };
+                Some(encryptor.seal(&aad, &PrivateKeyText::new(text)).await?)
+            }
+            _ => None,
+        };
+
         let record = KeypairRecord {
-            id: self.store.next_id().await?,
+            id,
             name: new.name,
             key_type: new.key_type.as_str().to_owned(),
             public_key,
@@ -116,9 +195,34 @@ impl KeypairService {
             description: String::new(),
             created_at_us: now_micros(),
             updated_at_us: None,
+            sealed,
         };
         self.insert(&record).await?;
-        Ok(Created { record, private_key })
+        Ok(Created { record, private_key: generated_private_key })
+    }
+
+    /// Step 12 for `key_protection`: the private key parses and matches the public key, and the requested
+    /// encryption is available. Returns the encryptor that will seal.
+    fn check_protection(
+        &self,
+        protection: &ProtectionRequest,
+        public_key: Option<&parse::PublicKey>,
+        name: &str,
+    ) -> Result<&Encryptor, ServiceError> {
+        if let Some(text) = &protection.private_key {
+            let public_key = public_key.ok_or(ServiceError::PrivateKeyWithoutPublicKey)?;
+            let private_key = parse::parse_private_key(text)
+                .map_err(|error| ServiceError::PrivateKey { error, name: name.to_owned() })?;
+            private_key
+                .check_matches(public_key)
+                .map_err(|error| ServiceError::PrivateKey { error, name: name.to_owned() })?;
+        }
+        match protection.encryption {
+            EncryptionRequest::Kms { .. } => Err(ServiceError::KmsNotConfigured),
+            EncryptionRequest::Default => {
+                self.default_encryptor.as_ref().ok_or(ServiceError::DefaultEncryptionDisabled)
+            }
+        }
     }
 
     /// The key pair `name` visible to `user_id` in `project_id`: the user's own key, else a `domain` key of
@@ -319,6 +423,11 @@ impl KeypairService {
     }
 }
 
+/// `escrows()` is true with neither a generated nor a given key only through a bug.
+fn unreachable_escrow() -> Result<Zeroizing<String>, ServiceError> {
+    Err(ServiceError::Keypair(KeypairError::Generation("escrow without a private key".into())))
+}
+
 fn rsa_bits(algorithm: Algorithm) -> Option<usize> {
     match algorithm {
         Algorithm::Rsa2048 => Some(2048),
@@ -363,6 +472,7 @@ mod tests {
             user_id: user.into(),
             project_id: project.into(),
             scope,
+            protection: None,
         }
     }
 

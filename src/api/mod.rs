@@ -37,7 +37,8 @@ pub struct AppState {
     pub public_url: Option<String>,
     pub max_body_bytes: usize,
     pub request_timeout: Duration,
-    pub custody_allow_default: bool,
+    /// `custody.enabled`: escrowing and revealing private keys is allowed.
+    pub custody_enabled: bool,
 }
 
 /// The kps HTTP application.

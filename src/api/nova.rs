@@ -14,7 +14,7 @@ use super::microversion::MicroVersion;
 use super::schema::{additional_properties, field_message, not_of_type, not_one_of, repr, str_repr};
 use super::{AppState, private_key_response};
 use crate::keypair::{Algorithm, KeyType};
-use crate::service::{self, MAX_LIST_LIMIT, NewKeypair, ServiceError};
+use crate::service::{self, EncryptionRequest, MAX_LIST_LIMIT, NewKeypair, ProtectionRequest, ServiceError};
 use crate::store::record::KeypairRecord;
 
 /// Which flavour of the compute API a request came through.
@@ -121,26 +121,13 @@ pub fn is_kps_name(name: &str) -> bool {
 // ---------------------------------------------------------------------------------------------------------
 // Create body (§4.4, §5.1, §6.1, §8)
 
-/// `key_protection.encryption` after shape validation.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Encryption {
-    Default,
-    Kms { key_name: Option<String>, key_id: Option<String> },
-}
-
-/// `key_protection` after shape validation. `private_key` is secret: never logged, never echoed.
-pub struct KeyProtection {
-    pub private_key: Option<zeroize::Zeroizing<String>>,
-    pub encryption: Encryption,
-}
-
 /// A create/import body that passed the schema step.
 pub struct CreateBody {
     pub name: String,
     pub key_type: KeyType,
     pub public_key: Option<String>,
     pub user_id: Option<String>,
-    pub key_protection: Option<KeyProtection>,
+    pub key_protection: Option<ProtectionRequest>,
     pub algorithm: Option<Algorithm>,
 }
 
@@ -270,7 +257,7 @@ fn is_kms_key_id(id: &str) -> bool {
 
 /// Shape checks of `key_protection` (§8): unknown properties and wrong JSON types are KPS.1001, every other
 /// problem KPS.1401.
-pub fn validate_key_protection(value: &Value) -> Result<KeyProtection, ApiError> {
+pub fn validate_key_protection(value: &Value) -> Result<ProtectionRequest, ApiError> {
     let invalid =
         |detail: &str| ApiError::new(StatusCode::BAD_REQUEST, "KPS.1401", format!("Invalid key_protection: {detail}"));
     let shown = masked(&json!({ "key_protection": value }))["key_protection"].clone();
@@ -315,7 +302,7 @@ pub fn validate_key_protection(value: &Value) -> Result<KeyProtection, ApiError>
     let key_id = text("kms_key_id")?;
     let encryption = match encryption_type {
         None => return Err(invalid("encryption.type is required")),
-        Some("default") => Encryption::Default,
+        Some("default") => EncryptionRequest::Default,
         Some("kms") => {
             if key_name.is_some_and(|n| !(1..=255).contains(&n.chars().count())) {
                 return Err(invalid("kms_key_name must be 1 to 255 characters"));
@@ -326,11 +313,11 @@ pub fn validate_key_protection(value: &Value) -> Result<KeyProtection, ApiError>
             if key_name.is_none() && key_id.is_none() {
                 return Err(invalid("encryption.type kms requires kms_key_name or kms_key_id"));
             }
-            Encryption::Kms { key_name: key_name.map(str::to_owned), key_id: key_id.map(str::to_owned) }
+            EncryptionRequest::Kms { key_name: key_name.map(str::to_owned), key_id: key_id.map(str::to_owned) }
         }
         Some(_) => return Err(invalid("encryption.type must be default or kms")),
     };
-    Ok(KeyProtection { private_key, encryption })
+    Ok(ProtectionRequest { private_key, encryption })
 }
 
 // ---------------------------------------------------------------------------------------------------------
@@ -399,6 +386,24 @@ fn service_error(error: ServiceError, request_id: &str) -> ApiError {
         ServiceError::Duplicate(name) => ApiError::duplicate_name(&name),
         ServiceError::QuotaExceeded => ApiError::quota_exceeded(),
         ServiceError::Keypair(error) => error.into(),
+        ServiceError::PrivateKey { error, name } => {
+            ApiError::new(StatusCode::BAD_REQUEST, error.code(), error.message_for(&name))
+        }
+        ServiceError::PrivateKeyWithoutPublicKey => {
+            ApiError::new(StatusCode::BAD_REQUEST, "KPS.1303", "key_protection.private_key requires keypair.public_key")
+        }
+        ServiceError::KmsNotConfigured => ApiError::new(
+            StatusCode::BAD_REQUEST,
+            "KPS.1402",
+            "Encryption type kms is not available: no KMS is configured",
+        ),
+        ServiceError::DefaultEncryptionDisabled => {
+            ApiError::new(StatusCode::BAD_REQUEST, "KPS.1403", "Encryption type default is disabled on this server")
+        }
+        ServiceError::Custody(error) => {
+            tracing::error!(%error, request_id, "sealing failed");
+            ApiError::internal(request_id)
+        }
         ServiceError::Store(error) => ApiError::from_store(&error, request_id),
     }
 }
@@ -415,8 +420,9 @@ pub async fn create(state: &AppState, request: &NovaRequest<'_>, body: &Value) -
         Some(user) => user.to_owned(),
     };
     authorize(caller, "create", &owner)?;
-    if let Some(protection) = &body.key_protection {
-        check_protection(state, protection, body.public_key.is_some())?;
+    let escrows = body.key_protection.as_ref().is_some_and(|p| p.escrows(body.public_key.is_none()));
+    if escrows && !state.custody_enabled {
+        return Err(ApiError::new(StatusCode::FORBIDDEN, "KPS.1901", "Private key custody is disabled on this server"));
     }
     let new = NewKeypair {
         name: body.name,
@@ -426,6 +432,7 @@ pub async fn create(state: &AppState, request: &NovaRequest<'_>, body: &Value) -
         user_id: owner,
         project_id: caller.project_id.clone(),
         scope: crate::store::record::Scope::User,
+        protection: body.key_protection,
     };
     let created = state.service.create(new).await.map_err(|e| service_error(e, request.request_id))?;
 
@@ -443,28 +450,6 @@ pub async fn create(state: &AppState, request: &NovaRequest<'_>, body: &Value) -
     match created.private_key {
         Some(private_key) => Ok(private_key_response(status, keypair, "keypair", &private_key)),
         None => Ok((status, json_body(&json!({ "keypair": keypair }))).into_response()),
-    }
-}
-
-/// Custody is not available yet: a request that would escrow a private key is refused as by a server
-/// with `custody.enabled = false`; a `key_protection` that escrows nothing is checked and ignored (§8).
-fn check_protection(state: &AppState, protection: &KeyProtection, importing: bool) -> Result<(), ApiError> {
-    let escrows = !importing || protection.private_key.is_some();
-    if escrows {
-        return Err(ApiError::new(StatusCode::FORBIDDEN, "KPS.1901", "Private key custody is disabled on this server"));
-    }
-    match protection.encryption {
-        Encryption::Kms { .. } => Err(ApiError::new(
-            StatusCode::BAD_REQUEST,
-            "KPS.1402",
-            "Encryption type kms is not available: no KMS is configured",
-        )),
-        Encryption::Default if !state.custody_allow_default => Err(ApiError::new(
-            StatusCode::BAD_REQUEST,
-            "KPS.1403",
-            "Encryption type default is disabled on this server",
-        )),
-        Encryption::Default => Ok(()),
     }
 }
 

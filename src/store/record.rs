@@ -42,6 +42,38 @@ pub struct KeypairRecord {
     pub created_at_us: i64,
     #[serde(default)]
     pub updated_at_us: Option<i64>,
+    /// The escrowed private key, sealed (custody); `None` when nothing is escrowed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sealed: Option<SealedKey>,
+}
+
+/// Which encryptor wrapped the data key.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum EncryptorKind {
+    Default,
+    Kms,
+}
+
+/// A sealed private key as stored: ciphertext and what is needed to unwrap its data key. Nothing secret.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SealedKey {
+    pub format_version: u8,
+    pub encryptor: EncryptorKind,
+    /// Master key id (`default`) or KMS key id (`kms`).
+    pub key_ref: String,
+    /// KMS key alias as given or resolved, for display only.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub key_name: Option<String>,
+    /// HKDF salt, 32 random bytes per record (`default` only), hex.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub salt: Option<String>,
+    /// The wrapped data key, hex.
+    pub wrapped_dek: String,
+    /// Nonce of the private-key ciphertext, hex.
+    pub nonce: String,
+    /// AES-256-GCM ciphertext (with tag) of the private key text, hex.
+    pub ciphertext: String,
 }
 
 /// A name-index entry for `(project_id, name)`: the users whose `user` key of that name was created in
@@ -165,6 +197,7 @@ mod tests {
             description: String::new(),
             created_at_us: 1,
             updated_at_us: None,
+            sealed: None,
         }
     }
 

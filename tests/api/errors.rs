@@ -215,13 +215,17 @@ async fn unlimited_quota_is_minus_one() {
 }
 
 #[tokio::test]
-async fn key_protection_that_would_escrow_is_refused_while_custody_is_unavailable() {
-    let kps = Kps::new();
+async fn key_protection_that_would_escrow_is_refused_when_custody_is_disabled() {
+    let kps = Kps::with_config(|c| c.custody.enabled = false);
     let generate = r#"{"keypair": {"name": "k", "key_protection": {"encryption": {"type": "default"}}}}"#;
     let answer = kps.nova("POST", "/v2.1/os-keypairs", "u:p", None, Some(generate)).await;
     answer.assert_error(403, "KPS.1901", "Private key custody is disabled on this server");
     let list = kps.nova("GET", "/v2.1/os-keypairs", "u:p", None, None).await;
     assert_eq!(list.json()["keypairs"], serde_json::json!([]), "nothing stored");
+    // An import whose key_protection escrows nothing is still allowed.
+    let body = serde_json::json!({"keypair": {"name": "k", "public_key": crate::ED25519_VECTOR,
+        "key_protection": {"encryption": {"type": "default"}}}});
+    assert_eq!(kps.nova("POST", "/v2.1/os-keypairs", "u:p", None, Some(&body.to_string())).await.status, 200);
 }
 
 #[tokio::test]

@@ -2,6 +2,7 @@
 //! router without sockets, plus a few tests of the real `kps` binary on 127.0.0.1 (`binary.rs`).
 
 mod binary;
+mod custody;
 mod durability;
 mod errors;
 mod keypairs;
@@ -20,12 +21,19 @@ use serde_json::Value;
 use tower::ServiceExt;
 
 pub const ED25519_VECTOR: &str = "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIAOhB7/zzhC+HXDdGOdLwJln5NYwm6UNXx3chmQSVTG4 ops";
+/// A private key (PEM, OpenSSH) and its public key, from the keypair unit-test fixtures.
+pub const RSA_PRIVATE_KEY: &str = include_str!("../../src/keypair/testdata/rsa2048_pkcs1.pem");
+pub const RSA_PUBLIC_KEY: &str = include_str!("../../src/keypair/testdata/rsa2048.pub");
+pub const ED25519_PRIVATE_KEY: &str = include_str!("../../src/keypair/testdata/ed25519_openssh.key");
+pub const ED25519_PUBLIC_KEY: &str = include_str!("../../src/keypair/testdata/ed25519.pub");
+pub const ENCRYPTED_PRIVATE_KEY: &str = include_str!("../../src/keypair/testdata/ed25519_openssh_enc.key");
+
 pub const ED25519_VECTOR_FINGERPRINT: &str = "f1:02:17:de:ef:c1:30:83:11:8b:82:a0:0e:67:7f:d5";
 
 /// A kps application over a fresh store.
 pub struct Kps {
     router: Router,
-    _dir: tempfile::TempDir,
+    pub dir: tempfile::TempDir,
 }
 
 /// One answer: status, headers and raw body.
@@ -78,10 +86,11 @@ impl Kps {
         let dir = tempfile::tempdir().expect("tempdir");
         let mut config = Config::default();
         config.keygen.rsa_pool_size = 0;
+        config.data_dir = dir.path().to_path_buf();
         adjust(&mut config);
         let store = kps::store::sled::SledStore::open(&dir.path().join("db")).expect("store");
-        let state = kps::state(&config, Arc::new(store));
-        Self { router: kps::app(Arc::new(state)), _dir: dir }
+        let state = kps::state(&config, Arc::new(store)).expect("state");
+        Self { router: kps::app(Arc::new(state)), dir }
     }
 
     pub async fn call(&self, method: &str, path: &str, headers: &[(&str, &str)], body: Option<&str>) -> Answer {

@@ -1,0 +1,245 @@
+//! The master keyring of the `default` encryptor: a TOML file (mode 0600) holding 32-byte keys by id and
+//! naming the `current` one (spec/interface.md "Data directory and master keyring").
+//!
+//! New seals use the current key; older keys stay so that older records still open. The file is created
+//! with one fresh key on first start and refused when group- or world-readable (group-readable is accepted
+//! with `secrets.allow_group_readable`, for systemd credentials and Kubernetes secret mounts).
+
+use std::collections::BTreeMap;
+use std::io::Write;
+use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+use zeroize::Zeroizing;
+
+use super::envelope::{KEY_LEN, SymmetricKey};
+
+#[derive(Debug, thiserror::Error)]
+pub enum KeyringError {
+    #[error("master key file {path}: {source}")]
+    Io { path: PathBuf, source: std::io::Error },
+    #[error(
+        "master key file {path} has mode {mode:04o}: it must not be group- or world-readable (chmod 600 {path}, or \
+         set secrets.allow_group_readable for a group-readable secret mount)"
+    )]
+    Permissions { path: PathBuf, mode: u32 },
+    #[error("master key file {path} is invalid: {message}")]
+    Invalid { path: PathBuf, message: String },
+}
+
+#[derive(Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct KeyringFile {
+    current: String,
+    keys: Vec<KeyEntry>,
+}
+
+#[derive(Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct KeyEntry {
+    id: String,
+    key_hex: String,
+}
+
+impl Drop for KeyEntry {
+    fn drop(&mut self) {
+        zeroize::Zeroize::zeroize(&mut self.key_hex);
+    }
+}
+
+/// The loaded keyring. `Debug` shows key ids only.
+pub struct MasterKeyring {
+    current: String,
+    keys: BTreeMap<String, SymmetricKey>,
+}
+
+impl std::fmt::Debug for MasterKeyring {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("MasterKeyring").field("current", &self.current).field("ids", &self.keys.keys()).finish()
+    }
+}
+
+impl MasterKeyring {
+    /// Loads the keyring at `path`, creating it with one fresh key if it does not exist.
+    pub fn load_or_create(path: &Path, allow_group_readable: bool) -> Result<Self, KeyringError> {
+        if !path.exists() {
+            let file = KeyringFile { current: String::new(), keys: Vec::new() };
+            write_file(path, &with_new_key(file))?;
+        }
+        Self::load(path, allow_group_readable)
+    }
+
+    pub fn load(path: &Path, allow_group_readable: bool) -> Result<Self, KeyringError> {
+        let io = |source| KeyringError::Io { path: path.into(), source };
+        let mode = std::fs::metadata(path).map_err(io)?.permissions().mode() & 0o777;
+        let group_ok = allow_group_readable && mode & 0o030 == 0;
+        if mode & 0o007 != 0 || (mode & 0o070 != 0 && !group_ok) {
+            return Err(KeyringError::Permissions { path: path.into(), mode });
+        }
+        let text = Zeroizing::new(std::fs::read_to_string(path).map_err(io)?);
+        let file: KeyringFile = toml::from_str(&text)
+            .map_err(|e| KeyringError::Invalid { path: path.into(), message: e.message().to_owned() })?;
+        Self::from_file(&file).map_err(|message| KeyringError::Invalid { path: path.into(), message })
+    }
+
+    fn from_file(file: &KeyringFile) -> Result<Self, String> {
+        let mut keys = BTreeMap::new();
+        for entry in &file.keys {
+            let bytes =
+                Zeroizing::new(hex::decode(&entry.key_hex).map_err(|_| format!("key {} is not hex", entry.id))?);
+            if bytes.len() != KEY_LEN {
+                return Err(format!("key {} is not {} bytes", entry.id, KEY_LEN));
+            }
+            let key = SymmetricKey::from_bytes(&bytes).map_err(|e| e.to_string())?;
+            if keys.insert(entry.id.clone(), key).is_some() {
+                return Err(format!("key id {} appears twice", entry.id));
+            }
+        }
+        if !keys.contains_key(&file.current) {
+            return Err(format!("current key {:?} is not in the file", file.current));
+        }
+        Ok(Self { current: file.current.clone(), keys })
+    }
+
+    pub fn current_id(&self) -> &str {
+        &self.current
+    }
+
+    /// The current key: `(id, key)`.
+    pub fn current(&self) -> (&str, &SymmetricKey) {
+        // `from_file` guarantees the current id is present.
+        (&self.current, &self.keys[&self.current])
+    }
+
+    pub fn get(&self, id: &str) -> Option<&SymmetricKey> {
+        self.keys.get(id)
+    }
+
+    pub fn ids(&self) -> impl Iterator<Item = &str> {
+        self.keys.keys().map(String::as_str)
+    }
+}
+
+/// `kps master-key generate`: adds a fresh key to the file at `path` and makes it current. With `print`, the
+/// resulting file is returned instead of written. Returns the new file's text and the new key's id.
+pub fn generate(
+    path: &Path,
+    print: bool,
+    allow_group_readable: bool,
+) -> Result<(Zeroizing<String>, String), KeyringError> {
+    let file = if path.exists() {
+        MasterKeyring::load(path, allow_group_readable)?;
+        let text = Zeroizing::new(
+            std::fs::read_to_string(path).map_err(|source| KeyringError::Io { path: path.into(), source })?,
+        );
+        toml::from_str(&text)
+            .map_err(|e| KeyringError::Invalid { path: path.into(), message: e.message().to_owned() })?
+    } else {
+        KeyringFile { current: String::new(), keys: Vec::new() }
+    };
+    let file = with_new_key(file);
+    let text = render(&file);
+    if !print {
+        write_file(path, &file)?;
+    }
+    Ok((text, file.current.clone()))
+}
+
+fn with_new_key(mut file: KeyringFile) -> KeyringFile {
+    let date = time::OffsetDateTime::now_utc().date();
+    let base = format!("mk-{date}");
+    let mut id = base.clone();
+    let mut n = 2;
+    while file.keys.iter().any(|k| k.id == id) {
+        id = format!("{base}-{n}");
+        n += 1;
+    }
+    let key = SymmetricKey::random();
+    file.keys.push(KeyEntry { id: id.clone(), key_hex: hex::encode(key.expose()) });
+    file.current = id;
+    file
+}
+
+fn render(file: &KeyringFile) -> Zeroizing<String> {
+    Zeroizing::new(toml::to_string(file).unwrap_or_default())
+}
+
+/// Writes the keyring atomically with mode 0600 (temporary file, fsync, rename).
+fn write_file(path: &Path, file: &KeyringFile) -> Result<(), KeyringError> {
+    let io = |source| KeyringError::Io { path: path.into(), source };
+    let mut temp = path.as_os_str().to_owned();
+    temp.push(".new");
+    let temp = PathBuf::from(temp);
+    let text = render(file);
+    let mut out =
+        std::fs::OpenOptions::new().write(true).create(true).truncate(true).mode(0o600).open(&temp).map_err(io)?;
+    out.write_all(text.as_bytes()).map_err(io)?;
+    out.sync_all().map_err(io)?;
+    std::fs::rename(&temp, path).map_err(io)?;
+    if let Some(parent) = path.parent().filter(|p| !p.as_os_str().is_empty()) {
+        std::fs::File::open(parent).and_then(|d| d.sync_all()).map_err(io)?;
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn first_start_creates_a_0600_keyring_with_one_current_key() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("master.key");
+        let keyring = MasterKeyring::load_or_create(&path, false).expect("create");
+        assert_eq!(std::fs::metadata(&path).expect("meta").permissions().mode() & 0o777, 0o600);
+        assert_eq!(keyring.ids().count(), 1);
+        assert!(keyring.current_id().starts_with("mk-"));
+        let again = MasterKeyring::load_or_create(&path, false).expect("load");
+        assert_eq!(again.current().1.expose(), keyring.current().1.expose(), "loaded, not recreated");
+    }
+
+    #[test]
+    fn generate_adds_a_key_and_keeps_the_old_ones() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("master.key");
+        let first = MasterKeyring::load_or_create(&path, false).expect("create");
+        let (printed, id) = generate(&path, true, false).expect("print");
+        assert!(printed.contains(&id));
+        assert_eq!(MasterKeyring::load(&path, false).expect("load").ids().count(), 1, "--print changes nothing");
+        let (_, id) = generate(&path, false, false).expect("generate");
+        let keyring = MasterKeyring::load(&path, false).expect("load");
+        assert_eq!(keyring.current_id(), id);
+        assert_eq!(keyring.get(first.current_id()).map(|k| *k.expose()), Some(*first.current().1.expose()));
+    }
+
+    #[test]
+    fn readable_by_others_is_refused() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("master.key");
+        MasterKeyring::load_or_create(&path, false).expect("create");
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o640)).expect("chmod");
+        assert!(matches!(MasterKeyring::load(&path, false), Err(KeyringError::Permissions { mode: 0o640, .. })));
+        MasterKeyring::load(&path, true).expect("group-readable allowed explicitly");
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o644)).expect("chmod");
+        assert!(MasterKeyring::load(&path, true).is_err(), "world-readable never");
+    }
+
+    #[test]
+    fn malformed_files_are_clear_errors() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("master.key");
+        let cases = [
+            "current = \"a\"\n[[keys]]\nid = \"a\"\nkey_hex = \"zz\"\n",
+            "current = \"a\"\n[[keys]]\nid = \"a\"\nkey_hex = \"00\"\n",
+            "current = \"b\"\n[[keys]]\nid = \"a\"\nkey_hex = \"0000000000000000000000000000000000000000000000000000000000000000\"\n",
+        ];
+        for text in cases {
+            std::fs::write(&path, text).expect("write");
+            std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600)).expect("chmod");
+            let error = MasterKeyring::load(&path, false).expect_err(text);
+            assert!(matches!(error, KeyringError::Invalid { .. }), "{error}");
+            assert!(!error.to_string().contains("0000000000"), "never print key material");
+        }
+    }
+}

@@ -1,0 +1,131 @@
+//! The `default` encryptor: the data key is wrapped under a KEK derived from the master keyring with
+//! HKDF-SHA256 (ikm = master key, salt = 32 random bytes per record, info = `kps/kek/v1/<master key id>`).
+
+use hkdf::Hkdf;
+use rand::RngCore;
+use sha2::Sha256;
+use zeroize::Zeroizing;
+
+use super::envelope::{KEY_LEN, NONCE_LEN, SymmetricKey};
+use super::{Aad, CustodyError, EncryptorKind, MasterKeyring, PrivateKeyText, SEALED_FORMAT_VERSION, SealedKey};
+
+pub struct LocalEncryptor {
+    keyring: MasterKeyring,
+}
+
+impl LocalEncryptor {
+    pub fn new(keyring: MasterKeyring) -> Self {
+        Self { keyring }
+    }
+
+    pub fn current_key_id(&self) -> &str {
+        self.keyring.current_id()
+    }
+
+    fn kek(&self, key_id: &str, salt: &[u8]) -> Result<SymmetricKey, CustodyError> {
+        let master = self.keyring.get(key_id).ok_or_else(|| CustodyError::UnknownMasterKey(key_id.to_owned()))?;
+        let mut okm = Zeroizing::new([0u8; KEY_LEN]);
+        Hkdf::<Sha256>::new(Some(salt), master.expose())
+            .expand(format!("kps/kek/v1/{key_id}").as_bytes(), okm.as_mut())
+            .map_err(|_| CustodyError::Malformed("hkdf length".into()))?;
+        SymmetricKey::from_bytes(okm.as_ref())
+    }
+
+    pub fn seal(&self, aad: &Aad, private_key: &PrivateKeyText) -> Result<SealedKey, CustodyError> {
+        let aad = aad.bytes();
+        let dek = SymmetricKey::random();
+        let (nonce, ciphertext) = dek.encrypt(private_key.expose().as_bytes(), &aad)?;
+        let mut salt = [0u8; 32];
+        rand::rngs::OsRng.fill_bytes(&mut salt);
+        let key_id = self.keyring.current_id().to_owned();
+        let (wrap_nonce, wrapped) = self.kek(&key_id, &salt)?.encrypt(dek.expose(), &aad)?;
+        let mut wrapped_dek = wrap_nonce.to_vec();
+        wrapped_dek.extend(wrapped);
+        Ok(SealedKey {
+            format_version: SEALED_FORMAT_VERSION,
+            encryptor: EncryptorKind::Default,
+            key_ref: key_id,
+            key_name: None,
+            salt: Some(hex::encode(salt)),
+            wrapped_dek: hex::encode(wrapped_dek),
+            nonce: hex::encode(nonce),
+            ciphertext: hex::encode(ciphertext),
+        })
+    }
+
+    pub fn open(&self, aad: &Aad, sealed: &SealedKey) -> Result<PrivateKeyText, CustodyError> {
+        if sealed.encryptor != EncryptorKind::Default || sealed.format_version != SEALED_FORMAT_VERSION {
+            return Err(CustodyError::Malformed("not a default-encryptor envelope of a known version".into()));
+        }
+        let unhex = |field: &str, text: &str| hex::decode(text).map_err(|_| CustodyError::Malformed(field.into()));
+        let salt = unhex("salt", sealed.salt.as_deref().unwrap_or_default())?;
+        let wrapped = unhex("wrapped_dek", &sealed.wrapped_dek)?;
+        if wrapped.len() <= NONCE_LEN {
+            return Err(CustodyError::Malformed("wrapped_dek".into()));
+        }
+        let aad = aad.bytes();
+        let (wrap_nonce, wrapped) = wrapped.split_at(NONCE_LEN);
+        let dek = self.kek(&sealed.key_ref, &salt)?.decrypt(wrap_nonce, wrapped, &aad)?;
+        let dek = SymmetricKey::from_bytes(&dek)?;
+        let plaintext =
+            dek.decrypt(&unhex("nonce", &sealed.nonce)?, &unhex("ciphertext", &sealed.ciphertext)?, &aad)?;
+        let text = String::from_utf8(plaintext.to_vec()).map_err(|_| CustodyError::Integrity)?;
+        Ok(PrivateKeyText::new(Zeroizing::new(text)))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn encryptor(dir: &std::path::Path) -> LocalEncryptor {
+        LocalEncryptor::new(MasterKeyring::load_or_create(&dir.join("master.key"), false).expect("keyring"))
+    }
+
+    fn aad(name: &str, id: u64) -> Aad {
+        Aad { project_id: "p".into(), user_id: "u".into(), name: name.into(), record_id: id }
+    }
+
+    fn secret() -> PrivateKeyText {
+        PrivateKeyText::new(Zeroizing::new("-----BEGIN OPENSSH PRIVATE KEY-----\nabc\n".into()))
+    }
+
+    #[test]
+    fn seal_then_open_gives_the_exact_text() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let local = encryptor(dir.path());
+        let sealed = local.seal(&aad("k", 1), &secret()).expect("seal");
+        assert!(!serde_json::to_string(&sealed).expect("json").contains("OPENSSH"));
+        assert_eq!(local.open(&aad("k", 1), &sealed).expect("open").expose(), secret().expose());
+    }
+
+    #[test]
+    fn a_sealed_key_moved_to_another_record_does_not_open() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let local = encryptor(dir.path());
+        let sealed = local.seal(&aad("k", 1), &secret()).expect("seal");
+        for other in [aad("k", 2), aad("other", 1), Aad { user_id: "v".into(), ..aad("k", 1) }] {
+            assert!(matches!(local.open(&other, &sealed), Err(CustodyError::Integrity)), "{other:?}");
+        }
+    }
+
+    #[test]
+    fn older_master_keys_still_open_after_rotation() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("master.key");
+        let sealed = encryptor(dir.path()).seal(&aad("k", 1), &secret()).expect("seal");
+        crate::custody::keyring::generate(&path, false, false).expect("rotate");
+        let rotated = encryptor(dir.path());
+        assert_ne!(rotated.current_key_id(), sealed.key_ref);
+        assert_eq!(rotated.open(&aad("k", 1), &sealed).expect("open").expose(), secret().expose());
+    }
+
+    #[test]
+    fn a_different_keyring_cannot_open() {
+        let (a, b) = (tempfile::tempdir().expect("a"), tempfile::tempdir().expect("b"));
+        let sealed = encryptor(a.path()).seal(&aad("k", 1), &secret()).expect("seal");
+        let mut sealed_same_id = sealed.clone();
+        sealed_same_id.key_ref = encryptor(b.path()).current_key_id().to_owned();
+        assert!(encryptor(b.path()).open(&aad("k", 1), &sealed_same_id).is_err());
+    }
+}

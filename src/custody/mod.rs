@@ -1,0 +1,121 @@
+//! Private-key custody: sealing a private key for storage and opening it again.
+//!
+//! A sealed key is an envelope (`envelope`): the private key text encrypted with AES-256-GCM under a fresh
+//! random data key (DEK) per record, the DEK itself wrapped by an `Encryptor` — `default` (`local`: a KEK
+//! derived with HKDF-SHA256 from the master keyring) or, later, `kms`. Both layers are bound to the record's
+//! identity by the AAD, so ciphertext moved to another record fails to open. Only `SealedKey` (ciphertext)
+//! ever reaches the store; plaintext lives in `PrivateKeyText` (zeroized, redacted `Debug`).
+
+pub mod envelope;
+pub mod keyring;
+pub mod local;
+
+use zeroize::Zeroizing;
+
+pub use crate::store::record::{EncryptorKind, SealedKey};
+
+pub use keyring::{KeyringError, MasterKeyring};
+pub use local::LocalEncryptor;
+
+/// Format of `SealedKey`.
+pub const SEALED_FORMAT_VERSION: u8 = 1;
+
+/// A private key in plaintext: zeroized on drop, never printed.
+pub struct PrivateKeyText(Zeroizing<String>);
+
+impl PrivateKeyText {
+    pub fn new(text: Zeroizing<String>) -> Self {
+        Self(text)
+    }
+
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+}
+
+impl std::fmt::Debug for PrivateKeyText {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("PrivateKeyText([REDACTED])")
+    }
+}
+
+/// The identity a sealed key is bound to: `kps/v1`, then project, user, name and the decimal record id, each
+/// preceded by its length as a big-endian u32 (design.md "Records and keys").
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Aad {
+    pub project_id: String,
+    pub user_id: String,
+    pub name: String,
+    pub record_id: u64,
+}
+
+impl Aad {
+    pub fn bytes(&self) -> Vec<u8> {
+        let record = self.record_id.to_string();
+        let mut out = Vec::with_capacity(64 + self.project_id.len() + self.user_id.len() + self.name.len());
+        out.extend_from_slice(b"kps/v1");
+        for field in [self.project_id.as_str(), self.user_id.as_str(), self.name.as_str(), record.as_str()] {
+            let len = u32::try_from(field.len()).unwrap_or(u32::MAX);
+            out.extend_from_slice(&len.to_be_bytes());
+            out.extend_from_slice(field.as_bytes());
+        }
+        out
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum CustodyError {
+    /// The ciphertext or wrapped key failed its integrity check (tampered, moved, or the wrong key).
+    #[error("sealed private key failed its integrity check")]
+    Integrity,
+    #[error("master key {0} is not in the keyring")]
+    UnknownMasterKey(String),
+    #[error("sealed key format is invalid: {0}")]
+    Malformed(String),
+    #[error("encryption type {0:?} is not available")]
+    Unavailable(EncryptorKind),
+}
+
+/// Seals and opens private keys.
+pub enum Encryptor {
+    Local(LocalEncryptor),
+}
+
+impl Encryptor {
+    pub fn kind(&self) -> EncryptorKind {
+        match self {
+            Self::Local(_) => EncryptorKind::Default,
+        }
+    }
+
+    pub async fn seal(&self, aad: &Aad, private_key: &PrivateKeyText) -> Result<SealedKey, CustodyError> {
+        match self {
+            Self::Local(local) => local.seal(aad, private_key),
+        }
+    }
+
+    pub async fn open(&self, aad: &Aad, sealed: &SealedKey) -> Result<PrivateKeyText, CustodyError> {
+        match self {
+            Self::Local(local) => local.open(aad, sealed),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn aad_is_length_prefixed() {
+        let aad = Aad { project_id: "p".into(), user_id: "uu".into(), name: "n".into(), record_id: 17 };
+        assert_eq!(aad.bytes(), b"kps/v1\0\0\0\x01p\0\0\0\x02uu\0\0\0\x01n\0\0\0\x0217".to_vec());
+        let shifted = Aad { project_id: "pu".into(), user_id: "u".into(), ..aad.clone() };
+        assert_ne!(aad.bytes(), shifted.bytes(), "moving bytes between fields changes the AAD");
+    }
+
+    #[test]
+    fn plaintext_debug_is_redacted() {
+        let text = PrivateKeyText::new(Zeroizing::new("SECRET".into()));
+        assert!(!format!("{text:?}").contains("SECRET"));
+    }
+}
