@@ -1,11 +1,12 @@
-//! The operator commands besides `serve`: `kps backup export` and `kps backup import`.
+//! The operator commands besides `serve`: `kps backup export`, `kps backup import` and
+//! `kps master-key generate`.
 //!
 //! While a server holds the data directory's lock, `backup export` goes through that server's admin API
 //! (`POST /admin/v1/backup`, admin token), so backups need no downtime; otherwise it opens the store itself.
 //! `backup import` always needs the server stopped.
 
 use std::io::Write;
-use std::os::unix::fs::OpenOptionsExt;
+use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
@@ -27,6 +28,27 @@ pub enum CommandError {
     File { path: PathBuf, source: std::io::Error },
     #[error("{0}")]
     Remote(String),
+    #[error(transparent)]
+    Keyring(#[from] crate::custody::KeyringError),
+}
+
+/// `kps master-key generate [--print]`: with `print` the new keyring text (secret!) is returned for stdout
+/// and the file is left alone; otherwise the file is rewritten and a one-line report returned. A running
+/// server picks the new current key up at its next start.
+pub fn master_key_generate(config: &Config, print: bool) -> Result<zeroize::Zeroizing<String>, CommandError> {
+    let path = config.custody.master_key_file.clone().unwrap_or_else(|| config.data_dir.join("master.key"));
+    if !print && !config.data_dir.exists() && config.custody.master_key_file.is_none() {
+        std::fs::DirBuilder::new()
+            .recursive(true)
+            .mode(0o700)
+            .create(&config.data_dir)
+            .map_err(|source| CommandError::File { path: config.data_dir.clone(), source })?;
+    }
+    let (text, id) = crate::custody::keyring::generate(&path, print, config.secrets.allow_group_readable)?;
+    if print {
+        return Ok(text);
+    }
+    Ok(zeroize::Zeroizing::new(format!("master key {id} added to {} and made current\n", path.display())))
 }
 
 /// How to reach a running server's admin API.

@@ -21,6 +21,21 @@ enum Command {
     /// Portable backups of all records (ciphertext only).
     #[command(subcommand)]
     Backup(BackupCommand),
+    /// The master keyring of the default encryptor.
+    #[command(subcommand, name = "master-key")]
+    MasterKey(MasterKeyCommand),
+}
+
+#[derive(Subcommand)]
+enum MasterKeyCommand {
+    /// Add a new random master key and make it current (older keys stay to open older records).
+    Generate {
+        #[command(flatten)]
+        common: CommonArgs,
+        /// Write the resulting keyring to stdout instead of changing the file.
+        #[arg(long)]
+        print: bool,
+    },
 }
 
 #[derive(Subcommand)]
@@ -76,9 +91,8 @@ fn main() -> ExitCode {
     let command = cli.command.unwrap_or(Command::Serve(ServeArgs::default()));
     let (common, listen, auth) = match &command {
         Command::Serve(args) => (args.common.clone(), args.listen.clone(), args.auth),
-        Command::Backup(BackupCommand::Export { common, .. } | BackupCommand::Import { common, .. }) => {
-            (common.clone(), None, None)
-        }
+        Command::Backup(BackupCommand::Export { common, .. } | BackupCommand::Import { common, .. })
+        | Command::MasterKey(MasterKeyCommand::Generate { common, .. }) => (common.clone(), None, None),
     };
     let overrides = Overrides { config: common.config, listen, data_dir: common.data_dir, auth };
     let config = match Config::load(&overrides, |name| std::env::var(name).ok()) {
@@ -96,6 +110,11 @@ fn main() -> ExitCode {
             Command::Backup(BackupCommand::Export { file, url, token, .. }) => {
                 let report = commands::backup_export(&config, &file, &Remote { url, token }).await;
                 report.map(|line| println!("{line}")).map_err(|e| e.to_string())
+            }
+            Command::MasterKey(MasterKeyCommand::Generate { print, .. }) => {
+                commands::master_key_generate(&config, print)
+                    .map(|out| print!("{}", out.as_str()))
+                    .map_err(|e| e.to_string())
             }
             Command::Backup(BackupCommand::Import { file, force, .. }) => {
                 let summary = commands::backup_import(&config, &file, force).await.map_err(|e| e.to_string())?;

@@ -149,3 +149,27 @@ fn noauth_refuses_a_non_loopback_listen_address() {
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("allow_noauth_remote"));
 }
+
+#[test]
+fn master_key_generate_rotates_and_old_keys_stay() {
+    let parent = tempfile::tempdir().expect("tempdir");
+    let data = parent.path().join("data");
+    let run = |extra: &[&str]| {
+        let out = Command::new(env!("CARGO_BIN_EXE_kps"))
+            .args(["master-key", "generate", "--data-dir"])
+            .arg(&data)
+            .args(extra)
+            .output()
+            .expect("run");
+        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        String::from_utf8(out.stdout).expect("utf8")
+    };
+    run(&[]);
+    run(&[]);
+    let printed = run(&["--print"]);
+    assert_eq!(printed.matches("[[keys]]").count(), 3);
+    let file = std::fs::read_to_string(data.join("master.key")).expect("keyring");
+    assert_eq!(file.matches("[[keys]]").count(), 2, "--print leaves the file alone");
+    let mode = std::fs::metadata(data.join("master.key")).expect("meta").permissions().mode() & 0o777;
+    assert_eq!(mode, 0o600);
+}
