@@ -49,12 +49,12 @@ pub enum ServeError {
 pub fn state(config: &Config, store: Arc<dyn Store>) -> Result<AppState, ServeError> {
     let pool = RsaKeyPool::new(config.keygen.rsa_pool_size);
     let mut service = KeypairService::new(store, config.quota(), pool);
-    if config.custody.allow_default {
-        let path = config.custody.master_key_file.clone().unwrap_or_else(|| config.data_dir.join("master.key"));
-        let keyring = custody::MasterKeyring::load_or_create(&path, config.secrets.allow_group_readable)?;
-        tracing::info!(current = keyring.current_id(), "master keyring loaded");
-        service = service.with_default_encryptor(custody::Encryptor::Local(custody::LocalEncryptor::new(keyring)));
-    }
+    // The keyring is loaded even when new `default` seals are disabled: older records still need it to open.
+    let path = config.custody.master_key_file.clone().unwrap_or_else(|| config.data_dir.join("master.key"));
+    let keyring = custody::MasterKeyring::load_or_create(&path, config.secrets.allow_group_readable)?;
+    tracing::info!(current = keyring.current_id(), "master keyring loaded");
+    let local = custody::Encryptor::Local(custody::LocalEncryptor::new(keyring));
+    service = service.with_default_encryptor(local, config.custody.allow_default);
     Ok(AppState {
         service,
         authenticator: Authenticator::NoAuth,

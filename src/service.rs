@@ -44,6 +44,15 @@ pub enum ServiceError {
     DefaultEncryptionDisabled,
     #[error(transparent)]
     Custody(#[from] CustodyError),
+    /// Policy denied `action` on the loaded record (evaluated by the caller's check).
+    #[error("policy denies {0}")]
+    Denied(String),
+    /// The key pair has no escrowed private key (KPS.1602).
+    #[error("key pair {0} has no escrowed private key")]
+    NoEscrow(String),
+    /// The key pair already has an escrowed private key (KPS.1702).
+    #[error("key pair {0} already has an escrowed private key")]
+    AlreadyEscrowed(String),
     #[error(transparent)]
     Store(#[from] StoreError),
 }
@@ -117,19 +126,25 @@ pub struct KeypairService {
     /// Key pairs per owner; `None` = unlimited.
     quota: Option<u64>,
     rsa_pool: RsaKeyPool,
-    /// The `default` encryptor; `None` when `custody.allow_default = false`.
+    /// The `default` encryptor (opens older records even when new `default` seals are disabled).
     default_encryptor: Option<Encryptor>,
+    /// `custody.allow_default`: new seals may use the `default` encryptor.
+    allow_default: bool,
 }
+
+/// A policy check run on a record as soon as it is loaded (errors.md §4 step 8: `creator`, domain keys).
+pub type RecordCheck<'a> = &'a (dyn Fn(&KeypairRecord) -> Result<(), ServiceError> + Send + Sync);
 
 impl KeypairService {
     pub fn new(store: Arc<dyn Store>, quota: Option<u64>, rsa_pool: RsaKeyPool) -> Self {
-        Self { store, quota, rsa_pool, default_encryptor: None }
+        Self { store, quota, rsa_pool, default_encryptor: None, allow_default: false }
     }
 
-    /// Enables `encryption.type = default` with this encryptor.
+    /// The `default` encryptor; `allow_new_seals` = `custody.allow_default`.
     #[must_use]
-    pub fn with_default_encryptor(mut self, encryptor: Encryptor) -> Self {
+    pub fn with_default_encryptor(mut self, encryptor: Encryptor, allow_new_seals: bool) -> Self {
         self.default_encryptor = Some(encryptor);
+        self.allow_default = allow_new_seals;
         self
     }
 
@@ -219,9 +234,11 @@ impl KeypairService {
         }
         match protection.encryption {
             EncryptionRequest::Kms { .. } => Err(ServiceError::KmsNotConfigured),
-            EncryptionRequest::Default => {
-                self.default_encryptor.as_ref().ok_or(ServiceError::DefaultEncryptionDisabled)
-            }
+            EncryptionRequest::Default => self
+                .default_encryptor
+                .as_ref()
+                .filter(|_| self.allow_default)
+                .ok_or(ServiceError::DefaultEncryptionDisabled),
         }
     }
 
@@ -247,7 +264,8 @@ impl KeypairService {
         {
             return Err(ServiceError::MarkerNotFound(marker.to_owned()));
         }
-        let limit = limit.min(MAX_LIST_LIMIT);
+        // One more than a full page, so that callers can tell whether more follow.
+        let limit = limit.min(MAX_LIST_LIMIT + 1);
         let user_prefix = record::user_prefix(user_id);
         let domain_prefix = record::domain_prefix(project_id);
         let after_user = marker.map(|m| record::user_key(user_id, m));
@@ -296,6 +314,143 @@ impl KeypairService {
                 Err(ApplyError::Conflict { .. }) => {}
                 Err(ApplyError::Store(error)) => return Err(error.into()),
             }
+        }
+    }
+
+    /// Sets the description of a key pair (V3 update), after `check` on the loaded record.
+    pub async fn update_description(
+        &self,
+        user_id: &str,
+        project_id: &str,
+        name: &str,
+        check: RecordCheck<'_>,
+        description: &str,
+    ) -> Result<(), ServiceError> {
+        self.modify(user_id, project_id, name, check, |record| {
+            record.description = description.to_owned();
+            Ok(())
+        })
+        .await
+        .map(drop)
+    }
+
+    /// Escrows a private key for an existing key pair that has none (V3 private-key import): it must parse
+    /// and match the stored public key; it is sealed under the record's identity.
+    pub async fn import_private_key(
+        &self,
+        user_id: &str,
+        project_id: &str,
+        name: &str,
+        check: RecordCheck<'_>,
+        protection: ProtectionRequest,
+    ) -> Result<KeypairRecord, ServiceError> {
+        loop {
+            let loaded = self.load(user_id, project_id, name, check).await?;
+            let mut record = loaded.record.clone();
+            if record.sealed.is_some() {
+                return Err(ServiceError::AlreadyEscrowed(record.name));
+            }
+            let key_type = crate::keypair::KeyType::from_name(&record.key_type).unwrap_or(KeyType::Ssh);
+            let public_key = parse::parse_public_key(key_type, &record.public_key)?;
+            let encryptor = self.check_protection(&protection, Some(&public_key), &record.name)?;
+            let Some(text) = protection.private_key.as_ref() else {
+                return Err(ServiceError::PrivateKeyWithoutPublicKey);
+            };
+            let sealed = encryptor.seal(&aad_of(&record), &PrivateKeyText::new(text.clone())).await?;
+            record.sealed = Some(sealed);
+            record.updated_at_us = Some(now_micros());
+            if self.replace(&loaded, &record).await? {
+                return Ok(record);
+            }
+        }
+    }
+
+    /// The escrowed private key of a key pair, opened (V3 export). Plaintext leaves only in the result.
+    pub async fn export_private_key(
+        &self,
+        user_id: &str,
+        project_id: &str,
+        name: &str,
+        check: RecordCheck<'_>,
+    ) -> Result<(KeypairRecord, PrivateKeyText), ServiceError> {
+        let loaded = self.load(user_id, project_id, name, check).await?;
+        let record = loaded.record;
+        let Some(sealed) = &record.sealed else { return Err(ServiceError::NoEscrow(record.name)) };
+        let encryptor = match sealed.encryptor {
+            crate::custody::EncryptorKind::Default => self.default_encryptor.as_ref(),
+            crate::custody::EncryptorKind::Kms => None,
+        };
+        let encryptor = encryptor.ok_or(ServiceError::Custody(CustodyError::Unavailable(sealed.encryptor)))?;
+        let text = encryptor.open(&aad_of(&record), sealed).await?;
+        Ok((record, text))
+    }
+
+    /// Removes the escrowed private key; the key pair stays (V3 clear).
+    pub async fn clear_private_key(
+        &self,
+        user_id: &str,
+        project_id: &str,
+        name: &str,
+        check: RecordCheck<'_>,
+    ) -> Result<(), ServiceError> {
+        self.modify(user_id, project_id, name, check, |record| {
+            if record.sealed.take().is_none() {
+                return Err(ServiceError::NoEscrow(record.name.clone()));
+            }
+            Ok(())
+        })
+        .await
+        .map(drop)
+    }
+
+    /// Loads a record, runs `check` on it, applies `change` and writes it back conditionally, retrying if
+    /// the record changed in between.
+    async fn modify(
+        &self,
+        user_id: &str,
+        project_id: &str,
+        name: &str,
+        check: RecordCheck<'_>,
+        change: impl Fn(&mut KeypairRecord) -> Result<(), ServiceError>,
+    ) -> Result<KeypairRecord, ServiceError> {
+        loop {
+            let loaded = self.load(user_id, project_id, name, check).await?;
+            let mut record = loaded.record.clone();
+            change(&mut record)?;
+            record.updated_at_us = Some(now_micros());
+            if self.replace(&loaded, &record).await? {
+                return Ok(record);
+            }
+        }
+    }
+
+    async fn load(
+        &self,
+        user_id: &str,
+        project_id: &str,
+        name: &str,
+        check: RecordCheck<'_>,
+    ) -> Result<Loaded, ServiceError> {
+        let (key, value, record) = self
+            .find(user_id, project_id, name)
+            .await?
+            .ok_or_else(|| ServiceError::NotFound { name: name.to_owned(), user_id: user_id.to_owned() })?;
+        check(&record)?;
+        Ok(Loaded { key, value, record })
+    }
+
+    /// Writes `record` over `loaded` if it is unchanged; `false` when someone else changed it first.
+    async fn replace(&self, loaded: &Loaded, record: &KeypairRecord) -> Result<bool, ServiceError> {
+        let op = WriteOp::Replace {
+            space: Space::KeyPairs,
+            key: loaded.key.clone(),
+            expected: loaded.value.clone(),
+            value: record::encode(record)?,
+        };
+        match self.store.apply(vec![op]).await {
+            Ok(()) => Ok(true),
+            Err(ApplyError::Conflict { .. }) => Ok(false),
+            Err(ApplyError::Store(error)) => Err(error.into()),
         }
     }
 
@@ -420,6 +575,23 @@ impl KeypairService {
             }
         }
         Ok(None)
+    }
+}
+
+/// A loaded record with its store key and raw value (for conditional writes).
+struct Loaded {
+    key: Vec<u8>,
+    value: Vec<u8>,
+    record: KeypairRecord,
+}
+
+/// The identity a record's sealed key is bound to.
+fn aad_of(record: &KeypairRecord) -> Aad {
+    Aad {
+        project_id: record.project_id.clone(),
+        user_id: record.user_id.clone(),
+        name: record.name.clone(),
+        record_id: record.id,
     }
 }
 

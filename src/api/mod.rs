@@ -10,6 +10,7 @@ pub mod error;
 pub mod microversion;
 pub mod nova;
 pub mod schema;
+pub mod v3;
 pub mod versions;
 
 use std::sync::Arc;
@@ -98,6 +99,11 @@ enum Route {
     },
     /// `POST /admin/v1/backup`: the backup stream.
     AdminBackup,
+    /// `/v3/{project_id}/...`.
+    V3 {
+        project: String,
+        route: v3::V3Route,
+    },
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -113,12 +119,13 @@ impl Route {
             Route::KeypairCollection { .. } => &[Method::GET, Method::HEAD, Method::POST],
             Route::Keypair { .. } => &[Method::DELETE, Method::GET, Method::HEAD],
             Route::AdminBackup => &[Method::POST],
+            Route::V3 { route, .. } => route.allowed_methods(),
             _ => &[Method::GET, Method::HEAD],
         }
     }
 
     fn needs_auth(&self) -> bool {
-        matches!(self, Route::KeypairCollection { .. } | Route::Keypair { .. } | Route::AdminBackup)
+        matches!(self, Route::KeypairCollection { .. } | Route::Keypair { .. } | Route::AdminBackup | Route::V3 { .. })
     }
 }
 
@@ -140,6 +147,14 @@ fn route(path: &str) -> Option<Route> {
         "/healthz" => return Some(Route::Health),
         "/admin/v1/backup" => return Some(Route::AdminBackup),
         _ => {}
+    }
+    if let Some(rest) = path.strip_prefix("/v3/") {
+        let segments: Vec<&str> = rest.split('/').collect();
+        let (project, tail) = segments.split_first()?;
+        if segments.iter().any(|s| s.is_empty()) || project.len() > 255 {
+            return None;
+        }
+        return Some(Route::V3 { project: (*project).to_owned(), route: v3::V3Route::parse(tail)? });
     }
     let (api, rest) = if let Some(rest) = path.strip_prefix("/v2.1/") {
         (ApiRoot::V21, rest)
@@ -197,6 +212,12 @@ async fn handle(state: &AppState, request: Request, request_id: &str) -> Respons
         return response;
     }
 
+    if let Route::V3 { route, .. } = &matched
+        && let Some(error) = route.needs_servers(&parts.method)
+    {
+        return error.into_response();
+    }
+
     // 4. Microversion (/v2.1 only).
     let is_v21 = matches!(
         matched,
@@ -236,12 +257,50 @@ async fn handle(state: &AppState, request: Request, request_id: &str) -> Respons
             context.item(&parts, project.as_deref(), &name).await.unwrap_or_else(IntoResponse::into_response)
         }
         (Route::AdminBackup, Some(caller)) => admin_backup(state, &caller),
+        (Route::V3 { project, route }, Some(caller)) => {
+            v3_dispatch(state, &parts, &caller, &project, route, &body, request_id)
+                .await
+                .unwrap_or_else(IntoResponse::into_response)
+        }
         (_, None) => ApiError::internal(request_id).into_response(),
     };
     if let Some(version) = version {
         version.write_headers(response.headers_mut());
     }
     response
+}
+
+/// Runs a V3 route: content type and JSON parse (POST/PUT), project match, then the handler.
+async fn v3_dispatch(
+    state: &AppState,
+    parts: &axum::http::request::Parts,
+    caller: &Caller,
+    project: &str,
+    route: v3::V3Route,
+    body: &Bytes,
+    request_id: &str,
+) -> Result<Response, ApiError> {
+    let json = if parts.method == Method::POST || parts.method == Method::PUT {
+        Some(parse_json_body(&parts.headers, body)?)
+    } else {
+        None
+    };
+    check_project(Some(project), caller)?;
+    let request = v3::V3Request { caller, query: parse_query(parts.uri.query()), request_id };
+    let json = json.unwrap_or(Value::Null);
+    match (route, &parts.method) {
+        (v3::V3Route::Keypairs, &Method::POST) => v3::create(state, &request, &json).await,
+        (v3::V3Route::Keypairs, _) => v3::list(state, &request).await,
+        (v3::V3Route::Keypair(name), &Method::PUT) => v3::update(state, &request, &name, &json).await,
+        (v3::V3Route::Keypair(name), &Method::DELETE) => v3::delete(state, &request, &name).await,
+        (v3::V3Route::Keypair(name), _) => v3::show(state, &request, &name).await,
+        (v3::V3Route::KeypairPrivateKey(name), _) => v3::clear_private_key(state, &request, &name).await,
+        (v3::V3Route::ImportPrivateKey, _) => v3::import_private_key(state, &request, &json).await,
+        (v3::V3Route::ExportPrivateKey, _) => v3::export_private_key(state, &request, &json).await,
+        (v3::V3Route::BatchImport, _) => v3::batch_import(state, &request, &json).await,
+        (v3::V3Route::BatchExport, _) => v3::batch_export(state, &request, &json).await,
+        (v3::V3Route::NeedsServers(_), _) => Err(ApiError::internal(request_id)),
+    }
 }
 
 /// `POST /admin/v1/backup`: streams the backup lines of `crate::backup` (admin only).
@@ -438,16 +497,23 @@ fn write_with_private_key(
             out.push(b',');
         }
     };
+    let after_public_key = fields.contains_key("public_key");
+    let write_private_key = |out: &mut Vec<u8>, separator: &mut dyn FnMut(&mut Vec<u8>)| {
+        separator(out);
+        out.extend_from_slice(b"\"private_key\":");
+        serde_json::to_writer(&mut *out, private_key)
+    };
     for (key, value) in fields {
         separator(out);
         serde_json::to_writer(&mut *out, key)?;
         out.push(b':');
         serde_json::to_writer(&mut *out, value)?;
         if key == "public_key" {
-            separator(out);
-            out.extend_from_slice(b"\"private_key\":");
-            serde_json::to_writer(&mut *out, private_key)?;
+            write_private_key(out, &mut separator)?;
         }
+    }
+    if !after_public_key {
+        write_private_key(out, &mut separator)?;
     }
     out.extend_from_slice(b"}}");
     Ok(())
@@ -483,7 +549,8 @@ mod tests {
             ("/v2.1/os-keypairs/k/", None),
             ("/v2.1/p/os-keypairs/k/x", None),
             ("/v2.1//os-keypairs", None),
-            ("/v3/p/keypairs", None),
+            ("/v3/p/keypairs", Some(Route::V3 { project: "p".into(), route: v3::V3Route::Keypairs })),
+            ("/v3/p/keypairs/", None),
             ("/nothing", None),
         ];
         for (path, expected) in table {

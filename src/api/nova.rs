@@ -132,7 +132,7 @@ pub struct CreateBody {
 }
 
 /// A copy of `value` safe to show in a message: `key_protection.private_key` replaced by `'***'`.
-fn masked(value: &Value) -> Value {
+pub(super) fn masked(value: &Value) -> Value {
     let mut copy = value.clone();
     if let Some(secret) = copy.get_mut("key_protection").and_then(|kp| kp.get_mut("private_key")) {
         *secret = Value::from("***");
@@ -214,7 +214,7 @@ fn validate_keypair(api: NovaApi, keypair: &Value) -> Result<CreateBody, ApiErro
     Ok(CreateBody { name, key_type, public_key, user_id, key_protection, algorithm })
 }
 
-fn validate_algorithm_value(value: &Value) -> Result<Algorithm, ApiError> {
+pub(super) fn validate_algorithm_value(value: &Value) -> Result<Algorithm, ApiError> {
     let names: Vec<&str> = Algorithm::ALL.iter().map(|a| a.as_str()).collect();
     let Value::String(text) = value else {
         return Err(ApiError::schema(field_message("algorithm", value, &not_of_type(value, "string"))));
@@ -223,7 +223,7 @@ fn validate_algorithm_value(value: &Value) -> Result<Algorithm, ApiError> {
         .ok_or_else(|| ApiError::schema(field_message("algorithm", value, &not_one_of(value, &names))))
 }
 
-fn check_algorithm_use(
+pub(super) fn check_algorithm_use(
     algorithm: Algorithm,
     key_type: KeyType,
     importing: bool,
@@ -379,7 +379,7 @@ fn authorize(caller: &Caller, action: &str, target_user: &str) -> Result<(), Api
     }
 }
 
-fn service_error(error: ServiceError, request_id: &str) -> ApiError {
+pub fn service_error(error: ServiceError, request_id: &str) -> ApiError {
     match error {
         ServiceError::NotFound { name, user_id } => ApiError::keypair_not_found(&name, &user_id),
         ServiceError::MarkerNotFound(marker) => ApiError::marker_not_found(&marker),
@@ -400,6 +400,15 @@ fn service_error(error: ServiceError, request_id: &str) -> ApiError {
         ServiceError::DefaultEncryptionDisabled => {
             ApiError::new(StatusCode::BAD_REQUEST, "KPS.1403", "Encryption type default is disabled on this server")
         }
+        ServiceError::Denied(action) => ApiError::policy_denied(&action),
+        ServiceError::NoEscrow(name) => {
+            ApiError::new(StatusCode::NOT_FOUND, "KPS.1602", format!("Keypair {name} has no escrowed private key"))
+        }
+        ServiceError::AlreadyEscrowed(name) => ApiError::new(
+            StatusCode::CONFLICT,
+            "KPS.1702",
+            format!("Keypair {name} already has an escrowed private key; clear it first"),
+        ),
         ServiceError::Custody(error) => {
             tracing::error!(%error, request_id, "sealing failed");
             ApiError::internal(request_id)

@@ -8,6 +8,7 @@ mod errors;
 mod keypairs;
 mod paging;
 mod routing;
+mod v3;
 mod versions;
 
 use std::sync::Arc;
