@@ -1,0 +1,27 @@
+-- POST imports of one fixed Ed25519 public key under names unique across threads and runs:
+-- <BENCH_TAG><BENCH_PHASE>-<thread>-<counter>. Environment: BENCH_DIR, BENCH_PATH, BENCH_TOKEN, BENCH_TAG,
+-- BENCH_PHASE (run.sh sets it so that the warm-up and the measured run never reuse a name).
+dofile(os.getenv("BENCH_DIR") .. "/lua/common.lua")
+
+-- The test vector of nova-keypairs.md §6.1 (seed 00 01 .. 1f).
+local public_key = "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIAOhB7/zzhC+HXDdGOdLwJln5NYwm6UNXx3chmQSVTG4 bench"
+local path = os.getenv("BENCH_PATH") or "/v2.1/os-keypairs"
+local tag = (os.getenv("BENCH_TAG") or "imp") .. (os.getenv("BENCH_PHASE") or "")
+local headers = {
+  ["X-Auth-Token"] = os.getenv("BENCH_TOKEN"),
+  ["Content-Type"] = "application/json",
+}
+
+local threads = 0
+function setup(thread)
+  threads = threads + 1
+  thread:set("tid", threads)
+end
+
+local counter = 0
+function request()
+  counter = counter + 1
+  local name = string.format("%s-%d-%d", tag, tid or 0, counter)
+  local body = '{"keypair": {"name": "' .. name .. '", "public_key": "' .. public_key .. '"}}'
+  return wrk.format("POST", path, headers, body)
+end
