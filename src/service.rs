@@ -251,14 +251,15 @@ impl KeypairService {
             .ok_or_else(|| ServiceError::NotFound { name: name.to_owned(), user_id: user_id.to_owned() })
     }
 
-    /// Up to `limit` key pairs visible to `user_id` in `project_id`, ascending by name, after `marker`.
-    pub async fn list(
+    /// Up to `limit` key pairs visible to `user_id` in `project_id`, ascending by name, after `marker`,
+    /// decoded as `T` (`KeypairRecord`, or the cheaper `KeypairSummary` for list views).
+    pub async fn list<T: serde::de::DeserializeOwned>(
         &self,
         user_id: &str,
         project_id: &str,
         marker: Option<&str>,
         limit: usize,
-    ) -> Result<Vec<KeypairRecord>, ServiceError> {
+    ) -> Result<Vec<T>, ServiceError> {
         if let Some(marker) = marker
             && self.find(user_id, project_id, marker).await?.is_none()
         {
@@ -278,23 +279,20 @@ impl KeypairService {
         let mut shared = shared.into_iter().peekable();
         let mut page = Vec::with_capacity(limit.min(64));
         while page.len() < limit {
-            let own_name = own.peek().and_then(|(k, _)| record::name_from_key(k, &user_prefix)).map(str::to_owned);
-            let shared_name =
-                shared.peek().and_then(|(k, _)| record::name_from_key(k, &domain_prefix)).map(str::to_owned);
-            let take_own = match (own_name, shared_name) {
+            let own_name = own.peek().map(|(k, _)| &k[user_prefix.len()..]);
+            let shared_name = shared.peek().map(|(k, _)| &k[domain_prefix.len()..]);
+            let (take_own, same_name) = match (own_name, shared_name) {
                 (None, None) => break,
-                (Some(_), None) => true,
-                (None, Some(_)) => false,
-                (Some(a), Some(b)) => {
-                    if a == b {
-                        shared.next();
-                    }
-                    a.as_bytes() <= b.as_bytes()
-                }
+                (Some(_), None) => (true, false),
+                (None, Some(_)) => (false, false),
+                (Some(a), Some(b)) => (a <= b, a == b),
             };
+            if same_name {
+                shared.next();
+            }
             let next = if take_own { own.next() } else { shared.next() };
             if let Some((_, value)) = next {
-                page.push(record::decode::<KeypairRecord>(&value)?);
+                page.push(record::decode::<T>(&value)?);
             }
         }
         Ok(page)
@@ -666,8 +664,13 @@ mod tests {
         let service = service();
         service.create(import("bob", "p", "team", Scope::Domain)).await.expect("domain key");
         service.create(import("alice", "p", "mine", Scope::User)).await.expect("user key");
-        let names: Vec<String> =
-            service.list("alice", "p", None, 10).await.expect("list").into_iter().map(|r| r.name).collect();
+        let names: Vec<String> = service
+            .list::<KeypairRecord>("alice", "p", None, 10)
+            .await
+            .expect("list")
+            .into_iter()
+            .map(|r| r.name)
+            .collect();
         assert_eq!(names, ["mine", "team"]);
         assert_eq!(service.get("alice", "p", "team").await.expect("show").user_id, "bob");
         assert!(service.get("alice", "other", "team").await.is_err());

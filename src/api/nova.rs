@@ -6,6 +6,7 @@
 
 use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
+use serde::Serialize;
 use serde_json::{Map, Value, json};
 
 use super::auth::Caller;
@@ -15,7 +16,7 @@ use super::schema::{additional_properties, field_message, not_of_type, not_one_o
 use super::{AppState, private_key_response};
 use crate::keypair::{Algorithm, KeyType};
 use crate::service::{self, EncryptionRequest, MAX_LIST_LIMIT, NewKeypair, ProtectionRequest, ServiceError};
-use crate::store::record::KeypairRecord;
+use crate::store::record::KeypairSummary;
 
 /// Which flavour of the compute API a request came through.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -477,36 +478,67 @@ pub async fn list(state: &AppState, request: &NovaRequest<'_>) -> Result<Respons
     authorize(request.caller, "index", &user)?;
 
     let page_size = limit.unwrap_or(MAX_LIST_LIMIT).min(MAX_LIST_LIMIT);
-    let records = state
+    let records: Vec<KeypairSummary> = state
         .service
         .list(&user, &request.caller.project_id, marker, page_size)
         .await
         .map_err(|e| service_error(e, request.request_id))?;
     let with_type = api.at_least(2);
-    let items: Vec<Value> = records
+    let keypairs = records
         .iter()
-        .map(|record| {
-            let mut keypair = Map::new();
-            keypair.insert("name".into(), record.name.clone().into());
-            if with_type {
-                keypair.insert("type".into(), record.key_type.clone().into());
-            }
-            keypair.insert("public_key".into(), record.public_key.clone().into());
-            keypair.insert("fingerprint".into(), record.fingerprint.clone().into());
-            json!({ "keypair": keypair })
+        .map(|record| Wrapped {
+            keypair: ListItem {
+                name: &record.name,
+                key_type: with_type.then_some(record.key_type.as_str()),
+                public_key: &record.public_key,
+                fingerprint: &record.fingerprint,
+            },
         })
         .collect();
-    let mut body = Map::new();
-    body.insert("keypairs".into(), Value::Array(items));
-    if paging
-        && page_size > 0
-        && records.len() == page_size
-        && let Some(last_record) = records.last()
-    {
-        let href = next_link(request, &allowed, &last_record.name);
-        body.insert("keypairs_links".into(), json!([{ "rel": "next", "href": href }]));
-    }
-    Ok((StatusCode::OK, json_body(&Value::Object(body))).into_response())
+    let full_page = paging && page_size > 0 && records.len() == page_size;
+    let keypairs_links = records
+        .last()
+        .filter(|_| full_page)
+        .map(|last| [Link { rel: "next", href: next_link(request, &allowed, &last.name) }]);
+    Ok(json_ok(StatusCode::OK, &ListBody { keypairs, keypairs_links }))
+}
+
+/// `{"keypair": ...}`.
+#[derive(Serialize)]
+struct Wrapped<T> {
+    keypair: T,
+}
+
+/// A list item: `type` only from 2.2.
+#[derive(Serialize)]
+struct ListItem<'a> {
+    name: &'a str,
+    #[serde(rename = "type", skip_serializing_if = "Option::is_none")]
+    key_type: Option<&'a str>,
+    public_key: &'a str,
+    fingerprint: &'a str,
+}
+
+#[derive(Serialize)]
+struct Link {
+    rel: &'static str,
+    href: String,
+}
+
+#[derive(Serialize)]
+struct ListBody<'a> {
+    keypairs: Vec<Wrapped<ListItem<'a>>>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    keypairs_links: Option<[Link; 1]>,
+}
+
+/// A JSON response serialized straight from borrowed data (no intermediate `Value`).
+pub fn json_ok<T: Serialize>(status: StatusCode, body: &T) -> Response {
+    // Serializing plain structs of strings and numbers cannot fail.
+    let bytes = serde_json::to_vec(body).unwrap_or_default();
+    let mut response = (status, bytes).into_response();
+    response.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
+    response
 }
 
 /// Every `limit` value must be digits only; the last one is used.
@@ -568,24 +600,35 @@ pub async fn show(state: &AppState, request: &NovaRequest<'_>, name: &str) -> Re
         .get(&user, &request.caller.project_id, name)
         .await
         .map_err(|e| service_error(e, request.request_id))?;
-    Ok((StatusCode::OK, json_body(&json!({ "keypair": show_view(request.api, &record) }))).into_response())
+    let view = ShowItem {
+        name: &record.name,
+        public_key: &record.public_key,
+        fingerprint: &record.fingerprint,
+        user_id: &record.user_id,
+        key_type: request.api.at_least(2).then_some(record.key_type.as_str()),
+        id: record.id,
+        created_at: service::format_timestamp(record.created_at_us),
+        updated_at: None,
+        deleted: false,
+        deleted_at: None,
+    };
+    Ok(json_ok(StatusCode::OK, &Wrapped { keypair: view }))
 }
 
-fn show_view(api: NovaApi, record: &KeypairRecord) -> Map<String, Value> {
-    let mut keypair = Map::new();
-    keypair.insert("name".into(), record.name.clone().into());
-    keypair.insert("public_key".into(), record.public_key.clone().into());
-    keypair.insert("fingerprint".into(), record.fingerprint.clone().into());
-    keypair.insert("user_id".into(), record.user_id.clone().into());
-    if api.at_least(2) {
-        keypair.insert("type".into(), record.key_type.clone().into());
-    }
-    keypair.insert("id".into(), record.id.into());
-    keypair.insert("created_at".into(), service::format_timestamp(record.created_at_us).into());
-    keypair.insert("updated_at".into(), Value::Null);
-    keypair.insert("deleted".into(), false.into());
-    keypair.insert("deleted_at".into(), Value::Null);
-    keypair
+/// Show: Nova's fields; `updated_at`/`deleted_at` are always null and `deleted` false (Nova semantics).
+#[derive(Serialize)]
+struct ShowItem<'a> {
+    name: &'a str,
+    public_key: &'a str,
+    fingerprint: &'a str,
+    user_id: &'a str,
+    #[serde(rename = "type", skip_serializing_if = "Option::is_none")]
+    key_type: Option<&'a str>,
+    id: u64,
+    created_at: String,
+    updated_at: Option<()>,
+    deleted: bool,
+    deleted_at: Option<()>,
 }
 
 /// `DELETE .../os-keypairs/{name}`.

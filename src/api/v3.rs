@@ -374,7 +374,7 @@ pub async fn list(state: &AppState, request: &V3Request<'_>) -> Result<Response,
     let caller = request.caller;
     authorize_owner(caller, "list", &caller.user_id)?;
     let page_size = limit.min(crate::service::MAX_LIST_LIMIT);
-    let mut records = state
+    let mut records: Vec<crate::store::record::KeypairSummary> = state
         .service
         .list(&caller.user_id, &caller.project_id, marker, page_size + 1)
         .await
@@ -387,7 +387,7 @@ pub async fn list(state: &AppState, request: &V3Request<'_>) -> Result<Response,
             json!({"keypair": {
                 "name": record.name, "type": record.key_type, "scope": scope_name(record.scope),
                 "public_key": record.public_key, "fingerprint": record.fingerprint,
-                "is_key_protection": record.sealed.is_some(), "frozen_state": "0"}})
+                "is_key_protection": record.is_key_protection(), "frozen_state": "0"}})
         })
         .collect();
     let mut page_info = Map::new();

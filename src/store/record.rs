@@ -76,6 +76,25 @@ pub struct SealedKey {
     pub ciphertext: String,
 }
 
+/// The fields of a stored key pair that list views show: decodes without copying the sealed key.
+#[derive(Debug, Clone, Deserialize)]
+pub struct KeypairSummary {
+    pub name: String,
+    pub key_type: String,
+    pub public_key: String,
+    pub fingerprint: String,
+    pub scope: Scope,
+    #[serde(default)]
+    sealed: Option<serde::de::IgnoredAny>,
+}
+
+impl KeypairSummary {
+    /// Whether a sealed private key is stored with the key pair.
+    pub fn is_key_protection(&self) -> bool {
+        self.sealed.is_some()
+    }
+}
+
 /// A name-index entry for `(project_id, name)`: the users whose `user` key of that name was created in
 /// that project, or the `domain` key holding the name.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
