@@ -78,7 +78,21 @@ pub async fn serve(config: Config) -> Result<(), ServeError> {
         .await
         .map_err(|source| ServeError::Bind { addr: addr.to_string(), source })?;
     tracing::info!(listen = %listener.local_addr()?, data_dir = %config.data_dir.display(), "kps is ready");
-    axum::serve(listener, app(state)).with_graceful_shutdown(shutdown_signal()).await?;
+    // In-flight requests get the request deadline plus a margin to finish; a request stuck past that (a
+    // blocked store thread cannot be cancelled) must not keep the process from stopping.
+    let grace = Duration::from_secs(config.limits.request_timeout_s + 5);
+    let (stopping, stopped) = tokio::sync::oneshot::channel::<()>();
+    let server = axum::serve(listener, app(state)).with_graceful_shutdown(async move {
+        shutdown_signal().await;
+        let _ = stopping.send(());
+    });
+    tokio::select! {
+        served = server => served?,
+        () = async move {
+            let _ = stopped.await;
+            tokio::time::sleep(grace).await;
+        } => tracing::warn!(grace_s = grace.as_secs(), "in-flight requests did not finish in time; stopping anyway"),
+    }
     store.flush().await?;
     tracing::info!("kps stopped");
     drop(data_dir);
