@@ -14,6 +14,7 @@ pub mod custody;
 pub mod datadir;
 pub mod keypair;
 pub mod service;
+pub mod signing;
 pub mod store;
 
 use std::sync::Arc;
