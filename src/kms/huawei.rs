@@ -32,6 +32,10 @@ const MAX_RESPONSE_BYTES: usize = 4 << 20;
 /// list-keys page size, and a bound on the number of pages one resolution may walk.
 const LIST_PAGE_SIZE: &str = "100";
 const MAX_LIST_PAGES: usize = 10_000;
+/// Whether reqwest is built with a TLS backend. It is not (Cargo.toml: `default-features = false`), so an
+/// `https://` endpoint is refused at startup instead of failing every call as "connection failed". Turn on
+/// reqwest's `rustls-tls` feature and set this to `true` to talk to the real Huawei endpoints.
+const TLS_BUILT_IN: bool = false;
 
 /// Timeouts, retries and budget of one KMS call (§1). `Default` is the specification; tests shorten it.
 #[derive(Debug, Clone)]
@@ -112,6 +116,9 @@ impl HuaweiKms {
         let mut base = Url::parse(&endpoint).map_err(|e| invalid(&e.to_string()))?;
         if !matches!(base.scheme(), "http" | "https") || base.query().is_some() || !base.username().is_empty() {
             return Err(invalid("expected an http:// or https:// URL without query or credentials"));
+        }
+        if base.scheme() == "https" && !TLS_BUILT_IN {
+            return Err(invalid("https endpoints need TLS support, which this kps build lacks"));
         }
         let host_name = base.host_str().ok_or_else(|| invalid("no host"))?;
         let host = match base.port() {

@@ -120,6 +120,11 @@ impl TryFrom<MockArgs> for MockConfig {
             (None, None) => None,
             _ => return Err(MockError::Config("--ak and --sk must be given together".into())),
         };
+        let project_ok =
+            (1..=64).contains(&args.project_id.len()) && args.project_id.bytes().all(|b| b.is_ascii_alphanumeric());
+        if !project_ok {
+            return Err(MockError::Config("--project-id: expected 1-64 letters or digits".into()));
+        }
         Ok(Self {
             project_id: args.project_id,
             credentials,

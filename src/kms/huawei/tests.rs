@@ -297,18 +297,27 @@ fn error_codes_are_read_from_the_huawei_shape_and_sanitised() {
 
 #[test]
 fn the_default_endpoint_comes_from_the_region() {
-    let kms = HuaweiKms::new(HuaweiSettings {
+    let built = HuaweiKms::new(HuaweiSettings {
         endpoint: None,
         region: Some("cn-north-4".into()),
         project_id: PROJECT.into(),
         credentials: Credentials::new(AK, SecretString::from(SK)),
         transport: Transport::default(),
-    })
-    .expect("client");
-    assert_eq!(kms.base.as_str(), format!("https://kms.cn-north-4.myhuaweicloud.com/v1.0/{PROJECT}/kms/"));
-    assert_eq!(kms.host, "kms.cn-north-4.myhuaweicloud.com");
+    });
+    if TLS_BUILT_IN {
+        let kms = built.expect("client");
+        assert_eq!(kms.base.as_str(), format!("https://kms.cn-north-4.myhuaweicloud.com/v1.0/{PROJECT}/kms/"));
+        assert_eq!(kms.host, "kms.cn-north-4.myhuaweicloud.com");
+    } else {
+        assert!(
+            matches!(built, Err(KmsConfigError::Invalid { name: "kms.endpoint", .. })),
+            "https is refused at startup without TLS support"
+        );
+    }
     let explicit = client_for("http://kms.internal:8080/prefix/", SK, Transport::default());
     assert_eq!(explicit.base.as_str(), format!("http://kms.internal:8080/prefix/v1.0/{PROJECT}/kms/"));
     assert_eq!(explicit.host, "kms.internal:8080");
+    let default_port = client_for("http://kms.internal:80", SK, Transport::default());
+    assert_eq!(default_port.host, "kms.internal", "no port on the scheme's default port");
     assert!(!format!("{explicit:?}").contains(SK), "Debug hides the SK");
 }
