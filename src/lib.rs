@@ -13,7 +13,9 @@ pub mod config;
 pub mod custody;
 pub mod datadir;
 pub mod keypair;
+pub mod kms;
 pub mod service;
+pub mod signing;
 pub mod store;
 
 use std::sync::Arc;

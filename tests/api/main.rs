@@ -6,6 +6,7 @@ mod custody;
 mod durability;
 mod errors;
 mod keypairs;
+mod kms;
 mod paging;
 mod routing;
 mod v3;

@@ -1,0 +1,530 @@
+//! Huawei Cloud KMS v1.0, the data-key subset kps needs (spec/kms-huawei.md §1, §3, §4, §6): `list-keys` and
+//! `describe-key` to resolve key references, `create-datakey`, `encrypt-datakey` and `decrypt-datakey` for
+//! data keys. Requests are JSON POSTs signed with SDK-HMAC-SHA256 (`crate::signing`).
+//!
+//! Transport rules that must stay true: at most 3 attempts, retried only on connection errors, timeouts,
+//! HTTP 429, 5xx and KMS.0101/0102, each attempt re-signed; 10 s per attempt and 25 s for the whole call,
+//! backoff included. Request and response bodies are never logged, and error details carry only the action,
+//! the attempt count and the upstream error code.
+
+use std::time::{Duration, Instant};
+
+use rand::Rng;
+use reqwest::Url;
+use serde::Deserialize;
+use serde::de::DeserializeOwned;
+use serde_json::json;
+use sha2::{Digest, Sha256};
+use zeroize::Zeroizing;
+
+use super::cache::{DEFAULT_CAPACITY, DEFAULT_TTL, KeyCache};
+use super::{DATA_KEY_LEN, DataKey, KeyRef, KmsConfigError, KmsError, ResolvedKey};
+use crate::signing::{self, Credentials, SignedRequest};
+
+/// The only state in which a key can make or unwrap data keys.
+const STATE_ENABLED: &str = "2";
+const STATE_DISABLED: &str = "3";
+/// The only key spec kps accepts.
+const SPEC_AES_256: &str = "AES_256";
+const CONTENT_TYPE: &str = "application/json;charset=UTF-8";
+/// Responses are small JSON documents; anything larger is not a KMS answer.
+const MAX_RESPONSE_BYTES: usize = 4 << 20;
+/// list-keys page size, and a bound on the number of pages one resolution may walk.
+const LIST_PAGE_SIZE: &str = "100";
+const MAX_LIST_PAGES: usize = 10_000;
+/// Whether reqwest is built with a TLS backend. It is not (Cargo.toml: `default-features = false`), so an
+/// `https://` endpoint is refused at startup instead of failing every call as "connection failed". Turn on
+/// reqwest's `rustls-tls` feature and set this to `true` to talk to the real Huawei endpoints.
+const TLS_BUILT_IN: bool = false;
+
+/// Timeouts, retries and budget of one KMS call (§1). `Default` is the specification; tests shorten it.
+#[derive(Debug, Clone)]
+pub struct Transport {
+    pub connect_timeout: Duration,
+    /// Connect + request + response body of one attempt.
+    pub attempt_timeout: Duration,
+    /// The whole call: attempts and backoff. No attempt starts after it is spent.
+    pub budget: Duration,
+    pub max_attempts: u32,
+    /// Sleep before attempt 2, 3, ... (the last value repeats).
+    pub backoff: Vec<Duration>,
+    /// Random extra sleep, up to this much, added to each backoff.
+    pub max_jitter: Duration,
+}
+
+impl Default for Transport {
+    fn default() -> Self {
+        Self {
+            connect_timeout: Duration::from_secs(5),
+            attempt_timeout: Duration::from_secs(10),
+            budget: Duration::from_secs(25),
+            max_attempts: 3,
+            backoff: vec![Duration::from_millis(200), Duration::from_millis(800)],
+            max_jitter: Duration::from_millis(100),
+        }
+    }
+}
+
+/// What the Huawei client is built from (`kms.*`, interface.md).
+#[derive(Debug)]
+pub struct HuaweiSettings {
+    /// Base URL; default `https://kms.<region>.myhuaweicloud.com`.
+    pub endpoint: Option<String>,
+    pub region: Option<String>,
+    pub project_id: String,
+    pub credentials: Credentials,
+    pub transport: Transport,
+}
+
+pub struct HuaweiKms {
+    http: reqwest::Client,
+    /// `<endpoint path>/v1.0/<project_id>/kms/`, to which the action name is appended.
+    base: Url,
+    /// The `Host` header, exactly as sent (and signed): `host` on the scheme's default port, else `host:port`.
+    host: String,
+    project_id: String,
+    credentials: Credentials,
+    transport: Transport,
+    cache: KeyCache,
+}
+
+impl std::fmt::Debug for HuaweiKms {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("HuaweiKms")
+            .field("base", &self.base.as_str())
+            .field("project_id", &self.project_id)
+            .field("credentials", &self.credentials)
+            .finish_non_exhaustive()
+    }
+}
+
+impl HuaweiKms {
+    pub fn new(settings: HuaweiSettings) -> Result<Self, KmsConfigError> {
+        let HuaweiSettings { endpoint, region, project_id, credentials, transport } = settings;
+        if project_id.is_empty() || project_id.len() > 64 || !project_id.bytes().all(|b| b.is_ascii_alphanumeric()) {
+            return Err(KmsConfigError::Invalid {
+                name: "kms.project_id",
+                message: "expected 1-64 letters or digits".into(),
+            });
+        }
+        let endpoint = match (endpoint, region) {
+            (Some(endpoint), _) => endpoint,
+            (None, Some(region)) => format!("https://kms.{region}.myhuaweicloud.com"),
+            (None, None) => return Err(KmsConfigError::Missing("kms.endpoint or kms.region")),
+        };
+        let invalid = |message: &str| KmsConfigError::Invalid { name: "kms.endpoint", message: message.into() };
+        let mut base = Url::parse(&endpoint).map_err(|e| invalid(&e.to_string()))?;
+        if !matches!(base.scheme(), "http" | "https") || base.query().is_some() || !base.username().is_empty() {
+            return Err(invalid("expected an http:// or https:// URL without query or credentials"));
+        }
+        if base.scheme() == "https" && !TLS_BUILT_IN {
+            return Err(invalid("https endpoints need TLS support, which this kps build lacks"));
+        }
+        let host_name = base.host_str().ok_or_else(|| invalid("no host"))?;
+        let host = match base.port() {
+            Some(port) => format!("{host_name}:{port}"),
+            None => host_name.to_owned(),
+        };
+        let path = format!("{}/v1.0/{project_id}/kms/", base.path().trim_end_matches('/'));
+        base.set_path(&path);
+        let http = reqwest::Client::builder()
+            .connect_timeout(transport.connect_timeout)
+            .redirect(reqwest::redirect::Policy::none())
+            .build()
+            .map_err(|e| KmsConfigError::Http(e.to_string()))?;
+        Ok(Self {
+            http,
+            base,
+            host,
+            project_id,
+            credentials,
+            transport,
+            cache: KeyCache::new(DEFAULT_TTL, DEFAULT_CAPACITY),
+        })
+    }
+
+    /// Replaces the resolution cache (tests shorten the TTL).
+    #[must_use]
+    pub fn with_cache(mut self, ttl: Duration, capacity: usize) -> Self {
+        self.cache = KeyCache::new(ttl, capacity);
+        self
+    }
+
+    pub fn clear_cache(&self) {
+        self.cache.clear();
+    }
+
+    pub async fn resolve(&self, key: &KeyRef) -> Result<ResolvedKey, KmsError> {
+        let found = match self.cache.get(key) {
+            Some(found) => found,
+            None => {
+                let found = match key {
+                    KeyRef::Alias(alias) => self.find_alias(alias).await?,
+                    KeyRef::Id(key_id) => self.describe_key(key_id).await?,
+                };
+                self.cache.insert(key.clone(), found.clone());
+                found
+            }
+        };
+        check_usable(key.as_str(), &found)?;
+        Ok(found)
+    }
+
+    /// Pages through list-keys until an entry's alias equals `alias` exactly.
+    async fn find_alias(&self, alias: &str) -> Result<ResolvedKey, KmsError> {
+        let mut marker: Option<String> = None;
+        for _ in 0..MAX_LIST_PAGES {
+            let body = match &marker {
+                None => json!({"limit": LIST_PAGE_SIZE, "key_spec": "ALL"}),
+                Some(marker) => json!({"limit": LIST_PAGE_SIZE, "marker": marker, "key_spec": "ALL"}),
+            };
+            let page: ListKeysResponse =
+                self.call("list-keys", &body_bytes(&body)).await.map_err(|f| f.into_error(alias))?;
+            if let Some(found) = page.key_details.into_iter().find(|k| k.key_alias.as_deref() == Some(alias)) {
+                return Ok(found.into());
+            }
+            match page.next_marker.filter(|m| !m.is_empty()) {
+                Some(next) if page.truncated.as_deref() == Some("true") => marker = Some(next),
+                _ => break,
+            }
+        }
+        Err(KmsError::KeyNotFound { key: alias.to_owned() })
+    }
+
+    async fn describe_key(&self, key_id: &str) -> Result<ResolvedKey, KmsError> {
+        let body = body_bytes(&json!({"key_id": key_id}));
+        let answer: DescribeKeyResponse = self.call("describe-key", &body).await.map_err(|f| f.into_error(key_id))?;
+        Ok(answer.key_info.into())
+    }
+
+    pub async fn generate_data_key(&self, key_id: &str) -> Result<DataKey, KmsError> {
+        const ACTION: &str = "create-datakey";
+        let body = body_bytes(&json!({"key_id": key_id, "datakey_length": "256"}));
+        let answer: CreateDatakeyResponse = self.data_key_call(ACTION, key_id, &body).await?;
+        let plain_text = Zeroizing::new(answer.plain_text);
+        let mut plaintext = Zeroizing::new([0u8; DATA_KEY_LEN]);
+        if hex::decode_to_slice(plain_text.as_bytes(), plaintext.as_mut()).is_err() || answer.cipher_text.is_empty() {
+            return Err(Failure::unusable(ACTION).into_error(key_id));
+        }
+        Ok(DataKey::new(key_id.to_owned(), plaintext, answer.cipher_text))
+    }
+
+    pub async fn decrypt_data_key(
+        &self,
+        key_id: &str,
+        cipher_text: &str,
+    ) -> Result<Zeroizing<[u8; DATA_KEY_LEN]>, KmsError> {
+        const ACTION: &str = "decrypt-datakey";
+        let body = body_bytes(&json!({
+            "key_id": key_id,
+            "cipher_text": cipher_text,
+            "datakey_cipher_length": DATA_KEY_LEN.to_string(),
+        }));
+        let answer: DecryptDatakeyResponse = self.data_key_call(ACTION, key_id, &body).await?;
+        let data_key = Zeroizing::new(answer.data_key);
+        let mut plaintext = Zeroizing::new([0u8; DATA_KEY_LEN]);
+        let undecryptable = |detail: &str| KmsError::Undecryptable { detail: format!("{ACTION} answered {detail}") };
+        if hex::decode_to_slice(data_key.as_bytes(), plaintext.as_mut()).is_err() {
+            return Err(undecryptable("a data key that is not 32 bytes of hex"));
+        }
+        if answer.datakey_length.as_deref().is_some_and(|len| len != DATA_KEY_LEN.to_string()) {
+            return Err(undecryptable("a wrong datakey_length"));
+        }
+        let digest = hex::decode(answer.datakey_dgst.as_bytes()).unwrap_or_default();
+        if digest[..] != Sha256::digest(plaintext.as_ref())[..] {
+            return Err(undecryptable("a data key that fails its digest check"));
+        }
+        Ok(plaintext)
+    }
+
+    pub async fn encrypt_data_key(&self, key_id: &str, plaintext: &[u8; DATA_KEY_LEN]) -> Result<String, KmsError> {
+        const ACTION: &str = "encrypt-datakey";
+        // plain_text = hex(DEK) ‖ hex(SHA-256(DEK)) (§4.3).
+        let mut plain_text = Zeroizing::new(hex::encode(plaintext));
+        plain_text.push_str(&hex::encode(Sha256::digest(plaintext)));
+        let body = body_bytes(&json!({
+            "key_id": key_id,
+            "plain_text": plain_text.as_str(),
+            "datakey_plain_length": DATA_KEY_LEN.to_string(),
+        }));
+        let answer: EncryptDatakeyResponse = self.data_key_call(ACTION, key_id, &body).await?;
+        if answer.cipher_text.is_empty() {
+            return Err(Failure::unusable(ACTION).into_error(key_id));
+        }
+        Ok(answer.cipher_text)
+    }
+
+    /// A data-key call: an answer saying the key is gone, disabled or pending deletion also evicts the
+    /// cached resolutions of that key (§3 step 7).
+    async fn data_key_call<T: DeserializeOwned>(
+        &self,
+        action: &'static str,
+        key_id: &str,
+        body: &[u8],
+    ) -> Result<T, KmsError> {
+        self.call(action, body).await.map_err(|failure| {
+            let error = failure.into_error(key_id);
+            if matches!(
+                error,
+                KmsError::KeyNotFound { .. } | KmsError::KeyDisabled { .. } | KmsError::KeyUnusable { .. }
+            ) {
+                self.cache.evict_key_id(key_id);
+            }
+            error
+        })
+    }
+
+    /// One KMS call with the retry rules and budget of §1.
+    async fn call<T: DeserializeOwned>(&self, action: &'static str, body: &[u8]) -> Result<T, Failure> {
+        let started = Instant::now();
+        let mut attempts = 0;
+        loop {
+            let remaining = self.transport.budget.saturating_sub(started.elapsed());
+            attempts += 1;
+            let outcome =
+                match tokio::time::timeout(self.transport.attempt_timeout.min(remaining), self.attempt(action, body))
+                    .await
+                {
+                    Ok(outcome) => outcome,
+                    Err(_) => Err(FailureKind::Timeout),
+                };
+            let kind = match outcome {
+                Ok(bytes) => {
+                    return serde_json::from_slice(&bytes).map_err(|_| Failure {
+                        action,
+                        attempts,
+                        kind: FailureKind::UnusableBody,
+                    });
+                }
+                Err(kind) => kind,
+            };
+            tracing::debug!(action, attempts, failure = ?kind, "KMS call failed");
+            if !kind.is_retryable() || attempts >= self.transport.max_attempts {
+                return Err(Failure { action, attempts, kind });
+            }
+            let backoff = self.backoff(attempts);
+            if started.elapsed() + backoff >= self.transport.budget {
+                return Err(Failure { action, attempts, kind });
+            }
+            tokio::time::sleep(backoff).await;
+        }
+    }
+
+    fn backoff(&self, attempts_so_far: u32) -> Duration {
+        let index = usize::try_from(attempts_so_far.saturating_sub(1)).unwrap_or(usize::MAX);
+        let base = self.transport.backoff.get(index).or(self.transport.backoff.last()).copied().unwrap_or_default();
+        let jitter_ms = u64::try_from(self.transport.max_jitter.as_millis()).unwrap_or(0);
+        base + Duration::from_millis(rand::thread_rng().gen_range(0..=jitter_ms))
+    }
+
+    /// One signed attempt: the 2xx body, or why it failed.
+    async fn attempt(&self, action: &str, body: &[u8]) -> Result<Vec<u8>, FailureKind> {
+        let mut url = self.base.clone();
+        url.set_path(&format!("{}{action}", self.base.path()));
+        let headers = vec![
+            ("Content-Type".to_owned(), CONTENT_TYPE.to_owned()),
+            ("Host".to_owned(), self.host.clone()),
+            ("X-Project-Id".to_owned(), self.project_id.clone()),
+        ];
+        let request = SignedRequest { method: "POST", path: url.path(), query: "", headers: &headers, body };
+        let signature = signing::sign(&request, &self.credentials, time::OffsetDateTime::now_utc());
+        let mut builder = self.http.post(url.clone());
+        for (name, value) in &headers {
+            builder = builder.header(name, value);
+        }
+        let response = builder
+            .header(signing::DATE_HEADER, signature.sdk_date)
+            .header("Authorization", signature.authorization)
+            .body(body.to_vec())
+            .send()
+            .await
+            .map_err(|e| if e.is_timeout() { FailureKind::Timeout } else { FailureKind::Connection })?;
+        let status = response.status().as_u16();
+        let bytes = read_limited(response).await?;
+        if (200..300).contains(&status) {
+            return Ok(bytes);
+        }
+        Err(FailureKind::Status { status, code: error_code(&bytes) })
+    }
+}
+
+async fn read_limited(mut response: reqwest::Response) -> Result<Vec<u8>, FailureKind> {
+    let mut bytes = Vec::new();
+    while let Some(chunk) = response
+        .chunk()
+        .await
+        .map_err(|e| if e.is_timeout() { FailureKind::Timeout } else { FailureKind::Connection })?
+    {
+        if bytes.len() + chunk.len() > MAX_RESPONSE_BYTES {
+            return Err(FailureKind::UnusableBody);
+        }
+        bytes.extend_from_slice(&chunk);
+    }
+    Ok(bytes)
+}
+
+fn body_bytes(body: &serde_json::Value) -> Zeroizing<Vec<u8>> {
+    // Serializing a `Value` cannot fail.
+    Zeroizing::new(serde_json::to_vec(body).unwrap_or_default())
+}
+
+/// The state and spec checks of §3 steps 4-5.
+fn check_usable(key: &str, found: &ResolvedKey) -> Result<(), KmsError> {
+    match found.state.as_str() {
+        STATE_ENABLED => {}
+        STATE_DISABLED => return Err(KmsError::KeyDisabled { key: key.to_owned() }),
+        other => return Err(KmsError::KeyUnusable { key: key.to_owned(), state: other.to_owned() }),
+    }
+    if found.spec != SPEC_AES_256 {
+        return Err(KmsError::UnsupportedKeySpec { key: key.to_owned(), spec: found.spec.clone() });
+    }
+    Ok(())
+}
+
+/// `error.error_code` (or a top-level `error_code`) of a Huawei error body, if it looks like a code. Only
+/// the code is ever reported; the upstream message text is not.
+fn error_code(body: &[u8]) -> Option<String> {
+    let value: serde_json::Value = serde_json::from_slice(body).ok()?;
+    let code = value.pointer("/error/error_code").or_else(|| value.get("error_code"))?.as_str()?;
+    let plausible = !code.is_empty()
+        && code.len() <= 32
+        && code.bytes().all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-'));
+    plausible.then(|| code.to_owned())
+}
+
+/// Why a KMS call failed after its attempts.
+#[derive(Debug)]
+struct Failure {
+    action: &'static str,
+    attempts: u32,
+    kind: FailureKind,
+}
+
+#[derive(Debug)]
+enum FailureKind {
+    Timeout,
+    Connection,
+    Status { status: u16, code: Option<String> },
+    UnusableBody,
+}
+
+impl FailureKind {
+    fn is_retryable(&self) -> bool {
+        match self {
+            Self::Timeout | Self::Connection => true,
+            Self::Status { status, code } => {
+                *status == 429 || *status >= 500 || matches!(code.as_deref(), Some("KMS.0101" | "KMS.0102"))
+            }
+            Self::UnusableBody => false,
+        }
+    }
+}
+
+impl Failure {
+    fn unusable(action: &'static str) -> Self {
+        Self { action, attempts: 1, kind: FailureKind::UnusableBody }
+    }
+
+    /// The §6 mapping: by error code first, then by status. `key` is the reference as the caller gave it.
+    fn into_error(self, key: &str) -> KmsError {
+        let Self { action, attempts, kind } = self;
+        let key = key.to_owned();
+        let unavailable = |detail: String| KmsError::Unavailable { detail };
+        let plural = if attempts == 1 { "attempt" } else { "attempts" };
+        let retryable = kind.is_retryable();
+        match kind {
+            FailureKind::Timeout => unavailable(format!("timeout after {attempts} {plural} calling {action}")),
+            FailureKind::Connection => {
+                unavailable(format!("connection failed after {attempts} {plural} calling {action}"))
+            }
+            FailureKind::UnusableBody => unavailable(format!("{action} answered an unusable body")),
+            FailureKind::Status { status, code } => {
+                let answered = match &code {
+                    Some(code) => format!("{action} answered {code}"),
+                    None => format!("{action} answered HTTP {status}"),
+                };
+                match code.as_deref() {
+                    Some("KMS.0205" | "KMS.0207") => return KmsError::KeyNotFound { key },
+                    Some("KMS.0209") => return KmsError::KeyDisabled { key },
+                    Some("KMS.0210") => return KmsError::KeyUnusable { key, state: "4".into() },
+                    Some("KMS.0301" | "KMS.0302" | "KMS.0303" | "KMS.0306") => {
+                        return KmsError::CredentialsRejected { detail: answered };
+                    }
+                    Some("KMS.0308") if action == "decrypt-datakey" => {
+                        return KmsError::Undecryptable { detail: answered };
+                    }
+                    _ => {}
+                }
+                if matches!(status, 401 | 403) {
+                    return KmsError::CredentialsRejected { detail: answered };
+                }
+                if retryable {
+                    let status_text = match &code {
+                        Some(code) => format!("HTTP {status} ({code})"),
+                        None => format!("HTTP {status}"),
+                    };
+                    return unavailable(format!("{action} answered {status_text} after {attempts} {plural}"));
+                }
+                unavailable(answered)
+            }
+        }
+    }
+}
+
+#[derive(Deserialize)]
+struct KeyDetails {
+    key_id: String,
+    #[serde(default)]
+    key_alias: Option<String>,
+    key_state: String,
+    key_spec: String,
+}
+
+impl From<KeyDetails> for ResolvedKey {
+    fn from(details: KeyDetails) -> Self {
+        Self {
+            key_id: details.key_id,
+            alias: details.key_alias.filter(|a| !a.is_empty()),
+            state: details.key_state,
+            spec: details.key_spec,
+        }
+    }
+}
+
+#[derive(Deserialize)]
+struct ListKeysResponse {
+    #[serde(default)]
+    key_details: Vec<KeyDetails>,
+    #[serde(default)]
+    next_marker: Option<String>,
+    #[serde(default)]
+    truncated: Option<String>,
+}
+
+#[derive(Deserialize)]
+struct DescribeKeyResponse {
+    key_info: KeyDetails,
+}
+
+#[derive(Deserialize)]
+struct CreateDatakeyResponse {
+    plain_text: String,
+    cipher_text: String,
+}
+
+#[derive(Deserialize)]
+struct DecryptDatakeyResponse {
+    data_key: String,
+    #[serde(default)]
+    datakey_length: Option<String>,
+    #[serde(default)]
+    datakey_dgst: String,
+}
+
+#[derive(Deserialize)]
+struct EncryptDatakeyResponse {
+    cipher_text: String,
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,259 @@
+//! The real `kms-mock` binary on 127.0.0.1, driven by `kps::kms::KmsClient` (spec/kms-huawei.md §3-§6):
+//! resolution by alias and id, the KPS.18xx mapping of key states, credentials, faults and ciphertexts.
+
+use std::collections::HashMap;
+use std::io::{BufRead, BufReader};
+use std::os::unix::fs::PermissionsExt;
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+use kps::config::KmsConfig;
+use kps::kms::huawei::HuaweiSettings;
+use kps::kms::{HuaweiKms, KeyRef, KmsClient, KmsError, Transport};
+use kps::signing::Credentials;
+use secrecy::SecretString;
+use serde_json::{Value, json};
+
+const PROJECT: &str = "0a1b2c3d4e5f60718293a4b5c6d7e8f9";
+const AK: &str = "HPUAEXAMPLEAK0000001";
+const SK: &str = "ExampleSecretKey0000000000000000000000001";
+const ESCROW_ID: &str = "3c1d5a0e-8f6b-4e52-9d7a-21f0c4b8e6a1";
+const DISABLED_ID: &str = "11111111-1111-4111-8111-111111111111";
+const DOOMED_ID: &str = "44444444-4444-4444-8444-444444444444";
+
+/// A running `kms-mock` process with the keys it printed.
+struct KmsMock {
+    child: Child,
+    endpoint: String,
+    keys: HashMap<String, String>,
+    _dir: tempfile::TempDir,
+}
+
+impl KmsMock {
+    /// Starts the binary on a free port (`--listen 127.0.0.1:0`), credentials from the environment, one
+    /// `--key` and a seed with a disabled and a pending-deletion key; reads its startup lines.
+    fn start() -> Self {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let seed = dir.path().join("seed.json");
+        std::fs::write(
+            &seed,
+            json!([
+                {"id": DISABLED_ID, "alias": "disabled-key", "state": "3", "spec": "AES_256"},
+                {"id": DOOMED_ID, "alias": "doomed-key", "state": "4", "spec": "AES_256"}
+            ])
+            .to_string(),
+        )
+        .expect("seed");
+        let mut child = Command::new(env!("CARGO_BIN_EXE_kms-mock"))
+            .args(["--listen", "127.0.0.1:0", "--key", &format!("kps-escrow={ESCROW_ID}"), "--key", "other"])
+            .arg("--seed")
+            .arg(&seed)
+            .env("KMS_MOCK_AK", AK)
+            .env("KMS_MOCK_SK", SK)
+            .env_remove("KMS_MOCK_STATE")
+            .env_remove("KMS_MOCK_TOKEN")
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("spawn kms-mock");
+        let stdout = child.stdout.take().expect("stdout");
+        let mut keys = HashMap::new();
+        let mut endpoint = None;
+        for line in BufReader::new(stdout).lines() {
+            let line = line.expect("line");
+            if let Some(addr) = line.strip_prefix("listening on ") {
+                endpoint = Some(format!("http://{addr}"));
+                break;
+            }
+            let parts: Vec<&str> = line.split(' ').collect();
+            assert_eq!(parts.len(), 3, "unexpected startup line {line:?}");
+            assert_eq!(parts[0], "key");
+            keys.insert(parts[1].to_owned(), parts[2].to_owned());
+        }
+        let endpoint = endpoint.expect("kms-mock printed its address");
+        Self { child, endpoint, keys, _dir: dir }
+    }
+
+    fn client(&self, sk: &str, transport: Transport) -> KmsClient {
+        KmsClient::Huawei(
+            HuaweiKms::new(HuaweiSettings {
+                endpoint: Some(self.endpoint.clone()),
+                region: None,
+                project_id: PROJECT.to_owned(),
+                credentials: Credentials::new(AK, SecretString::from(sk)),
+                transport,
+            })
+            .expect("client"),
+        )
+    }
+
+    /// The client exactly as kps builds it from `kms.*` (default transport).
+    fn configured_client(&self, sk_file: &Path) -> KmsClient {
+        let config = KmsConfig {
+            provider: Some("huawei".into()),
+            endpoint: Some(self.endpoint.clone()),
+            project_id: Some(PROJECT.into()),
+            ak: Some(AK.into()),
+            sk_file: Some(sk_file.to_owned()),
+            ..KmsConfig::default()
+        };
+        kps::kms::from_config(&config, false).expect("valid config").expect("a provider is configured")
+    }
+
+    async fn fault(&self, fault: Value) {
+        let answer = reqwest::Client::new()
+            .post(format!("{}/_mock/fault", self.endpoint))
+            .json(&fault)
+            .send()
+            .await
+            .expect("fault");
+        assert_eq!(answer.status().as_u16(), 204);
+    }
+
+    async fn calls(&self, action: &str) -> u64 {
+        let calls: Value = reqwest::Client::new()
+            .get(format!("{}/_mock/calls", self.endpoint))
+            .send()
+            .await
+            .expect("calls")
+            .json()
+            .await
+            .expect("json");
+        calls[action].as_u64().unwrap_or(0)
+    }
+
+    /// SIGTERM, then the exit status.
+    fn stop(mut self) -> std::process::ExitStatus {
+        let pid = self.child.id().to_string();
+        Command::new("kill").args(["-TERM", &pid]).status().expect("kill");
+        self.child.wait().expect("wait")
+    }
+}
+
+impl Drop for KmsMock {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn quick() -> Transport {
+    Transport {
+        attempt_timeout: Duration::from_millis(500),
+        backoff: vec![Duration::from_millis(20), Duration::from_millis(40)],
+        max_jitter: Duration::from_millis(5),
+        ..Transport::default()
+    }
+}
+
+fn alias(name: &str) -> KeyRef {
+    KeyRef::Alias(name.to_owned())
+}
+
+#[tokio::test]
+async fn kms_mock_prints_its_keys_and_resolves_by_alias_and_id() {
+    let mock = KmsMock::start();
+    assert_eq!(mock.keys.get("kps-escrow").map(String::as_str), Some(ESCROW_ID));
+    assert_eq!(mock.keys.len(), 4, "two --key and two seeded keys: {:?}", mock.keys);
+    let dir = tempfile::tempdir().expect("tempdir");
+    let sk_file = dir.path().join("sk");
+    std::fs::write(&sk_file, format!("{SK}\n")).expect("sk file");
+    std::fs::set_permissions(&sk_file, std::fs::Permissions::from_mode(0o600)).expect("chmod");
+    let kms = mock.configured_client(&sk_file);
+
+    let by_alias = kms.resolve(&alias("kps-escrow")).await.expect("alias resolves");
+    assert_eq!(by_alias.key_id, ESCROW_ID);
+    let other_id = mock.keys["other"].clone();
+    let by_id = kms.resolve(&KeyRef::Id(other_id.clone())).await.expect("id resolves");
+    assert_eq!((by_id.key_id.as_str(), by_id.alias.as_deref()), (other_id.as_str(), Some("other")));
+
+    for _ in 0..3 {
+        let key = kms.resolve(&alias("kps-escrow")).await.expect("cached");
+        let data_key = kms.generate_data_key(&key.key_id).await.expect("data key");
+        let opened = kms.decrypt_data_key(&key.key_id, data_key.cipher_text()).await.expect("decrypts");
+        assert_eq!(*opened, *data_key.plaintext());
+    }
+    assert_eq!(mock.calls("list-keys").await, 1, "resolve lists keys only on a miss");
+    assert_eq!(mock.calls("create-datakey").await, 3, "one data-key call per seal");
+    assert!(mock.stop().success(), "SIGTERM exits 0");
+}
+
+#[tokio::test]
+async fn kms_unknown_alias_is_1802() {
+    let mock = KmsMock::start();
+    let kms = mock.client(SK, quick());
+    let error = kms.resolve(&alias("no-such-alias")).await.expect_err("unknown");
+    assert_eq!(error.code(), "KPS.1802");
+    assert_eq!(error.to_string(), "KMS key no-such-alias not found");
+    let unknown_id = KeyRef::Id("00000000-0000-4000-8000-000000000000".into());
+    assert_eq!(kms.resolve(&unknown_id).await.expect_err("unknown id").code(), "KPS.1802");
+}
+
+#[tokio::test]
+async fn kms_disabled_key_is_1803_and_pending_deletion_is_1804() {
+    let mock = KmsMock::start();
+    let kms = mock.client(SK, quick());
+    let disabled = kms.resolve(&alias("disabled-key")).await.expect_err("disabled");
+    assert_eq!((disabled.code(), disabled.to_string().as_str()), ("KPS.1803", "KMS key disabled-key is disabled"));
+    let doomed = kms.resolve(&KeyRef::Id(DOOMED_ID.into())).await.expect_err("pending deletion");
+    assert_eq!(doomed.code(), "KPS.1804");
+    assert_eq!(doomed.to_string(), format!("KMS key {DOOMED_ID} is pending deletion or not usable (state 4)"));
+    assert_eq!(mock.calls("create-datakey").await, 0, "states are checked before any data-key call");
+    // The data-key calls themselves answer the same codes (KMS.0209 / KMS.0210).
+    assert_eq!(kms.generate_data_key(DISABLED_ID).await.expect_err("KMS.0209").code(), "KPS.1803");
+    assert_eq!(kms.generate_data_key(DOOMED_ID).await.expect_err("KMS.0210").code(), "KPS.1804");
+}
+
+#[tokio::test]
+async fn kms_wrong_secret_key_is_1805() {
+    let mock = KmsMock::start();
+    let kms = mock.client("WrongSecretKey", quick());
+    let error = kms.resolve(&alias("kps-escrow")).await.expect_err("bad signature");
+    assert_eq!(error.code(), "KPS.1805");
+    assert_eq!(error.to_string(), "KMS rejected the service credentials: list-keys answered KMS.0302");
+    assert!(!error.to_string().contains("WrongSecretKey"));
+}
+
+#[tokio::test]
+async fn kms_server_errors_are_retried_then_1801() {
+    let mock = KmsMock::start();
+    let kms = mock.client(SK, quick());
+    mock.fault(json!({"status": 503, "count": 2})).await;
+    kms.generate_data_key(ESCROW_ID).await.expect("the third attempt succeeds");
+    assert_eq!(mock.calls("create-datakey").await, 3);
+
+    mock.fault(json!({"status": 503, "count": 3})).await;
+    let error = kms.generate_data_key(ESCROW_ID).await.expect_err("all attempts fail");
+    assert_eq!(error.code(), "KPS.1801");
+    assert_eq!(error.to_string(), "KMS is unavailable: create-datakey answered HTTP 503 (KMS.0101) after 3 attempts");
+    assert_eq!(mock.calls("create-datakey").await, 6, "exactly three attempts");
+}
+
+#[tokio::test]
+async fn kms_latency_above_the_timeout_is_1801() {
+    let mock = KmsMock::start();
+    let kms = mock.client(SK, quick());
+    mock.fault(json!({"delay_ms": 2000, "count": 3})).await;
+    let error = kms.resolve(&alias("kps-escrow")).await.expect_err("timeouts");
+    assert_eq!(error.code(), "KPS.1801");
+    assert_eq!(error.to_string(), "KMS is unavailable: timeout after 3 attempts calling list-keys");
+}
+
+#[tokio::test]
+async fn kms_wrong_ciphertext_is_1806() {
+    let mock = KmsMock::start();
+    let kms = mock.client(SK, quick());
+    let data_key = kms.generate_data_key(ESCROW_ID).await.expect("data key");
+    let other = &mock.keys["other"];
+    let moved = kms.decrypt_data_key(other, data_key.cipher_text()).await.expect_err("wrong key");
+    assert_eq!(moved.code(), "KPS.1806");
+    assert_eq!(
+        moved.message_for_keypair("db-admin"),
+        "Escrowed private key of keypair db-admin could not be decrypted"
+    );
+    let garbage = kms.decrypt_data_key(ESCROW_ID, "00ff").await.expect_err("garbage");
+    assert!(matches!(garbage, KmsError::Undecryptable { .. }));
+    let rewrapped = kms.encrypt_data_key(other, data_key.plaintext()).await.expect("rewrap");
+    assert_eq!(*kms.decrypt_data_key(other, &rewrapped).await.expect("opens"), *data_key.plaintext());
+}
