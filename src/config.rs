@@ -459,9 +459,6 @@ impl Config {
         if self.admin_listen.is_some() {
             return not_yet("admin_listen");
         }
-        if self.policy.file.is_some() {
-            return not_yet("policy.file");
-        }
         if self.limits.per_caller_concurrency != 0 || self.limits.per_caller_rps != 0 {
             return not_yet("limits.per_caller_concurrency / limits.per_caller_rps");
         }

@@ -36,6 +36,8 @@ pub enum ServeError {
     DataDir(#[from] datadir::DataDirError),
     #[error(transparent)]
     Keyring(#[from] custody::KeyringError),
+    #[error(transparent)]
+    Policy(#[from] api::policy::PolicyError),
     #[error("cannot open the store: {0}")]
     Store(#[from] store::StoreError),
     #[error("cannot listen on {addr}: {source}")]
@@ -44,9 +46,13 @@ pub enum ServeError {
     Io(#[from] std::io::Error),
 }
 
-/// Builds the application state over an opened store: loads (or creates) the master keyring when the
-/// `default` encryptor is allowed, and starts the RSA key pool.
+/// Builds the application state over an opened store: loads the policy (`policy.file` over the defaults), loads (or creates) the master keyring when the `default`
+/// encryptor is allowed, and starts the RSA key pool.
 pub fn state(config: &Config, store: Arc<dyn Store>) -> Result<AppState, ServeError> {
+    let policy = match &config.policy.file {
+        Some(path) => api::policy::Policy::load(path)?,
+        None => api::policy::Policy::default(),
+    };
     let pool = RsaKeyPool::new(config.keygen.rsa_pool_size);
     let mut service = KeypairService::new(store, config.quota(), pool);
     if config.custody.allow_default {
@@ -58,6 +64,7 @@ pub fn state(config: &Config, store: Arc<dyn Store>) -> Result<AppState, ServeEr
     Ok(AppState {
         service,
         authenticator: Authenticator::NoAuth,
+        policy,
         public_url: config.public_url.clone(),
         max_body_bytes: config.limits.max_body_bytes,
         request_timeout: Duration::from_secs(config.limits.request_timeout_s),
