@@ -37,6 +37,8 @@ pub enum ServeError {
     #[error(transparent)]
     Keyring(#[from] custody::KeyringError),
     #[error(transparent)]
+    Auth(#[from] api::auth::AuthError),
+    #[error(transparent)]
     Policy(#[from] api::policy::PolicyError),
     #[error("cannot open the store: {0}")]
     Store(#[from] store::StoreError),
@@ -46,9 +48,11 @@ pub enum ServeError {
     Io(#[from] std::io::Error),
 }
 
-/// Builds the application state over an opened store: loads the policy (`policy.file` over the defaults), loads (or creates) the master keyring when the `default`
+/// Builds the application state over an opened store: sets up authentication (tokens file, Keystone client)
+/// and the policy (`policy.file` over the defaults), loads (or creates) the master keyring when the `default`
 /// encryptor is allowed, and starts the RSA key pool.
 pub fn state(config: &Config, store: Arc<dyn Store>) -> Result<AppState, ServeError> {
+    let authenticator = Authenticator::from_config(&config.auth, config.secrets.allow_group_readable)?;
     let policy = match &config.policy.file {
         Some(path) => api::policy::Policy::load(path)?,
         None => api::policy::Policy::default(),
@@ -63,7 +67,7 @@ pub fn state(config: &Config, store: Arc<dyn Store>) -> Result<AppState, ServeEr
     }
     Ok(AppState {
         service,
-        authenticator: Authenticator::NoAuth,
+        authenticator,
         policy,
         public_url: config.public_url.clone(),
         max_body_bytes: config.limits.max_body_bytes,

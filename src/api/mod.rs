@@ -180,9 +180,9 @@ async fn handle(state: &AppState, request: Request, request_id: &str) -> Respons
 
     // 2. Authentication for every API path, routed or not.
     let caller = if matched.as_ref().is_some_and(Route::needs_auth) || (matched.is_none() && is_api_path(path)) {
-        match state.authenticator.authenticate(&parts.headers) {
+        match state.authenticator.authenticate(&parts.headers).await {
             Ok(caller) => Some(caller),
-            Err(error) => return error.into_response(),
+            Err(error) => return state.authenticator.reject(error),
         }
     } else {
         None
