@@ -447,8 +447,8 @@ impl Config {
         }
         // Features of later milestones: refuse rather than silently ignore them (README, "Not implemented yet").
         let not_yet = |what: &str| Err(ConfigError::Unsupported(format!("{what} is not implemented yet in this kps")));
-        if self.auth.mode != AuthMode::Noauth {
-            return not_yet(&format!("auth.mode = {:?}", self.auth.mode).to_lowercase());
+        if self.auth.mode == AuthMode::Aksk {
+            return not_yet("auth.mode = aksk");
         }
         if self.tls.cert_file.is_some() || self.tls.key_file.is_some() {
             return not_yet("TLS (tls.cert_file / tls.key_file)");
@@ -458,9 +458,6 @@ impl Config {
         }
         if self.admin_listen.is_some() {
             return not_yet("admin_listen");
-        }
-        if self.policy.file.is_some() {
-            return not_yet("policy.file");
         }
         if self.limits.per_caller_concurrency != 0 || self.limits.per_caller_rps != 0 {
             return not_yet("limits.per_caller_concurrency / limits.per_caller_rps");

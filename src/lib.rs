@@ -38,6 +38,10 @@ pub enum ServeError {
     DataDir(#[from] datadir::DataDirError),
     #[error(transparent)]
     Keyring(#[from] custody::KeyringError),
+    #[error(transparent)]
+    Auth(#[from] api::auth::AuthError),
+    #[error(transparent)]
+    Policy(#[from] api::policy::PolicyError),
     #[error("cannot open the store: {0}")]
     Store(#[from] store::StoreError),
     #[error("cannot listen on {addr}: {source}")]
@@ -46,9 +50,15 @@ pub enum ServeError {
     Io(#[from] std::io::Error),
 }
 
-/// Builds the application state over an opened store: loads (or creates) the master keyring when the
-/// `default` encryptor is allowed, and starts the RSA key pool.
+/// Builds the application state over an opened store: sets up authentication (tokens file, Keystone client)
+/// and the policy (`policy.file` over the defaults), loads (or creates) the master keyring when the `default`
+/// encryptor is allowed, and starts the RSA key pool.
 pub fn state(config: &Config, store: Arc<dyn Store>) -> Result<AppState, ServeError> {
+    let authenticator = Authenticator::from_config(&config.auth, config.secrets.allow_group_readable)?;
+    let policy = match &config.policy.file {
+        Some(path) => api::policy::Policy::load(path)?,
+        None => api::policy::Policy::default(),
+    };
     let pool = RsaKeyPool::new(config.keygen.rsa_pool_size);
     let mut service = KeypairService::new(store, config.quota(), pool);
     // The keyring is loaded even when new `default` seals are disabled: older records still need it to open.
@@ -59,7 +69,8 @@ pub fn state(config: &Config, store: Arc<dyn Store>) -> Result<AppState, ServeEr
     service = service.with_default_encryptor(local, config.custody.allow_default);
     Ok(AppState {
         service,
-        authenticator: Authenticator::NoAuth,
+        authenticator,
+        policy,
         public_url: config.public_url.clone(),
         max_body_bytes: config.limits.max_body_bytes,
         request_timeout: Duration::from_secs(config.limits.request_timeout_s),

@@ -1,11 +1,26 @@
-//! Authentication: turns request credentials into a `Caller`.
+//! Authentication: turns request credentials into a `Caller` (spec/interface.md, "Authentication modes").
 //!
-//! Implemented: `noauth` (`X-Auth-Token: <user_id>:<project_id>[:<role>,...]`, development and tests).
-//! `static`, `keystone` and `aksk` are refused at startup until they exist (README).
+//! Implemented: `noauth` (`X-Auth-Token: <user_id>:<project_id>[:<role>,...]`, development and tests),
+//! `static` (a tokens file of SHA-256 hashes, `static_tokens`) and `keystone` (Keystone v3 token validation,
+//! `keystone`). `aksk` is refused at startup until it exists (README).
+//!
+//! Every mode answers a missing credential with 401 KPS.2001 and a bad one with 401 KPS.2002; in `keystone`
+//! mode 401s carry `WWW-Authenticate: Keystone uri="<auth.keystone_url>"` (errors.md §1).
 
-use axum::http::HeaderMap;
+mod keystone;
+mod static_tokens;
 
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+
+use self::keystone::Keystone;
+use self::static_tokens::StaticTokens;
 use super::error::ApiError;
+use crate::config::{AuthConfig, AuthMode};
 
 /// The authenticated identity a request acts as.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -21,22 +36,96 @@ impl Caller {
     }
 }
 
+/// Why the configured authentication cannot be set up; refused at startup.
+#[derive(Debug, thiserror::Error)]
+pub enum AuthError {
+    #[error("auth.mode = {mode} needs {setting}")]
+    Missing { mode: &'static str, setting: &'static str },
+    #[error(
+        "auth file {path} has mode {mode:04o}: it must not be group- or world-readable (chmod 600 {path}, or set \
+         secrets.allow_group_readable for a group-readable secret mount)"
+    )]
+    Permissions { path: PathBuf, mode: u32 },
+    #[error("auth file {path}: {message}")]
+    File { path: PathBuf, message: String },
+    #[error("invalid auth.keystone_url {url:?}: {message}")]
+    KeystoneUrl { url: String, message: String },
+    #[error("auth.mode = {0} is not implemented yet in this kps")]
+    NotImplemented(&'static str),
+}
+
 /// How callers are authenticated.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug)]
 pub enum Authenticator {
     NoAuth,
+    Static(StaticTokens),
+    Keystone {
+        keystone: Keystone,
+        /// `Keystone uri="<auth.keystone_url>"`, sent on every 401.
+        challenge: HeaderValue,
+    },
 }
 
 impl Authenticator {
-    pub fn authenticate(&self, headers: &HeaderMap) -> Result<Caller, ApiError> {
-        match self {
-            Self::NoAuth => {
-                let token = headers.get("x-auth-token").ok_or_else(ApiError::authentication_required)?;
-                let token = token.to_str().map_err(|_| ApiError::invalid_credentials())?;
-                parse_noauth_token(token).ok_or_else(ApiError::invalid_credentials)
+    /// The authenticator of `auth.mode`, with its tokens file loaded (and permission-checked) or its
+    /// Keystone client built.
+    pub fn from_config(auth: &AuthConfig, allow_group_readable: bool) -> Result<Self, AuthError> {
+        match auth.mode {
+            AuthMode::Noauth => Ok(Self::NoAuth),
+            AuthMode::Static => {
+                let path = auth
+                    .tokens_file
+                    .as_deref()
+                    .ok_or(AuthError::Missing { mode: "static", setting: "auth.tokens_file (KPS_AUTH_TOKENS_FILE)" })?;
+                Ok(Self::Static(StaticTokens::load(path, allow_group_readable)?))
             }
+            AuthMode::Keystone => {
+                let url = auth.keystone_url.as_deref().ok_or(AuthError::Missing {
+                    mode: "keystone",
+                    setting: "auth.keystone_url (KPS_AUTH_KEYSTONE_URL)",
+                })?;
+                let invalid = |message: String| AuthError::KeystoneUrl { url: url.into(), message };
+                let keystone = Keystone::new(url, Duration::from_secs(auth.keystone_cache_ttl_s)).map_err(invalid)?;
+                let challenge = HeaderValue::from_str(&format!("Keystone uri=\"{url}\""))
+                    .map_err(|_| invalid("not usable in a WWW-Authenticate header".into()))?;
+                Ok(Self::Keystone { keystone, challenge })
+            }
+            AuthMode::Aksk => Err(AuthError::NotImplemented("aksk")),
         }
     }
+
+    pub async fn authenticate(&self, headers: &HeaderMap) -> Result<Caller, ApiError> {
+        let token = headers.get("x-auth-token").ok_or_else(ApiError::authentication_required)?;
+        let token = token.to_str().ok().filter(|t| !t.is_empty()).ok_or_else(ApiError::invalid_credentials)?;
+        match self {
+            Self::NoAuth => parse_noauth_token(token).ok_or_else(ApiError::invalid_credentials),
+            Self::Static(tokens) => tokens.lookup(token).ok_or_else(ApiError::invalid_credentials),
+            Self::Keystone { keystone, .. } => keystone.validate(token).await,
+        }
+    }
+
+    /// The response for a failed authentication: the error, plus the mode's challenge on a 401.
+    pub fn reject(&self, error: ApiError) -> Response {
+        let unauthorized = error.status == StatusCode::UNAUTHORIZED;
+        let mut response = error.into_response();
+        if let (true, Self::Keystone { challenge, .. }) = (unauthorized, self) {
+            response.headers_mut().insert(header::WWW_AUTHENTICATE, challenge.clone());
+        }
+        response
+    }
+}
+
+/// Secret files are refused when world-accessible, or group-accessible unless `secrets.allow_group_readable`
+/// (then group read only), as for the master key file.
+fn check_secret_file_mode(path: &Path, allow_group_readable: bool) -> Result<(), AuthError> {
+    let metadata =
+        std::fs::metadata(path).map_err(|e| AuthError::File { path: path.into(), message: e.to_string() })?;
+    let mode = metadata.permissions().mode() & 0o777;
+    let group_ok = allow_group_readable && mode & 0o030 == 0;
+    if mode & 0o007 != 0 || (mode & 0o070 != 0 && !group_ok) {
+        return Err(AuthError::Permissions { path: path.into(), mode });
+    }
+    Ok(())
 }
 
 /// `user:project` or `user:project:role[,role...]`: exactly 2 or 3 non-empty fields.
@@ -65,12 +154,76 @@ mod tests {
         }
     }
 
-    #[test]
-    fn missing_token_is_2001_and_bad_token_is_2002() {
-        let auth = Authenticator::NoAuth;
-        assert_eq!(auth.authenticate(&HeaderMap::new()).expect_err("no token").code, "KPS.2001");
+    fn token(value: &[u8]) -> HeaderMap {
         let mut headers = HeaderMap::new();
-        headers.insert("x-auth-token", "nonsense".parse().expect("header"));
-        assert_eq!(auth.authenticate(&headers).expect_err("bad token").code, "KPS.2002");
+        headers.insert("x-auth-token", HeaderValue::from_bytes(value).expect("header"));
+        headers
+    }
+
+    #[tokio::test]
+    async fn missing_token_is_2001_and_bad_token_is_2002() {
+        let auth = Authenticator::NoAuth;
+        assert_eq!(auth.authenticate(&HeaderMap::new()).await.expect_err("no token").code, "KPS.2001");
+        for bad in [&b"nonsense"[..], b"", b"u:p:\xff"] {
+            assert_eq!(auth.authenticate(&token(bad)).await.expect_err("bad token").code, "KPS.2002");
+        }
+    }
+
+    #[test]
+    fn modes_need_their_settings_and_aksk_is_refused() {
+        let config = |mode| AuthConfig { mode, ..AuthConfig::default() };
+        for (mode, expected) in [
+            (AuthMode::Static, "auth.mode = static needs auth.tokens_file"),
+            (AuthMode::Keystone, "auth.mode = keystone needs auth.keystone_url"),
+            (AuthMode::Aksk, "auth.mode = aksk is not implemented yet"),
+        ] {
+            let error = Authenticator::from_config(&config(mode), false).expect_err(expected).to_string();
+            assert!(error.contains(expected), "{error}");
+        }
+        let bad_url = AuthConfig { keystone_url: Some("ks:5000".into()), ..config(AuthMode::Keystone) };
+        let error = Authenticator::from_config(&bad_url, false).expect_err("bad url").to_string();
+        assert!(error.contains("invalid auth.keystone_url \"ks:5000\""), "{error}");
+    }
+
+    #[test]
+    fn secret_files_must_not_be_group_or_world_readable() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("tokens.toml");
+        std::fs::write(&path, "").expect("write");
+        for (mode, allow_group, ok) in [
+            (0o600, false, true),
+            (0o400, false, true),
+            (0o640, false, false),
+            (0o640, true, true),
+            (0o440, true, true),
+            (0o660, true, false),
+            (0o604, true, false),
+            (0o644, true, false),
+        ] {
+            std::fs::set_permissions(&path, std::fs::Permissions::from_mode(mode)).expect("chmod");
+            let result = check_secret_file_mode(&path, allow_group);
+            assert_eq!(result.is_ok(), ok, "{mode:o} allow_group={allow_group}: {result:?}");
+            if let Err(error) = result {
+                assert!(error.to_string().contains(&format!("has mode {mode:04o}")), "{error}");
+            }
+        }
+    }
+
+    #[test]
+    fn keystone_401s_carry_the_challenge_and_other_errors_do_not() {
+        let config = AuthConfig {
+            mode: AuthMode::Keystone,
+            keystone_url: Some("http://keystone.test:5000".into()),
+            ..AuthConfig::default()
+        };
+        let keystone = Authenticator::from_config(&config, false).expect("keystone");
+        let response = keystone.reject(ApiError::invalid_credentials());
+        let challenge = response.headers().get(header::WWW_AUTHENTICATE).expect("challenge");
+        assert_eq!(challenge, "Keystone uri=\"http://keystone.test:5000\"");
+        let unavailable = keystone.reject(keystone::keystone_unavailable());
+        assert_eq!(unavailable.status(), StatusCode::SERVICE_UNAVAILABLE);
+        assert!(unavailable.headers().get(header::WWW_AUTHENTICATE).is_none());
+        let noauth = Authenticator::NoAuth.reject(ApiError::authentication_required());
+        assert!(noauth.headers().get(header::WWW_AUTHENTICATE).is_none());
     }
 }

@@ -9,6 +9,7 @@ pub mod auth;
 pub mod error;
 pub mod microversion;
 pub mod nova;
+pub mod policy;
 pub mod schema;
 pub mod v3;
 pub mod versions;
@@ -29,12 +30,14 @@ use self::auth::{Authenticator, Caller};
 use self::error::ApiError;
 use self::microversion::MicroVersion;
 use self::nova::{NovaApi, NovaRequest};
+use self::policy::{Action, Policy, Target};
 use crate::service::KeypairService;
 
 /// Everything a request handler may use.
 pub struct AppState {
     pub service: KeypairService,
     pub authenticator: Authenticator,
+    pub policy: Policy,
     pub public_url: Option<String>,
     pub max_body_bytes: usize,
     pub request_timeout: Duration,
@@ -193,9 +196,9 @@ async fn handle(state: &AppState, request: Request, request_id: &str) -> Respons
 
     // 2. Authentication for every API path, routed or not.
     let caller = if matched.as_ref().is_some_and(Route::needs_auth) || (matched.is_none() && is_api_path(path)) {
-        match state.authenticator.authenticate(&parts.headers) {
+        match state.authenticator.authenticate(&parts.headers).await {
             Ok(caller) => Some(caller),
-            Err(error) => return error.into_response(),
+            Err(error) => return state.authenticator.reject(error),
         }
     } else {
         None
@@ -304,10 +307,10 @@ async fn v3_dispatch(
     }
 }
 
-/// `POST /admin/v1/backup`: streams the backup lines of `crate::backup` (admin only).
+/// `POST /admin/v1/backup`: streams the backup lines of `crate::backup` (policy `kps:admin:backup`).
 fn admin_backup(state: &AppState, caller: &Caller) -> Response {
-    if !caller.is_admin() {
-        return ApiError::policy_denied("kps:admin:backup").into_response();
+    if let Err(denied) = state.policy.enforce(Action::AdminBackup, caller, &Target::nothing()) {
+        return denied.into_response();
     }
     let store = std::sync::Arc::clone(state.service.store());
     let (sender, receiver) = tokio::sync::mpsc::channel::<Vec<u8>>(4);

@@ -12,11 +12,12 @@ use serde_json::{Map, Value, json};
 use super::auth::Caller;
 use super::error::ApiError;
 use super::microversion::MicroVersion;
+use super::policy::{Action, Decision, Target};
 use super::schema::{additional_properties, field_message, not_of_type, not_one_of, repr, str_repr};
 use super::{AppState, private_key_response};
 use crate::keypair::{Algorithm, KeyType};
 use crate::service::{self, EncryptionRequest, MAX_LIST_LIMIT, NewKeypair, ProtectionRequest, ServiceError};
-use crate::store::record::KeypairSummary;
+use crate::store::record::{KeypairRecord, KeypairSummary};
 
 /// Which flavour of the compute API a request came through.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -371,12 +372,29 @@ fn target_user(request: &NovaRequest<'_>, allowed: &[&str]) -> String {
     }
 }
 
-/// Nova's default policy: the target user is the caller, or the caller is an admin.
-fn authorize(caller: &Caller, action: &str, target_user: &str) -> Result<(), ApiError> {
-    if caller.is_admin() || caller.user_id == target_user {
-        Ok(())
-    } else {
-        Err(ApiError::policy_denied(&format!("os_compute_api:os-keypairs:{action}")))
+/// Policy for a route naming one key pair of `user` (errors.md §4 steps 8 and 10): decided on the target
+/// user if the rule allows that; otherwise on the record, loaded here. A missing record is checked as
+/// "no key pair" first, so that a denied caller gets 403, not a 404 that tells which names exist.
+pub(super) async fn authorize_keypair(
+    state: &AppState,
+    caller: &Caller,
+    request_id: &str,
+    action: Action,
+    user: &str,
+    name: &str,
+) -> Result<Option<KeypairRecord>, ApiError> {
+    if state.policy.enforce(action, caller, &Target::user_before_load(user))? == Decision::Allow {
+        return Ok(None);
+    }
+    match state.service.get(user, &caller.project_id, name).await {
+        Ok(record) => {
+            state.policy.enforce(action, caller, &Target::keypair(&record))?;
+            Ok(Some(record))
+        }
+        Err(error) => {
+            state.policy.enforce(action, caller, &Target::user(user))?;
+            Err(service_error(error, request_id))
+        }
     }
 }
 
@@ -429,7 +447,8 @@ pub async fn create(state: &AppState, request: &NovaRequest<'_>, body: &Value) -
         None | Some("") => caller.user_id.clone(),
         Some(user) => user.to_owned(),
     };
-    authorize(caller, "create", &owner)?;
+    let target = Target::new_keypair(&owner, &caller.project_id, crate::store::record::Scope::User);
+    state.policy.enforce(Action::NovaCreate, caller, &target)?;
     let escrows = body.key_protection.as_ref().is_some_and(|p| p.escrows(body.public_key.is_none()));
     if escrows && !state.custody_enabled {
         return Err(ApiError::new(StatusCode::FORBIDDEN, "KPS.1901", "Private key custody is disabled on this server"));
@@ -475,7 +494,7 @@ pub async fn list(state: &AppState, request: &NovaRequest<'_>) -> Result<Respons
     };
     let marker = last(&request.query, "marker").filter(|_| paging);
     let user = target_user(request, &allowed);
-    authorize(request.caller, "index", &user)?;
+    state.policy.enforce(Action::NovaIndex, request.caller, &Target::user(&user))?;
 
     let page_size = limit.unwrap_or(MAX_LIST_LIMIT).min(MAX_LIST_LIMIT);
     let records: Vec<KeypairSummary> = state
@@ -594,12 +613,15 @@ pub async fn show(state: &AppState, request: &NovaRequest<'_>, name: &str) -> Re
     let allowed = allowed_query(request.api, false);
     check_query(request.api, &request.query, &allowed)?;
     let user = target_user(request, &allowed);
-    authorize(request.caller, "show", &user)?;
-    let record = state
-        .service
-        .get(&user, &request.caller.project_id, name)
-        .await
-        .map_err(|e| service_error(e, request.request_id))?;
+    let record =
+        match authorize_keypair(state, request.caller, request.request_id, Action::NovaShow, &user, name).await? {
+            Some(record) => record,
+            None => state
+                .service
+                .get(&user, &request.caller.project_id, name)
+                .await
+                .map_err(|e| service_error(e, request.request_id))?,
+        };
     let view = ShowItem {
         name: &record.name,
         public_key: &record.public_key,
@@ -636,7 +658,7 @@ pub async fn delete(state: &AppState, request: &NovaRequest<'_>, name: &str) -> 
     let allowed = allowed_query(request.api, false);
     check_query(request.api, &request.query, &allowed)?;
     let user = target_user(request, &allowed);
-    authorize(request.caller, "delete", &user)?;
+    authorize_keypair(state, request.caller, request.request_id, Action::NovaDelete, &user, name).await?;
     state
         .service
         .delete(&user, &request.caller.project_id, name)

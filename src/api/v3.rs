@@ -14,6 +14,7 @@ use zeroize::Zeroizing;
 use super::auth::Caller;
 use super::error::ApiError;
 use super::nova::{self, check_algorithm_use, json_body, masked, service_error, validate_algorithm_value};
+use super::policy::{Action, Decision, Target};
 use super::schema::{additional_properties, field_message, not_of_type, not_one_of, repr};
 use super::{AppState, private_key_response};
 use crate::custody::EncryptorKind;
@@ -117,27 +118,21 @@ fn is_v3_user_id(text: &str) -> bool {
         || ((1..=64).contains(&text.len()) && text.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-'))
 }
 
-/// Policy (default rules of interface.md §Policy): `admin or owner` for key pair actions on a target user;
-/// `admin or creator` for the custody actions, evaluated on the loaded record.
-fn authorize_owner(caller: &Caller, action: &str, target_user: &str) -> Result<(), ApiError> {
-    if caller.is_admin() || caller.user_id == target_user {
-        Ok(())
-    } else {
-        Err(ApiError::policy_denied(&format!("kps:keypairs:{action}")))
-    }
+/// Step 8 on what the request names (the target user); a rule that needs the stored record is finished
+/// by `record_check` once the service has loaded it.
+fn authorize(state: &AppState, caller: &Caller, action: Action, target_user: &str) -> Result<(), ApiError> {
+    state.policy.enforce(action, caller, &Target::user_before_load(target_user)).map(drop)
 }
 
-fn creator_check(
-    caller: &Caller,
-    action: &'static str,
-) -> impl Fn(&KeypairRecord) -> Result<(), ServiceError> + Send + Sync {
-    let (admin, user) = (caller.is_admin(), caller.user_id.clone());
-    move |record| {
-        if admin || record.user_id == user {
-            Ok(())
-        } else {
-            Err(ServiceError::Denied(format!("kps:keypairs:{action}")))
-        }
+/// The policy check on a loaded record (`creator`, a `domain` key's project).
+fn record_check<'a>(
+    state: &'a AppState,
+    caller: &'a Caller,
+    action: Action,
+) -> impl Fn(&KeypairRecord) -> Result<(), ServiceError> + Send + Sync + 'a {
+    move |record| match state.policy.decide(action, caller, &Target::keypair(record)) {
+        Decision::Allow => Ok(()),
+        Decision::Deny | Decision::Undecided => Err(ServiceError::Denied(action.name().to_owned())),
     }
 }
 
@@ -324,7 +319,7 @@ fn owner_of(caller: &Caller, user_id: Option<&str>) -> String {
 pub async fn create(state: &AppState, request: &V3Request<'_>, body: &Value) -> Result<Response, ApiError> {
     check_query(&request.query, &[])?;
     let parsed = validate_create(body, false)?;
-    let created = create_one(state, request, parsed).await?;
+    let created = create_one(state, request, Action::Create, parsed).await?;
     let record = &created.record;
     let mut keypair = Map::new();
     keypair.insert("name".into(), record.name.clone().into());
@@ -342,10 +337,12 @@ pub async fn create(state: &AppState, request: &V3Request<'_>, body: &Value) -> 
 async fn create_one(
     state: &AppState,
     request: &V3Request<'_>,
+    action: Action,
     parsed: V3Create,
 ) -> Result<crate::service::Created, ApiError> {
     let owner = owner_of(request.caller, parsed.user_id.as_deref());
-    authorize_owner(request.caller, "create", &owner)?;
+    let target = Target::new_keypair(&owner, &request.caller.project_id, parsed.scope);
+    state.policy.enforce(action, request.caller, &target)?;
     let escrows = parsed.key_protection.as_ref().is_some_and(|p| p.escrows(parsed.public_key.is_none()));
     if escrows {
         custody_switch(state)?;
@@ -372,7 +369,7 @@ pub async fn list(state: &AppState, request: &V3Request<'_>) -> Result<Response,
     };
     let marker = request.query.iter().rev().find(|(k, _)| k == "marker").map(|(_, v)| v.as_str());
     let caller = request.caller;
-    authorize_owner(caller, "list", &caller.user_id)?;
+    state.policy.enforce(Action::List, caller, &Target::user(&caller.user_id))?;
     let page_size = limit.min(crate::service::MAX_LIST_LIMIT);
     let mut records: Vec<crate::store::record::KeypairSummary> = state
         .service
@@ -428,12 +425,16 @@ fn millis(micros: i64) -> i64 {
 pub async fn show(state: &AppState, request: &V3Request<'_>, name: &str) -> Result<Response, ApiError> {
     check_query(&request.query, &[])?;
     let caller = request.caller;
-    authorize_owner(caller, "show", &caller.user_id)?;
-    let record = state
-        .service
-        .get(&caller.user_id, &caller.project_id, name)
-        .await
-        .map_err(|e| service_error(e, request.request_id))?;
+    let loaded =
+        nova::authorize_keypair(state, caller, request.request_id, Action::Show, &caller.user_id, name).await?;
+    let record = match loaded {
+        Some(record) => record,
+        None => state
+            .service
+            .get(&caller.user_id, &caller.project_id, name)
+            .await
+            .map_err(|e| service_error(e, request.request_id))?,
+    };
     let mut keypair = Map::new();
     keypair.insert("name".into(), record.name.clone().into());
     keypair.insert("id".into(), record.id.into());
@@ -464,10 +465,11 @@ pub async fn update(state: &AppState, request: &V3Request<'_>, name: &str, body:
     let fields = keypair_object(body, &["description"], &["description"])?;
     let description = check_description(fields)?.unwrap_or_default();
     let caller = request.caller;
-    authorize_owner(caller, "update", &caller.user_id)?;
+    authorize(state, caller, Action::Update, &caller.user_id)?;
+    let check = record_check(state, caller, Action::Update);
     state
         .service
-        .update_description(&caller.user_id, &caller.project_id, name, &|_| Ok(()), &description)
+        .update_description(&caller.user_id, &caller.project_id, name, &check, &description)
         .await
         .map_err(|e| service_error(e, request.request_id))?;
     Ok(empty_ok())
@@ -488,7 +490,7 @@ fn check_description(fields: &Map<String, Value>) -> Result<Option<String>, ApiE
 pub async fn delete(state: &AppState, request: &V3Request<'_>, name: &str) -> Result<Response, ApiError> {
     check_query(&request.query, &[])?;
     let caller = request.caller;
-    authorize_owner(caller, "delete", &caller.user_id)?;
+    nova::authorize_keypair(state, caller, request.request_id, Action::Delete, &caller.user_id, name).await?;
     state
         .service
         .delete(&caller.user_id, &caller.project_id, name)
@@ -513,10 +515,10 @@ pub async fn import_private_key(state: &AppState, request: &V3Request<'_>, body:
     }
     let caller = request.caller;
     let owner = owner_of(caller, user_id);
-    authorize_owner(caller, "import_private_key", &owner)?;
+    authorize(state, caller, Action::ImportPrivateKey, &owner)?;
     custody_switch(state)?;
     let encryption = protection.encryption.clone();
-    let check = creator_check(caller, "import_private_key");
+    let check = record_check(state, caller, Action::ImportPrivateKey);
     let record = state
         .service
         .import_private_key(&owner, &caller.project_id, &name, &check, protection)
@@ -546,9 +548,9 @@ pub async fn export_private_key(state: &AppState, request: &V3Request<'_>, body:
     let fields = keypair_object(body, &["name"], &["name"])?;
     let name = existing_name(fields)?;
     let caller = request.caller;
-    authorize_owner(caller, "export_private_key", &caller.user_id)?;
+    authorize(state, caller, Action::ExportPrivateKey, &caller.user_id)?;
     custody_switch(state)?;
-    let check = creator_check(caller, "export_private_key");
+    let check = record_check(state, caller, Action::ExportPrivateKey);
     let (record, private_key) = state
         .service
         .export_private_key(&caller.user_id, &caller.project_id, &name, &check)
@@ -564,8 +566,8 @@ pub async fn export_private_key(state: &AppState, request: &V3Request<'_>, body:
 pub async fn clear_private_key(state: &AppState, request: &V3Request<'_>, name: &str) -> Result<Response, ApiError> {
     check_query(&request.query, &[])?;
     let caller = request.caller;
-    authorize_owner(caller, "clear_private_key", &caller.user_id)?;
-    let check = creator_check(caller, "clear_private_key");
+    authorize(state, caller, Action::ClearPrivateKey, &caller.user_id)?;
+    let check = record_check(state, caller, Action::ClearPrivateKey);
     state
         .service
         .clear_private_key(&caller.user_id, &caller.project_id, name, &check)
@@ -607,7 +609,9 @@ pub async fn batch_import(state: &AppState, request: &V3Request<'_>, body: &Valu
     let items = batch_items(body)?;
     let parsed: Vec<V3Create> = items.iter().map(|item| validate_create(item, true)).collect::<Result<_, _>>()?;
     for item in &parsed {
-        authorize_owner(request.caller, "batch_import", &owner_of(request.caller, item.user_id.as_deref()))?;
+        let owner = owner_of(request.caller, item.user_id.as_deref());
+        let target = Target::new_keypair(&owner, &request.caller.project_id, item.scope);
+        state.policy.enforce(Action::BatchImport, request.caller, &target)?;
         if item.key_protection.as_ref().is_some_and(|p| p.escrows(false)) {
             custody_switch(state)?;
         }
@@ -616,7 +620,7 @@ pub async fn batch_import(state: &AppState, request: &V3Request<'_>, body: &Valu
     let mut failed = Vec::new();
     for item in parsed {
         let name = item.name.clone();
-        match create_one(state, request, item).await {
+        match create_one(state, request, Action::BatchImport, item).await {
             Ok(created) => {
                 let record = created.record;
                 succeeded.push(json!({"keypair": {"name": record.name, "type": record.key_type,
@@ -651,9 +655,9 @@ pub async fn batch_export(state: &AppState, request: &V3Request<'_>, body: &Valu
         .map(|item| keypair_object(item, &BATCH_EXPORT_PROPERTIES, &["name"]).and_then(existing_name))
         .collect::<Result<_, _>>()?;
     let caller = request.caller;
-    authorize_owner(caller, "batch_export", &caller.user_id)?;
+    authorize(state, caller, Action::BatchExport, &caller.user_id)?;
     custody_switch(state)?;
-    let check = creator_check(caller, "batch_export");
+    let check = record_check(state, caller, Action::BatchExport);
     let mut keys = Vec::with_capacity(names.len());
     for name in &names {
         let (record, private_key) = state

@@ -1,0 +1,616 @@
+//! Policy: whether a caller may perform an action on a target (spec/interface.md §Policy).
+//!
+//! Every route has an `Action`; its `Rule` comes from the built-in default table, overridden per action by
+//! `policy.file`. A rule is an `or` of `and`s of terms (`and` binds tighter, no parentheses).
+//!
+//! Policy runs twice for a route that names a stored key pair (errors.md §4 step 8 and step 10): first on
+//! what the request names (the target user), where terms about the record (`creator`, `project_member`, a
+//! `domain` key's project for `owner`) are *undecided*; then, only if that left the decision open, on the
+//! loaded record. The evaluation is three-valued (Kleene logic), so an early `Allow` or `Deny` is final
+//! whatever the record turns out to hold.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+
+use super::auth::Caller;
+use super::error::ApiError;
+use crate::store::record::{KeypairRecord, Scope};
+
+/// A policy action: the Nova and V3 route actions and the admin API.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum Action {
+    NovaCreate,
+    NovaIndex,
+    NovaShow,
+    NovaDelete,
+    Create,
+    List,
+    Show,
+    Update,
+    Delete,
+    ImportPrivateKey,
+    ExportPrivateKey,
+    ClearPrivateKey,
+    BatchImport,
+    BatchExport,
+    AdminBackup,
+    AdminRewrap,
+}
+
+impl Action {
+    pub const ALL: [Action; 16] = [
+        Self::NovaCreate,
+        Self::NovaIndex,
+        Self::NovaShow,
+        Self::NovaDelete,
+        Self::Create,
+        Self::List,
+        Self::Show,
+        Self::Update,
+        Self::Delete,
+        Self::ImportPrivateKey,
+        Self::ExportPrivateKey,
+        Self::ClearPrivateKey,
+        Self::BatchImport,
+        Self::BatchExport,
+        Self::AdminBackup,
+        Self::AdminRewrap,
+    ];
+
+    /// The name used in `policy.file` and in 403 messages.
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::NovaCreate => "os_compute_api:os-keypairs:create",
+            Self::NovaIndex => "os_compute_api:os-keypairs:index",
+            Self::NovaShow => "os_compute_api:os-keypairs:show",
+            Self::NovaDelete => "os_compute_api:os-keypairs:delete",
+            Self::Create => "kps:keypairs:create",
+            Self::List => "kps:keypairs:list",
+            Self::Show => "kps:keypairs:show",
+            Self::Update => "kps:keypairs:update",
+            Self::Delete => "kps:keypairs:delete",
+            Self::ImportPrivateKey => "kps:keypairs:import_private_key",
+            Self::ExportPrivateKey => "kps:keypairs:export_private_key",
+            Self::ClearPrivateKey => "kps:keypairs:clear_private_key",
+            Self::BatchImport => "kps:keypairs:batch_import",
+            Self::BatchExport => "kps:keypairs:batch_export",
+            Self::AdminBackup => "kps:admin:backup",
+            Self::AdminRewrap => "kps:admin:rewrap",
+        }
+    }
+
+    pub fn from_name(name: &str) -> Option<Self> {
+        Self::ALL.into_iter().find(|action| action.name() == name)
+    }
+
+    /// The built-in rule (interface.md, "Default policy").
+    fn default_rule(self) -> &'static str {
+        match self {
+            Self::ImportPrivateKey | Self::ExportPrivateKey | Self::ClearPrivateKey | Self::BatchExport => {
+                "admin or creator"
+            }
+            Self::AdminBackup | Self::AdminRewrap => "admin",
+            _ => "admin or owner",
+        }
+    }
+}
+
+/// The Huawei ECS action names accepted as aliases in `policy.file`, and the actions each one sets.
+const ALIASES: [(&str, [Action; 2]); 4] = [
+    ("ecs:serverKeypairs:create", [Action::NovaCreate, Action::Create]),
+    ("ecs:serverKeypairs:list", [Action::NovaIndex, Action::List]),
+    ("ecs:serverKeypairs:get", [Action::NovaShow, Action::Show]),
+    ("ecs:serverKeypairs:delete", [Action::NovaDelete, Action::Delete]),
+];
+
+/// One term of a rule.
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum Term {
+    Admin,
+    Owner,
+    Creator,
+    Role(String),
+    ProjectMember,
+    Any,
+    Nobody,
+}
+
+/// A parsed rule: alternatives (`or`) of conjunctions (`and`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Rule {
+    any_of: Vec<Vec<Term>>,
+}
+
+impl std::str::FromStr for Rule {
+    type Err = String;
+
+    fn from_str(text: &str) -> Result<Self, String> {
+        let mut any_of: Vec<Vec<Term>> = vec![Vec::new()];
+        let mut expect_term = true;
+        let mut previous = "";
+        for word in text.split_whitespace() {
+            if expect_term {
+                let current = any_of.last_mut().expect("any_of is never empty");
+                current.push(parse_term(word)?);
+            } else {
+                match word {
+                    "and" => {}
+                    "or" => any_of.push(Vec::new()),
+                    _ => return Err(format!("expected `and` or `or` after `{previous}`, found `{word}`")),
+                }
+            }
+            expect_term = !expect_term;
+            previous = word;
+        }
+        if previous.is_empty() {
+            return Err("the rule is empty (use `any` to allow everyone, `none` to allow no one)".into());
+        }
+        if expect_term {
+            return Err(format!("the rule ends with `{previous}`: a term must follow it"));
+        }
+        Ok(Self { any_of })
+    }
+}
+
+fn parse_term(word: &str) -> Result<Term, String> {
+    Ok(match word {
+        "admin" => Term::Admin,
+        "owner" => Term::Owner,
+        "creator" => Term::Creator,
+        "project_member" => Term::ProjectMember,
+        "any" => Term::Any,
+        "none" => Term::Nobody,
+        "and" | "or" => return Err(format!("expected a term, found `{word}`")),
+        _ if word.contains(['(', ')']) => return Err("parentheses are not supported".into()),
+        _ => match word.strip_prefix("role:") {
+            Some("") => return Err("`role:` needs a role name".into()),
+            Some(role) => Term::Role(role.to_owned()),
+            None => {
+                return Err(format!(
+                    "unknown term `{word}` (terms: admin, owner, creator, role:<name>, project_member, any, none)"
+                ));
+            }
+        },
+    })
+}
+
+/// What the policy knows about the key pair an action is about.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum KeypairFacts<'a> {
+    /// The record is only loaded later: terms about it are undecided.
+    Pending,
+    /// No single key pair is involved (a list, the admin API) or the named one does not exist.
+    Absent,
+    /// The stored key pair (or the one about to be created).
+    Known { creator_user_id: &'a str, project_id: &'a str, scope: Scope },
+}
+
+/// What an action is performed on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Target<'a> {
+    /// The user whose key pairs the request acts on; `None` when there is none (admin API, `domain` keys).
+    pub user_id: Option<&'a str>,
+    pub keypair: KeypairFacts<'a>,
+}
+
+impl<'a> Target<'a> {
+    /// Step 8: what the request names; the key pair is loaded later.
+    pub fn user_before_load(user_id: &'a str) -> Self {
+        Self { user_id: Some(user_id), keypair: KeypairFacts::Pending }
+    }
+
+    /// A user's key pairs as a whole (list), or a named key pair that does not exist.
+    pub fn user(user_id: &'a str) -> Self {
+        Self { user_id: Some(user_id), keypair: KeypairFacts::Absent }
+    }
+
+    /// Nothing user- or key-pair-specific (the admin API).
+    pub fn nothing() -> Self {
+        Self { user_id: None, keypair: KeypairFacts::Absent }
+    }
+
+    /// A stored key pair: a `user` key targets its owner; a `domain` key no user, only its project.
+    pub fn keypair(record: &'a KeypairRecord) -> Self {
+        Self::new_keypair(&record.user_id, &record.project_id, record.scope)
+    }
+
+    /// A key pair about to be created for `user_id` in `project_id` (its creator is its owner).
+    pub fn new_keypair(user_id: &'a str, project_id: &'a str, scope: Scope) -> Self {
+        Self {
+            user_id: (scope == Scope::User).then_some(user_id),
+            keypair: KeypairFacts::Known { creator_user_id: user_id, project_id, scope },
+        }
+    }
+}
+
+/// The outcome of evaluating a rule.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Decision {
+    Allow,
+    Deny,
+    /// Depends on the key pair record, which the target did not describe yet.
+    Undecided,
+}
+
+impl Term {
+    /// `None` = undecided until the key pair is known.
+    fn holds(&self, caller: &Caller, target: &Target<'_>) -> Option<bool> {
+        let facts = target.keypair;
+        match self {
+            Term::Admin => Some(caller.is_admin()),
+            Term::Role(role) => Some(caller.roles.iter().any(|r| r == role)),
+            Term::Any => Some(true),
+            Term::Nobody => Some(false),
+            Term::Owner if target.user_id == Some(caller.user_id.as_str()) => Some(true),
+            Term::Owner => match facts {
+                KeypairFacts::Pending => None,
+                KeypairFacts::Absent => Some(false),
+                KeypairFacts::Known { project_id, scope, .. } => {
+                    Some(scope == Scope::Domain && project_id == caller.project_id)
+                }
+            },
+            Term::Creator => match facts {
+                KeypairFacts::Pending => None,
+                KeypairFacts::Absent => Some(false),
+                KeypairFacts::Known { creator_user_id, .. } => Some(creator_user_id == caller.user_id),
+            },
+            Term::ProjectMember => match facts {
+                KeypairFacts::Pending => None,
+                KeypairFacts::Absent => Some(false),
+                KeypairFacts::Known { project_id, .. } => Some(project_id == caller.project_id),
+            },
+        }
+    }
+}
+
+impl Rule {
+    pub fn decide(&self, caller: &Caller, target: &Target<'_>) -> Decision {
+        let mut undecided = false;
+        for all_of in &self.any_of {
+            let mut conjunction = Some(true);
+            for term in all_of {
+                match term.holds(caller, target) {
+                    Some(false) => {
+                        conjunction = Some(false);
+                        break;
+                    }
+                    None => conjunction = None,
+                    Some(true) => {}
+                }
+            }
+            match conjunction {
+                Some(true) => return Decision::Allow,
+                None => undecided = true,
+                Some(false) => {}
+            }
+        }
+        if undecided { Decision::Undecided } else { Decision::Deny }
+    }
+}
+
+/// Why `policy.file` could not be used; names the file and the action or alias at fault.
+#[derive(Debug, thiserror::Error)]
+pub enum PolicyError {
+    #[error("cannot read policy file {path}: {source}")]
+    Read { path: PathBuf, source: std::io::Error },
+    #[error(
+        "invalid policy file {path}: {message} (one `\"action\" = \"rule\"` line per action; action names contain \
+         `:`, so quote them)"
+    )]
+    Parse { path: PathBuf, message: String },
+    #[error("policy file {path}: unknown action {action:?}")]
+    UnknownAction { path: PathBuf, action: String },
+    #[error("policy file {path}: the rule of {action} must be a string")]
+    NotAString { path: PathBuf, action: String },
+    #[error("policy file {path}: invalid rule {rule:?} for {action}: {reason}")]
+    BadRule { path: PathBuf, action: String, rule: String, reason: String },
+}
+
+/// The rule of every action.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Policy {
+    rules: BTreeMap<Action, Rule>,
+}
+
+impl Default for Policy {
+    fn default() -> Self {
+        let rules = Action::ALL
+            .into_iter()
+            .map(|action| (action, action.default_rule().parse().expect("the default rules parse")))
+            .collect();
+        Self { rules }
+    }
+}
+
+impl Policy {
+    /// The default policy with the overrides of the TOML file at `path`.
+    pub fn load(path: &Path) -> Result<Self, PolicyError> {
+        let text = std::fs::read_to_string(path).map_err(|source| PolicyError::Read { path: path.into(), source })?;
+        Self::from_toml(&text, path)
+    }
+
+    /// Explicit actions first; an alias sets the actions of its operation that the file did not set itself.
+    pub fn from_toml(text: &str, path: &Path) -> Result<Self, PolicyError> {
+        let table: toml::Table =
+            toml::from_str(text).map_err(|e| PolicyError::Parse { path: path.into(), message: e.message().into() })?;
+        let mut policy = Self::default();
+        let mut explicit = Vec::new();
+        let mut aliased = Vec::new();
+        for (name, value) in &table {
+            let rule = parse_rule(path, name, value)?;
+            if let Some(action) = Action::from_name(name) {
+                policy.rules.insert(action, rule);
+                explicit.push(action);
+            } else if let Some((_, actions)) = ALIASES.iter().find(|(alias, _)| alias == name) {
+                aliased.push((actions, rule));
+            } else {
+                return Err(PolicyError::UnknownAction { path: path.into(), action: name.clone() });
+            }
+        }
+        for (actions, rule) in aliased {
+            for action in actions.iter().filter(|a| !explicit.contains(a)) {
+                policy.rules.insert(*action, rule.clone());
+            }
+        }
+        Ok(policy)
+    }
+
+    pub fn decide(&self, action: Action, caller: &Caller, target: &Target<'_>) -> Decision {
+        self.rules.get(&action).map_or(Decision::Deny, |rule| rule.decide(caller, target))
+    }
+
+    /// 403 KPS.2003 naming the action when the rule denies; otherwise `Allow`, or `Undecided` when the
+    /// target's key pair is still to be loaded and checked (errors.md §4 step 10).
+    pub fn enforce(&self, action: Action, caller: &Caller, target: &Target<'_>) -> Result<Decision, ApiError> {
+        match self.decide(action, caller, target) {
+            Decision::Deny => Err(ApiError::policy_denied(action.name())),
+            decision => Ok(decision),
+        }
+    }
+}
+
+fn parse_rule(path: &Path, name: &str, value: &toml::Value) -> Result<Rule, PolicyError> {
+    let Some(text) = value.as_str() else {
+        return Err(PolicyError::NotAString { path: path.into(), action: name.into() });
+    };
+    text.parse().map_err(|reason| PolicyError::BadRule {
+        path: path.into(),
+        action: name.into(),
+        rule: text.into(),
+        reason,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn caller(token: &str) -> Caller {
+        let fields: Vec<&str> = token.split(':').collect();
+        let roles = fields.get(2).map(|r| r.split(',').map(str::to_owned).collect()).unwrap_or_default();
+        Caller { user_id: fields[0].into(), project_id: fields[1].into(), roles }
+    }
+
+    fn from_toml(text: &str) -> Result<Policy, PolicyError> {
+        Policy::from_toml(text, Path::new("policy.toml"))
+    }
+
+    fn decide(rule: &str, who: &str, target: &Target<'_>) -> Decision {
+        rule.parse::<Rule>().expect("rule").decide(&caller(who), target)
+    }
+
+    const ALICE: &str = "alice:p";
+    const ALICE_IN_Q: &str = "alice:q";
+    const BOB: &str = "bob:p";
+    const CAROL_OTHER_PROJECT: &str = "carol:q";
+    const ADMIN: &str = "root:q:admin";
+
+    fn user_key_of_alice() -> KeypairRecord {
+        record("alice", "p", Scope::User)
+    }
+
+    fn domain_key_of_p_by_alice() -> KeypairRecord {
+        record("alice", "p", Scope::Domain)
+    }
+
+    fn record(user: &str, project: &str, scope: Scope) -> KeypairRecord {
+        KeypairRecord {
+            id: 1,
+            name: "k".into(),
+            key_type: "ssh".into(),
+            public_key: String::new(),
+            fingerprint: String::new(),
+            algorithm: "ED25519".into(),
+            user_id: user.into(),
+            project_id: project.into(),
+            scope,
+            description: String::new(),
+            created_at_us: 0,
+            updated_at_us: None,
+            sealed: None,
+        }
+    }
+
+    #[test]
+    fn action_names_round_trip_and_match_the_interface_table() {
+        let names: Vec<&str> = Action::ALL.iter().map(|a| a.name()).collect();
+        assert_eq!(names.len(), 16);
+        for action in Action::ALL {
+            assert_eq!(Action::from_name(action.name()), Some(action));
+        }
+        assert!(names.contains(&"kps:keypairs:batch_export"));
+        assert_eq!(Action::from_name("ecs:serverKeypairs:list"), None, "aliases are not actions");
+    }
+
+    #[test]
+    fn default_policy_matrix() {
+        use Decision::{Allow, Deny};
+        let policy = Policy::default();
+        let user_key = user_key_of_alice();
+        let domain_key = domain_key_of_p_by_alice();
+        let bob_key = record("bob", "p", Scope::User);
+        // (action, caller, target, expected)
+        let cases: Vec<(Action, &str, Target<'_>, Decision)> = vec![
+            // Nova and V3 owner actions on a user's own key pairs, from any project.
+            (Action::NovaIndex, ALICE, Target::user("alice"), Allow),
+            (Action::NovaIndex, ALICE_IN_Q, Target::user("alice"), Allow),
+            (Action::NovaShow, ALICE, Target::keypair(&user_key), Allow),
+            (Action::NovaDelete, ALICE_IN_Q, Target::keypair(&user_key), Allow),
+            (Action::List, ALICE, Target::user("alice"), Allow),
+            // Another user's key pairs: denied, in the same project too; admin from any project allowed.
+            (Action::NovaIndex, BOB, Target::user("alice"), Deny),
+            (Action::NovaShow, BOB, Target::keypair(&user_key), Deny),
+            (Action::NovaDelete, CAROL_OTHER_PROJECT, Target::keypair(&user_key), Deny),
+            (Action::NovaShow, ADMIN, Target::keypair(&user_key), Allow),
+            (Action::NovaIndex, ADMIN, Target::user("alice"), Allow),
+            (Action::NovaCreate, BOB, Target::new_keypair("alice", "p", Scope::User), Deny),
+            (Action::NovaCreate, ADMIN, Target::new_keypair("alice", "q", Scope::User), Allow),
+            (Action::NovaCreate, ALICE, Target::new_keypair("alice", "p", Scope::User), Allow),
+            // Domain keys: every member of the project owns them; only the creator exports or clears.
+            (Action::Show, BOB, Target::keypair(&domain_key), Allow),
+            (Action::Delete, BOB, Target::keypair(&domain_key), Allow),
+            (Action::Update, BOB, Target::keypair(&domain_key), Allow),
+            (Action::Show, CAROL_OTHER_PROJECT, Target::keypair(&domain_key), Deny),
+            (Action::ExportPrivateKey, BOB, Target::keypair(&domain_key), Deny),
+            (Action::ClearPrivateKey, BOB, Target::keypair(&domain_key), Deny),
+            (Action::ExportPrivateKey, ALICE, Target::keypair(&domain_key), Allow),
+            (Action::ExportPrivateKey, ADMIN, Target::keypair(&domain_key), Allow),
+            // For user keys owner and creator are the same user.
+            (Action::ExportPrivateKey, ALICE, Target::keypair(&user_key), Allow),
+            (Action::ImportPrivateKey, BOB, Target::keypair(&user_key), Deny),
+            (Action::BatchExport, BOB, Target::keypair(&bob_key), Allow),
+            (Action::BatchImport, BOB, Target::user("bob"), Allow),
+            // Admin API.
+            (Action::AdminBackup, ADMIN, Target::nothing(), Allow),
+            (Action::AdminBackup, ALICE, Target::nothing(), Deny),
+            (Action::AdminRewrap, "x:p:member,reader", Target::nothing(), Deny),
+        ];
+        for (action, who, target, expected) in cases {
+            assert_eq!(
+                policy.decide(action, &caller(who), &target),
+                expected,
+                "{} by {who} on {target:?}",
+                action.name()
+            );
+        }
+    }
+
+    #[test]
+    fn step_8_decides_what_the_request_names_and_leaves_record_terms_open() {
+        let policy = Policy::default();
+        let early = Target::user_before_load("alice");
+        assert_eq!(policy.decide(Action::NovaShow, &caller(ALICE), &early), Decision::Allow);
+        assert_eq!(policy.decide(Action::NovaShow, &caller(ADMIN), &early), Decision::Allow);
+        // Bob naming alice's key could still be naming a domain key of his project.
+        assert_eq!(policy.decide(Action::NovaShow, &caller(BOB), &early), Decision::Undecided);
+        // `admin or creator`: undecided for everyone but admins until the record is loaded.
+        assert_eq!(policy.decide(Action::ExportPrivateKey, &caller(ALICE), &early), Decision::Undecided);
+        assert_eq!(policy.decide(Action::ExportPrivateKey, &caller(ADMIN), &early), Decision::Allow);
+        // A rule that is false whatever the record holds is denied early.
+        assert_eq!(decide("admin and creator", ALICE, &early), Decision::Deny);
+        assert_eq!(decide("role:ops and project_member", ALICE, &early), Decision::Deny);
+        assert_eq!(decide("creator or any", ALICE, &early), Decision::Allow);
+        let error = policy.enforce(Action::AdminBackup, &caller(ALICE), &Target::nothing()).expect_err("denied");
+        assert_eq!((error.status.as_u16(), error.code), (403, "KPS.2003"));
+        assert_eq!(error.message, "Policy doesn't allow kps:admin:backup to be performed.");
+    }
+
+    #[test]
+    fn and_binds_tighter_than_or() {
+        let target = Target::user("alice");
+        // admin or (role:x and none): an admin passes.
+        assert_eq!(decide("admin or role:x and none", ADMIN, &target), Decision::Allow);
+        // (none and admin) or owner: the owner passes.
+        assert_eq!(decide("none and admin or owner", ALICE, &target), Decision::Allow);
+        assert_eq!(decide("none and admin or owner", ADMIN, &Target::user("bob")), Decision::Deny);
+        // owner and (role:ops or admin) would allow an admin owner; the real grouping does not need ops.
+        assert_eq!(decide("owner and role:ops or admin", "root:p:admin", &Target::user("bob")), Decision::Allow);
+        assert_eq!(decide("owner and role:ops or admin", ALICE, &target), Decision::Deny);
+        assert_eq!(decide("owner and role:ops or admin", "alice:p:ops", &target), Decision::Allow);
+        assert_eq!(decide("any", CAROL_OTHER_PROJECT, &target), Decision::Allow);
+        assert_eq!(decide("none", ADMIN, &target), Decision::Deny);
+        assert_eq!(decide("role:admin", ADMIN, &target), Decision::Allow);
+        let domain_key = domain_key_of_p_by_alice();
+        assert_eq!(decide("project_member", BOB, &Target::keypair(&domain_key)), Decision::Allow);
+        assert_eq!(decide("project_member", CAROL_OTHER_PROJECT, &Target::keypair(&domain_key)), Decision::Deny);
+        assert_eq!(decide("project_member", BOB, &Target::user("bob")), Decision::Deny, "no key pair, no project");
+    }
+
+    #[test]
+    fn bad_rules_say_what_is_wrong() {
+        for (rule, reason) in [
+            ("", "the rule is empty"),
+            ("   ", "the rule is empty"),
+            ("admin or", "the rule ends with `or`"),
+            ("or admin", "expected a term, found `or`"),
+            ("admin owner", "expected `and` or `or` after `admin`, found `owner`"),
+            ("admin and and owner", "expected a term, found `and`"),
+            ("(admin or owner)", "parentheses are not supported"),
+            ("role:", "`role:` needs a role name"),
+            ("Admin", "unknown term `Admin`"),
+            ("not admin", "unknown term `not`"),
+            ("rule:admin_api", "unknown term `rule:admin_api`"),
+        ] {
+            let error = rule.parse::<Rule>().expect_err(rule);
+            assert!(error.contains(reason), "{rule:?}: {error}");
+        }
+    }
+
+    #[test]
+    fn file_overrides_only_the_actions_it_names() {
+        let policy = from_toml("\"os_compute_api:os-keypairs:index\" = \"admin\"\n").expect("policy");
+        let alice = caller(ALICE);
+        let own = Target::user("alice");
+        assert_eq!(policy.decide(Action::NovaIndex, &alice, &own), Decision::Deny);
+        assert_eq!(policy.decide(Action::List, &alice, &own), Decision::Allow);
+        assert_eq!(policy.decide(Action::NovaShow, &alice, &Target::user_before_load("alice")), Decision::Allow);
+        assert_eq!(from_toml("").expect("empty file"), Policy::default());
+    }
+
+    #[test]
+    fn aliases_set_nova_and_v3_unless_set_explicitly() {
+        let policy = from_toml(
+            "\"ecs:serverKeypairs:list\" = \"role:lister\"\n\
+             \"kps:keypairs:list\" = \"any\"\n\
+             \"ecs:serverKeypairs:delete\" = \"none\"\n",
+        )
+        .expect("policy");
+        let alice = caller(ALICE);
+        let lister = caller("alice:p:lister");
+        let own = Target::user("alice");
+        assert_eq!(policy.decide(Action::NovaIndex, &alice, &own), Decision::Deny);
+        assert_eq!(policy.decide(Action::NovaIndex, &lister, &own), Decision::Allow);
+        assert_eq!(policy.decide(Action::List, &alice, &Target::user("bob")), Decision::Allow, "explicit wins");
+        let key = user_key_of_alice();
+        assert_eq!(policy.decide(Action::NovaDelete, &alice, &Target::keypair(&key)), Decision::Deny);
+        assert_eq!(policy.decide(Action::Delete, &alice, &Target::keypair(&key)), Decision::Deny);
+        assert_eq!(policy.decide(Action::NovaShow, &alice, &Target::keypair(&key)), Decision::Allow, "untouched");
+        // The order in the file does not matter.
+        let reversed = from_toml("\"kps:keypairs:list\" = \"any\"\n\"ecs:serverKeypairs:list\" = \"role:lister\"\n")
+            .expect("policy");
+        assert_eq!(reversed.decide(Action::List, &alice, &Target::user("bob")), Decision::Allow);
+        assert_eq!(reversed.decide(Action::NovaIndex, &alice, &own), Decision::Deny);
+    }
+
+    #[test]
+    fn file_errors_name_the_action_or_the_problem() {
+        let cases = [
+            (
+                "\"os_compute_api:os-keypairs:frobnicate\" = \"admin\"",
+                "unknown action \"os_compute_api:os-keypairs:frobnicate\"",
+            ),
+            ("\"ecs:serverKeypairs:update\" = \"admin\"", "unknown action \"ecs:serverKeypairs:update\""),
+            ("\"kps:keypairs:show\" = \"admin or\"", "invalid rule \"admin or\" for kps:keypairs:show"),
+            ("\"ecs:serverKeypairs:get\" = \"bogus\"", "for ecs:serverKeypairs:get: unknown term `bogus`"),
+            ("\"kps:admin:backup\" = true", "the rule of kps:admin:backup must be a string"),
+            ("os_compute_api:os-keypairs:index = \"admin\"", "quote them"),
+        ];
+        for (text, expected) in cases {
+            let error = from_toml(text).expect_err(text).to_string();
+            assert!(error.contains(expected), "{text}: {error}");
+            assert!(error.contains("policy.toml"), "{error}");
+        }
+        let missing = Policy::load(Path::new("/nonexistent/policy.toml")).expect_err("missing");
+        assert!(missing.to_string().contains("cannot read policy file /nonexistent/policy.toml"), "{missing}");
+    }
+}
