@@ -453,9 +453,6 @@ impl Config {
         if self.tls.cert_file.is_some() || self.tls.key_file.is_some() {
             return not_yet("TLS (tls.cert_file / tls.key_file)");
         }
-        if self.kms.provider.is_some() {
-            return not_yet("kms.provider");
-        }
         if self.admin_listen.is_some() {
             return not_yet("admin_listen");
         }

@@ -39,6 +39,8 @@ pub enum ServeError {
     #[error(transparent)]
     Keyring(#[from] custody::KeyringError),
     #[error(transparent)]
+    Kms(#[from] kms::KmsConfigError),
+    #[error(transparent)]
     Auth(#[from] api::auth::AuthError),
     #[error(transparent)]
     Policy(#[from] api::policy::PolicyError),
@@ -65,8 +67,9 @@ pub fn state(config: &Config, store: Arc<dyn Store>) -> Result<AppState, ServeEr
     let path = config.custody.master_key_file.clone().unwrap_or_else(|| config.data_dir.join("master.key"));
     let keyring = custody::MasterKeyring::load_or_create(&path, config.secrets.allow_group_readable)?;
     tracing::info!(current = keyring.current_id(), "master keyring loaded");
-    let local = custody::Encryptor::Local(custody::LocalEncryptor::new(keyring));
-    service = service.with_default_encryptor(local, config.custody.allow_default);
+    let kms = kms::from_config(&config.kms, config.secrets.allow_group_readable)?.map(custody::KmsEncryptor::new);
+    let custody = custody::Custody::new(custody::LocalEncryptor::new(keyring), kms);
+    service = service.with_custody(custody, config.custody.allow_default);
     Ok(AppState {
         service,
         authenticator,
@@ -85,6 +88,18 @@ pub async fn serve(config: Config) -> Result<(), ServeError> {
     let data_dir = datadir::DataDir::open(&config.data_dir)?;
     let store: Arc<dyn Store> = Arc::new(store::sled::SledStore::open(&data_dir.db_path())?);
     let state = Arc::new(state(&config, Arc::clone(&store))?);
+
+    // kms.check_key: resolved once in the background; a failure only warns (startup never waits on the KMS).
+    if let Some(key) = config.kms.check_key.clone() {
+        let state = Arc::clone(&state);
+        tokio::spawn(async move {
+            let Some(kms) = state.service.custody().and_then(custody::Custody::kms) else { return };
+            match kms.client().resolve(&kms::KeyRef::parse(&key)).await {
+                Ok(resolved) => tracing::info!(key, key_id = resolved.key_id, "kms.check_key resolved"),
+                Err(error) => tracing::warn!(key, %error, "kms.check_key failed: escrows with this key will fail"),
+            }
+        });
+    }
 
     let addr = config.listen_addr()?;
     let listener = tokio::net::TcpListener::bind(addr)

@@ -9,9 +9,10 @@ use std::sync::Arc;
 
 use zeroize::Zeroizing;
 
-use crate::custody::{Aad, CustodyError, Encryptor, PrivateKeyText};
+use crate::custody::{Aad, Custody, CustodyError, PrivateKeyText, SealWith};
 use crate::keypair::pool::RsaKeyPool;
 use crate::keypair::{Algorithm, KeyType, KeypairError, generate, parse};
+use crate::kms::{KeyRef, KmsError};
 use crate::store::record::{self, KeypairRecord, NameIndexEntry, Scope};
 use crate::store::{ApplyError, Space, Store, StoreError, WriteOp};
 
@@ -44,6 +45,12 @@ pub enum ServiceError {
     DefaultEncryptionDisabled,
     #[error(transparent)]
     Custody(#[from] CustodyError),
+    /// A KMS failure while sealing or opening the key pair `name` (KPS.18xx, KPS.1401 key spec).
+    #[error("KMS failure for {name}: {error}")]
+    Kms { error: KmsError, name: String },
+    /// The escrowed key failed its integrity check (KPS.1806).
+    #[error("escrowed private key of {0} could not be decrypted")]
+    Undecryptable(String),
     /// Policy denied `action` on the loaded record (evaluated by the caller's check).
     #[error("policy denies {0}")]
     Denied(String),
@@ -126,8 +133,8 @@ pub struct KeypairService {
     /// Key pairs per owner; `None` = unlimited.
     quota: Option<u64>,
     rsa_pool: RsaKeyPool,
-    /// The `default` encryptor (opens older records even when new `default` seals are disabled).
-    default_encryptor: Option<Encryptor>,
+    /// The encryptors (the `default` one opens older records even when new `default` seals are disabled).
+    custody: Option<Custody>,
     /// `custody.allow_default`: new seals may use the `default` encryptor.
     allow_default: bool,
 }
@@ -137,15 +144,19 @@ pub type RecordCheck<'a> = &'a (dyn Fn(&KeypairRecord) -> Result<(), ServiceErro
 
 impl KeypairService {
     pub fn new(store: Arc<dyn Store>, quota: Option<u64>, rsa_pool: RsaKeyPool) -> Self {
-        Self { store, quota, rsa_pool, default_encryptor: None, allow_default: false }
+        Self { store, quota, rsa_pool, custody: None, allow_default: false }
     }
 
-    /// The `default` encryptor; `allow_new_seals` = `custody.allow_default`.
+    /// The encryptors; `allow_default` = `custody.allow_default` (new `default` seals allowed).
     #[must_use]
-    pub fn with_default_encryptor(mut self, encryptor: Encryptor, allow_new_seals: bool) -> Self {
-        self.default_encryptor = Some(encryptor);
-        self.allow_default = allow_new_seals;
+    pub fn with_custody(mut self, custody: Custody, allow_default: bool) -> Self {
+        self.custody = Some(custody);
+        self.allow_default = allow_default;
         self
+    }
+
+    pub fn custody(&self) -> Option<&Custody> {
+        self.custody.as_ref()
     }
 
     pub fn store(&self) -> &Arc<dyn Store> {
@@ -180,7 +191,7 @@ impl KeypairService {
 
         let id = self.store.next_id().await?;
         let sealed = match (encryptor, new.protection) {
-            (Some(encryptor), Some(protection)) if protection.escrows(generating) => {
+            (Some((custody, with)), Some(protection)) if protection.escrows(generating) => {
                 let text = match (&generated_private_key, protection.private_key) {
                     (Some(generated), _) => Zeroizing::new(generated.as_str().to_owned()),
                     (None, Some(given)) => given,
@@ -192,7 +203,7 @@ impl KeypairService {
                     name: new.name.clone(),
                     record_id: id,
                 };
-                Some(encryptor.seal(&aad, &PrivateKeyText::new(text)).await?)
+                Some(Self::seal(custody, &aad, text, &with).await?)
             }
             _ => None,
         };
@@ -223,7 +234,7 @@ impl KeypairService {
         protection: &ProtectionRequest,
         public_key: Option<&parse::PublicKey>,
         name: &str,
-    ) -> Result<&Encryptor, ServiceError> {
+    ) -> Result<(&Custody, SealWith), ServiceError> {
         if let Some(text) = &protection.private_key {
             let public_key = public_key.ok_or(ServiceError::PrivateKeyWithoutPublicKey)?;
             let private_key = parse::parse_private_key(text)
@@ -232,14 +243,28 @@ impl KeypairService {
                 .check_matches(public_key)
                 .map_err(|error| ServiceError::PrivateKey { error, name: name.to_owned() })?;
         }
-        match protection.encryption {
+        let custody = self.custody.as_ref().ok_or(ServiceError::DefaultEncryptionDisabled)?;
+        match &protection.encryption {
+            EncryptionRequest::Kms { key_id: Some(id), .. } if custody.has_kms() => {
+                Ok((custody, SealWith::Kms(KeyRef::Id(id.clone()))))
+            }
+            EncryptionRequest::Kms { key_name: Some(name), .. } if custody.has_kms() => {
+                Ok((custody, SealWith::Kms(KeyRef::Alias(name.clone()))))
+            }
             EncryptionRequest::Kms { .. } => Err(ServiceError::KmsNotConfigured),
-            EncryptionRequest::Default => self
-                .default_encryptor
-                .as_ref()
-                .filter(|_| self.allow_default)
-                .ok_or(ServiceError::DefaultEncryptionDisabled),
+            EncryptionRequest::Default if self.allow_default => Ok((custody, SealWith::Default)),
+            EncryptionRequest::Default => Err(ServiceError::DefaultEncryptionDisabled),
         }
+    }
+
+    /// Seals for `record_name`; KMS failures keep the key pair's name for their messages.
+    async fn seal(
+        custody: &Custody,
+        aad: &Aad,
+        text: Zeroizing<String>,
+        with: &SealWith,
+    ) -> Result<crate::custody::SealedKey, ServiceError> {
+        custody.seal(aad, &PrivateKeyText::new(text), with).await.map_err(|error| custody_error(error, &aad.name))
     }
 
     /// The key pair `name` visible to `user_id` in `project_id`: the user's own key, else a `domain` key of
@@ -350,11 +375,11 @@ impl KeypairService {
             }
             let key_type = crate::keypair::KeyType::from_name(&record.key_type).unwrap_or(KeyType::Ssh);
             let public_key = parse::parse_public_key(key_type, &record.public_key)?;
-            let encryptor = self.check_protection(&protection, Some(&public_key), &record.name)?;
+            let (custody, with) = self.check_protection(&protection, Some(&public_key), &record.name)?;
             let Some(text) = protection.private_key.as_ref() else {
                 return Err(ServiceError::PrivateKeyWithoutPublicKey);
             };
-            let sealed = encryptor.seal(&aad_of(&record), &PrivateKeyText::new(text.clone())).await?;
+            let sealed = Self::seal(custody, &aad_of(&record), text.clone(), &with).await?;
             record.sealed = Some(sealed);
             record.updated_at_us = Some(now_micros());
             if self.replace(&loaded, &record).await? {
@@ -374,12 +399,9 @@ impl KeypairService {
         let loaded = self.load(user_id, project_id, name, check).await?;
         let record = loaded.record;
         let Some(sealed) = &record.sealed else { return Err(ServiceError::NoEscrow(record.name)) };
-        let encryptor = match sealed.encryptor {
-            crate::custody::EncryptorKind::Default => self.default_encryptor.as_ref(),
-            crate::custody::EncryptorKind::Kms => None,
-        };
-        let encryptor = encryptor.ok_or(ServiceError::Custody(CustodyError::Unavailable(sealed.encryptor)))?;
-        let text = encryptor.open(&aad_of(&record), sealed).await?;
+        let custody =
+            self.custody.as_ref().ok_or(ServiceError::Custody(CustodyError::Unavailable(sealed.encryptor)))?;
+        let text = custody.open(&aad_of(&record), sealed).await.map_err(|error| custody_error(error, &record.name))?;
         Ok((record, text))
     }
 
@@ -573,6 +595,18 @@ impl KeypairService {
             }
         }
         Ok(None)
+    }
+}
+
+/// Custody failures keep the key pair's name: KMS errors and failed integrity checks are reported with it.
+fn custody_error(error: CustodyError, name: &str) -> ServiceError {
+    match error {
+        CustodyError::Kms(error) => ServiceError::Kms { error, name: name.to_owned() },
+        CustodyError::Integrity | CustodyError::Malformed(_) | CustodyError::UnknownMasterKey(_) => {
+            tracing::error!(%error, keypair = name, "escrowed private key does not open");
+            ServiceError::Undecryptable(name.to_owned())
+        }
+        other => ServiceError::Custody(other),
     }
 }
 

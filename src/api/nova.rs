@@ -419,6 +419,18 @@ pub fn service_error(error: ServiceError, request_id: &str) -> ApiError {
         ServiceError::DefaultEncryptionDisabled => {
             ApiError::new(StatusCode::BAD_REQUEST, "KPS.1403", "Encryption type default is disabled on this server")
         }
+        ServiceError::Kms { error, name } => {
+            if matches!(error.code(), "KPS.1801" | "KPS.1805" | "KPS.1806") {
+                tracing::warn!(%error, request_id, keypair = name, "KMS failure");
+            }
+            let status = StatusCode::from_u16(error.http_status()).unwrap_or(StatusCode::SERVICE_UNAVAILABLE);
+            ApiError::new(status, error.code(), error.message_for_keypair(&name))
+        }
+        ServiceError::Undecryptable(name) => ApiError::new(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "KPS.1806",
+            format!("Escrowed private key of keypair {name} could not be decrypted"),
+        ),
         ServiceError::Denied(action) => ApiError::policy_denied(&action),
         ServiceError::NoEscrow(name) => {
             ApiError::new(StatusCode::NOT_FOUND, "KPS.1602", format!("Keypair {name} has no escrowed private key"))

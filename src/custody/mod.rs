@@ -8,6 +8,7 @@
 
 pub mod envelope;
 pub mod keyring;
+pub mod kms;
 pub mod local;
 
 use zeroize::Zeroizing;
@@ -15,6 +16,7 @@ use zeroize::Zeroizing;
 pub use crate::store::record::{EncryptorKind, SealedKey};
 
 pub use keyring::{KeyringError, MasterKeyring};
+pub use kms::KmsEncryptor;
 pub use local::LocalEncryptor;
 
 /// Format of `SealedKey`.
@@ -74,29 +76,66 @@ pub enum CustodyError {
     Malformed(String),
     #[error("encryption type {0:?} is not available")]
     Unavailable(EncryptorKind),
+    #[error(transparent)]
+    Kms(#[from] crate::kms::KmsError),
 }
 
-/// Seals and opens private keys.
-pub enum Encryptor {
-    Local(LocalEncryptor),
+/// How a new escrow is sealed.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum SealWith {
+    /// The local envelope under the master keyring.
+    Default,
+    /// A data key from the KMS key named here.
+    Kms(crate::kms::KeyRef),
 }
 
-impl Encryptor {
-    pub fn kind(&self) -> EncryptorKind {
-        match self {
-            Self::Local(_) => EncryptorKind::Default,
-        }
+/// Both encryptors: seals with the one asked for, opens with the one that sealed.
+pub struct Custody {
+    local: LocalEncryptor,
+    kms: Option<KmsEncryptor>,
+}
+
+impl Custody {
+    pub fn new(local: LocalEncryptor, kms: Option<KmsEncryptor>) -> Self {
+        Self { local, kms }
     }
 
-    pub async fn seal(&self, aad: &Aad, private_key: &PrivateKeyText) -> Result<SealedKey, CustodyError> {
-        match self {
-            Self::Local(local) => local.seal(aad, private_key),
+    pub fn has_kms(&self) -> bool {
+        self.kms.is_some()
+    }
+
+    pub fn kms(&self) -> Option<&KmsEncryptor> {
+        self.kms.as_ref()
+    }
+
+    pub fn local(&self) -> &LocalEncryptor {
+        &self.local
+    }
+
+    pub async fn seal(
+        &self,
+        aad: &Aad,
+        private_key: &PrivateKeyText,
+        with: &SealWith,
+    ) -> Result<SealedKey, CustodyError> {
+        match with {
+            SealWith::Default => self.local.seal(aad, private_key),
+            SealWith::Kms(key) => {
+                self.kms
+                    .as_ref()
+                    .ok_or(CustodyError::Unavailable(EncryptorKind::Kms))?
+                    .seal(aad, private_key, key)
+                    .await
+            }
         }
     }
 
     pub async fn open(&self, aad: &Aad, sealed: &SealedKey) -> Result<PrivateKeyText, CustodyError> {
-        match self {
-            Self::Local(local) => local.open(aad, sealed),
+        match sealed.encryptor {
+            EncryptorKind::Default => self.local.open(aad, sealed),
+            EncryptorKind::Kms => {
+                self.kms.as_ref().ok_or(CustodyError::Unavailable(EncryptorKind::Kms))?.open(aad, sealed).await
+            }
         }
     }
 }

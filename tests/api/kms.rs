@@ -15,17 +15,17 @@ use kps::signing::Credentials;
 use secrecy::SecretString;
 use serde_json::{Value, json};
 
-const PROJECT: &str = "0a1b2c3d4e5f60718293a4b5c6d7e8f9";
-const AK: &str = "HPUAEXAMPLEAK0000001";
-const SK: &str = "ExampleSecretKey0000000000000000000000001";
-const ESCROW_ID: &str = "3c1d5a0e-8f6b-4e52-9d7a-21f0c4b8e6a1";
-const DISABLED_ID: &str = "11111111-1111-4111-8111-111111111111";
+pub const PROJECT: &str = "0a1b2c3d4e5f60718293a4b5c6d7e8f9";
+pub const AK: &str = "HPUAEXAMPLEAK0000001";
+pub const SK: &str = "ExampleSecretKey0000000000000000000000001";
+pub const ESCROW_ID: &str = "3c1d5a0e-8f6b-4e52-9d7a-21f0c4b8e6a1";
+pub const DISABLED_ID: &str = "11111111-1111-4111-8111-111111111111";
 const DOOMED_ID: &str = "44444444-4444-4444-8444-444444444444";
 
 /// A running `kms-mock` process with the keys it printed.
-struct KmsMock {
+pub struct KmsMock {
     child: Child,
-    endpoint: String,
+    pub endpoint: String,
     keys: HashMap<String, String>,
     _dir: tempfile::TempDir,
 }
@@ -33,7 +33,7 @@ struct KmsMock {
 impl KmsMock {
     /// Starts the binary on a free port (`--listen 127.0.0.1:0`), credentials from the environment, one
     /// `--key` and a seed with a disabled and a pending-deletion key; reads its startup lines.
-    fn start() -> Self {
+    pub fn start() -> Self {
         let dir = tempfile::tempdir().expect("tempdir");
         let seed = dir.path().join("seed.json");
         std::fs::write(
@@ -101,7 +101,7 @@ impl KmsMock {
         kps::kms::from_config(&config, false).expect("valid config").expect("a provider is configured")
     }
 
-    async fn fault(&self, fault: Value) {
+    pub async fn fault(&self, fault: Value) {
         let answer = reqwest::Client::new()
             .post(format!("{}/_mock/fault", self.endpoint))
             .json(&fault)
@@ -111,7 +111,7 @@ impl KmsMock {
         assert_eq!(answer.status().as_u16(), 204);
     }
 
-    async fn calls(&self, action: &str) -> u64 {
+    pub async fn calls(&self, action: &str) -> u64 {
         let calls: Value = reqwest::Client::new()
             .get(format!("{}/_mock/calls", self.endpoint))
             .send()

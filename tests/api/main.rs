@@ -8,6 +8,7 @@ mod durability;
 mod errors;
 mod keypairs;
 mod kms;
+mod kms_custody;
 mod paging;
 mod routing;
 mod v3;

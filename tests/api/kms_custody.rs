@@ -1,0 +1,104 @@
+//! Custody with `encryption.type = kms` against the real `kms-mock` binary: escrow through Nova and V3,
+//! exactly one data-key call per seal, reads without KMS calls, and KMS failures that store nothing.
+
+use serde_json::{Value, json};
+
+use crate::kms::{AK, DISABLED_ID, ESCROW_ID, KmsMock, PROJECT, SK};
+use crate::{ED25519_PRIVATE_KEY, ED25519_PUBLIC_KEY, Kps};
+
+fn kps_with(kms: &KmsMock) -> Kps {
+    let endpoint = kms.endpoint.clone();
+    Kps::with_config(move |c| {
+        c.kms.provider = Some("huawei".into());
+        c.kms.endpoint = Some(endpoint);
+        c.kms.project_id = Some(PROJECT.into());
+        c.kms.region = Some("test".into());
+        c.kms.ak = Some(AK.into());
+        c.kms.sk = Some(SK.into());
+    })
+}
+
+async fn v3(kps: &Kps, method: &str, path: &str, body: Option<&Value>) -> crate::Answer {
+    let text = body.map(Value::to_string);
+    kps.call(method, path, &[("x-auth-token", "u:p"), ("content-type", "application/json")], text.as_deref()).await
+}
+
+fn escrow(name: &str, encryption: Value) -> Value {
+    json!({"keypair": {"name": name, "public_key": ED25519_PUBLIC_KEY.trim_end(),
+        "key_protection": {"private_key": ED25519_PRIVATE_KEY, "encryption": encryption}}})
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kms_escrow_round_trips_with_one_data_key_call_per_seal() {
+    let kms = KmsMock::start();
+    let kps = kps_with(&kms);
+    let by_alias = json!({"type": "kms", "kms_key_name": "kps-escrow"});
+    for i in 0..3 {
+        let answer = v3(&kps, "POST", "/v3/p/keypairs", Some(&escrow(&format!("k{i}"), by_alias.clone()))).await;
+        assert_eq!(answer.status, 200, "{}", String::from_utf8_lossy(&answer.body));
+    }
+    assert_eq!(kms.calls("create-datakey").await, 3, "exactly one data-key call per seal");
+    assert_eq!(kms.calls("list-keys").await, 1, "the alias is resolved once, then cached");
+
+    let show = v3(&kps, "GET", "/v3/p/keypairs/k0", None).await.json()["keypair"].clone();
+    assert_eq!(show["is_key_protection"], true);
+    assert_eq!(show["key_id"], ESCROW_ID);
+    let before = kms.calls("decrypt-datakey").await;
+    v3(&kps, "GET", "/v3/p/keypairs", None).await;
+    kps.nova("GET", "/v2.1/os-keypairs/k1", "u:p", None, None).await;
+    assert_eq!(kms.calls("decrypt-datakey").await, before, "reads make no KMS call");
+
+    let exported =
+        v3(&kps, "POST", "/v3/p/keypairs/private-key/export", Some(&json!({"keypair": {"name": "k2"}}))).await;
+    assert_eq!(exported.json()["keypair"]["private_key"], ED25519_PRIVATE_KEY);
+
+    let by_id = json!({"type": "kms", "kms_key_id": ESCROW_ID});
+    let nova = kps.nova("POST", "/v2.1/os-keypairs", "u:p", None, Some(&escrow("nova-kms", by_id).to_string())).await;
+    assert_eq!(nova.status, 200, "{}", String::from_utf8_lossy(&nova.body));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kms_problems_are_catalogue_errors_and_store_nothing() {
+    let kms = KmsMock::start();
+    let kps = kps_with(&kms);
+    let unknown =
+        v3(&kps, "POST", "/v3/p/keypairs", Some(&escrow("a", json!({"type": "kms", "kms_key_name": "nope"})))).await;
+    unknown.assert_error(400, "KPS.1802", "KMS key nope not found");
+    let disabled =
+        v3(&kps, "POST", "/v3/p/keypairs", Some(&escrow("b", json!({"type": "kms", "kms_key_id": DISABLED_ID})))).await;
+    disabled.assert_error(400, "KPS.1803", &format!("KMS key {DISABLED_ID} is disabled"));
+    assert_eq!(kms.calls("create-datakey").await, 0, "state is checked before any data-key call");
+
+    kms.fault(json!({"status": 503, "count": 10})).await;
+    let down =
+        v3(&kps, "POST", "/v3/p/keypairs", Some(&escrow("c", json!({"type": "kms", "kms_key_name": "kps-escrow"}))))
+            .await;
+    assert_eq!(down.status, 503);
+    assert_eq!(down.json()["error_code"], "KPS.1801");
+    let list = v3(&kps, "GET", "/v3/p/keypairs", None).await;
+    assert_eq!(list.json()["keypairs"], json!([]), "nothing stored after any KMS failure");
+
+    // The service recovers by itself once the KMS answers again.
+    let _ = reqwest::Client::new().delete(format!("{}/_mock/fault", kms.endpoint)).send().await;
+    let ok =
+        v3(&kps, "POST", "/v3/p/keypairs", Some(&escrow("c", json!({"type": "kms", "kms_key_name": "kps-escrow"}))))
+            .await;
+    assert_eq!(ok.status, 200, "{}", String::from_utf8_lossy(&ok.body));
+    let health = kps.call("GET", "/healthz", &[], None).await;
+    assert_eq!(health.status, 200);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn export_fails_cleanly_while_the_kms_is_down() {
+    let kms = KmsMock::start();
+    let kps = kps_with(&kms);
+    let created =
+        v3(&kps, "POST", "/v3/p/keypairs", Some(&escrow("k", json!({"type": "kms", "kms_key_name": "kps-escrow"}))))
+            .await;
+    assert_eq!(created.status, 200);
+    kms.fault(json!({"status": 503, "count": 10})).await;
+    let export = v3(&kps, "POST", "/v3/p/keypairs/private-key/export", Some(&json!({"keypair": {"name": "k"}}))).await;
+    assert_eq!(export.status, 503);
+    assert_eq!(export.json()["error_code"], "KPS.1801");
+    assert!(!String::from_utf8_lossy(&export.body).contains("BEGIN"));
+}
