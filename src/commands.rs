@@ -76,6 +76,86 @@ pub async fn backup_export(config: &Config, file: &Path, remote: &Remote) -> Res
     }
 }
 
+/// The options of `kps rewrap`, also the JSON body of `POST /admin/v1/rewrap`.
+#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RewrapOptions {
+    #[serde(default)]
+    pub to_default: bool,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub to_kms_key: Option<String>,
+    #[serde(default)]
+    pub dry_run: bool,
+}
+
+impl RewrapOptions {
+    /// Reads the admin API body (`null`/empty = no options); the message says what is wrong.
+    pub fn from_json(value: &serde_json::Value) -> Result<Self, String> {
+        if value.is_null() {
+            return Ok(Self::default());
+        }
+        let options: Self =
+            serde_json::from_value(value.clone()).map_err(|e| format!("Invalid rewrap options: {e}"))?;
+        if options.to_default && options.to_kms_key.is_some() {
+            return Err("Invalid rewrap options: to_default and to_kms_key exclude each other".into());
+        }
+        Ok(options)
+    }
+
+    pub fn target(&self) -> crate::service::RewrapTarget {
+        match (&self.to_kms_key, self.to_default) {
+            (Some(key), _) => crate::service::RewrapTarget::Kms(crate::kms::KeyRef::parse(key)),
+            (None, true) => crate::service::RewrapTarget::Default,
+            (None, false) => crate::service::RewrapTarget::CurrentMasterKey,
+        }
+    }
+}
+
+/// `kps rewrap`: re-seals escrowed keys in the store, or through the running server's admin API when one
+/// holds the data directory. Returns a one-line report.
+pub async fn rewrap(config: &Config, options: &RewrapOptions, remote: &Remote) -> Result<String, CommandError> {
+    let report = match DataDir::open(&config.data_dir) {
+        Ok(data_dir) => {
+            let store: Arc<dyn Store> = Arc::new(SledStore::open(&data_dir.db_path())?);
+            let service = crate::service(config, Arc::clone(&store), crate::keypair::pool::RsaKeyPool::disabled())
+                .map_err(|e| CommandError::Remote(e.to_string()))?;
+            let report = service
+                .rewrap(&options.target(), options.dry_run)
+                .await
+                .map_err(|e| CommandError::Remote(format!("rewrap failed: {e}")))?;
+            store.flush().await?;
+            serde_json::json!({"escrowed": report.escrowed, "rewrapped": report.rewrapped, "dry_run": options.dry_run})
+        }
+        Err(DataDirError::Locked { .. }) => {
+            let token = remote.token.as_deref().ok_or_else(|| {
+                CommandError::Remote(format!(
+                    "{} is in use by a running kps: pass --token (an admin credential) to rewrap through its admin API",
+                    config.data_dir.display()
+                ))
+            })?;
+            let base = remote.url.clone().unwrap_or_else(|| format!("http://{}", config.listen));
+            let url = format!("{}/admin/v1/rewrap", base.trim_end_matches('/'));
+            let remote_error = |e: reqwest::Error| CommandError::Remote(format!("{url}: {e}"));
+            let response = reqwest::Client::new()
+                .post(&url)
+                .header("x-auth-token", token)
+                .json(options)
+                .send()
+                .await
+                .map_err(remote_error)?;
+            let status = response.status();
+            let body: serde_json::Value = response.json().await.map_err(remote_error)?;
+            if !status.is_success() {
+                return Err(CommandError::Remote(format!("{url} answered {status}: {body}")));
+            }
+            body
+        }
+        Err(error) => return Err(error.into()),
+    };
+    let verb = if options.dry_run { "would re-seal" } else { "re-sealed" };
+    Ok(format!("{verb} {} of {} escrowed private keys", report["rewrapped"], report["escrowed"]))
+}
+
 /// `kps backup import FILE [--force]` (server stopped).
 pub async fn backup_import(config: &Config, file: &Path, force: bool) -> Result<ImportSummary, CommandError> {
     let text = std::fs::read_to_string(file).map_err(|source| CommandError::File { path: file.into(), source })?;

@@ -61,15 +61,7 @@ pub fn state(config: &Config, store: Arc<dyn Store>) -> Result<AppState, ServeEr
         Some(path) => api::policy::Policy::load(path)?,
         None => api::policy::Policy::default(),
     };
-    let pool = RsaKeyPool::new(config.keygen.rsa_pool_size);
-    let mut service = KeypairService::new(store, config.quota(), pool);
-    // The keyring is loaded even when new `default` seals are disabled: older records still need it to open.
-    let path = config.custody.master_key_file.clone().unwrap_or_else(|| config.data_dir.join("master.key"));
-    let keyring = custody::MasterKeyring::load_or_create(&path, config.secrets.allow_group_readable)?;
-    tracing::info!(current = keyring.current_id(), "master keyring loaded");
-    let kms = kms::from_config(&config.kms, config.secrets.allow_group_readable)?.map(custody::KmsEncryptor::new);
-    let custody = custody::Custody::new(custody::LocalEncryptor::new(keyring), kms);
-    service = service.with_custody(custody, config.custody.allow_default);
+    let service = service(config, store, RsaKeyPool::new(config.keygen.rsa_pool_size))?;
     Ok(AppState {
         service,
         authenticator,
@@ -79,6 +71,17 @@ pub fn state(config: &Config, store: Arc<dyn Store>) -> Result<AppState, ServeEr
         request_timeout: Duration::from_secs(config.limits.request_timeout_s),
         custody_enabled: config.custody.enabled,
     })
+}
+
+/// The key pair service over `store` with its custody: the master keyring (loaded, or created on first
+/// start, even when new `default` seals are disabled: older records still need it) and the KMS, if any.
+pub fn service(config: &Config, store: Arc<dyn Store>, pool: RsaKeyPool) -> Result<KeypairService, ServeError> {
+    let path = config.custody.master_key_file.clone().unwrap_or_else(|| config.data_dir.join("master.key"));
+    let keyring = custody::MasterKeyring::load_or_create(&path, config.secrets.allow_group_readable)?;
+    tracing::info!(current = keyring.current_id(), "master keyring loaded");
+    let kms = kms::from_config(&config.kms, config.secrets.allow_group_readable)?.map(custody::KmsEncryptor::new);
+    let custody = custody::Custody::new(custody::LocalEncryptor::new(keyring), kms);
+    Ok(KeypairService::new(store, config.quota(), pool).with_custody(custody, config.custody.allow_default))
 }
 
 /// Runs `kps serve` until SIGTERM/SIGINT: checks the configuration, opens (and locks) the data directory,

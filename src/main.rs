@@ -21,6 +21,26 @@ enum Command {
     /// Portable backups of all records (ciphertext only).
     #[command(subcommand)]
     Backup(BackupCommand),
+    /// Re-seal escrowed private keys (after a master-key rotation, or onto another encryptor).
+    Rewrap {
+        #[command(flatten)]
+        common: CommonArgs,
+        /// Move every escrowed key to the current master key (default encryptor).
+        #[arg(long, conflicts_with = "to_kms_key")]
+        to_default: bool,
+        /// Move every escrowed key to this KMS key (alias or id).
+        #[arg(long, value_name = "NAME")]
+        to_kms_key: Option<String>,
+        /// Only report what would change.
+        #[arg(long)]
+        dry_run: bool,
+        /// Base URL of the running server (default: http://<listen>).
+        #[arg(long, value_name = "URL")]
+        url: Option<String>,
+        /// Admin credential for the running server, sent as X-Auth-Token.
+        #[arg(long, value_name = "TOKEN")]
+        token: Option<String>,
+    },
     /// The master keyring of the default encryptor.
     #[command(subcommand, name = "master-key")]
     MasterKey(MasterKeyCommand),
@@ -92,7 +112,8 @@ fn main() -> ExitCode {
     let (common, listen, auth) = match &command {
         Command::Serve(args) => (args.common.clone(), args.listen.clone(), args.auth),
         Command::Backup(BackupCommand::Export { common, .. } | BackupCommand::Import { common, .. })
-        | Command::MasterKey(MasterKeyCommand::Generate { common, .. }) => (common.clone(), None, None),
+        | Command::MasterKey(MasterKeyCommand::Generate { common, .. })
+        | Command::Rewrap { common, .. } => (common.clone(), None, None),
     };
     let overrides = Overrides { config: common.config, listen, data_dir: common.data_dir, auth };
     let config = match Config::load(&overrides, |name| std::env::var(name).ok()) {
@@ -109,6 +130,11 @@ fn main() -> ExitCode {
             Command::Serve(_) => kps::serve(config).await.map_err(|e| e.to_string()),
             Command::Backup(BackupCommand::Export { file, url, token, .. }) => {
                 let report = commands::backup_export(&config, &file, &Remote { url, token }).await;
+                report.map(|line| println!("{line}")).map_err(|e| e.to_string())
+            }
+            Command::Rewrap { to_default, to_kms_key, dry_run, url, token, .. } => {
+                let options = commands::RewrapOptions { to_default, to_kms_key, dry_run };
+                let report = commands::rewrap(&config, &options, &Remote { url, token }).await;
                 report.map(|line| println!("{line}")).map_err(|e| e.to_string())
             }
             Command::MasterKey(MasterKeyCommand::Generate { print, .. }) => {

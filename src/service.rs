@@ -9,7 +9,7 @@ use std::sync::Arc;
 
 use zeroize::Zeroizing;
 
-use crate::custody::{Aad, Custody, CustodyError, PrivateKeyText, SealWith};
+use crate::custody::{Aad, Custody, CustodyError, EncryptorKind, PrivateKeyText, SealWith};
 use crate::keypair::pool::RsaKeyPool;
 use crate::keypair::{Algorithm, KeyType, KeypairError, generate, parse};
 use crate::kms::{KeyRef, KmsError};
@@ -81,6 +81,26 @@ pub struct NewKeypair {
     pub scope: Scope,
     /// `key_protection`: escrow the private key (generated, or given in `private_key`).
     pub protection: Option<ProtectionRequest>,
+}
+
+/// Where `kps rewrap` moves escrowed keys.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum RewrapTarget {
+    /// Records sealed under an older master key move to the current one; KMS-sealed records stay.
+    CurrentMasterKey,
+    /// Every record moves to the current master key.
+    Default,
+    /// Every record moves to this KMS key.
+    Kms(KeyRef),
+}
+
+/// What `kps rewrap` found and did (with `dry_run`: would do).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize)]
+pub struct RewrapReport {
+    /// Records with an escrowed private key.
+    pub escrowed: u64,
+    /// Records re-sealed (or that would be).
+    pub rewrapped: u64,
 }
 
 /// What `key_protection` asks for, after shape validation at the edge.
@@ -421,6 +441,72 @@ impl KeypairService {
         })
         .await
         .map(drop)
+    }
+
+    /// Re-seals escrowed private keys (`kps rewrap`): plaintext exists only in memory, each record is
+    /// replaced conditionally (a record changed meanwhile is re-read and considered again).
+    pub async fn rewrap(&self, target: &RewrapTarget, dry_run: bool) -> Result<RewrapReport, ServiceError> {
+        let custody =
+            self.custody.as_ref().ok_or(ServiceError::Custody(CustodyError::Unavailable(EncryptorKind::Default)))?;
+        let current_master = custody.local().current_key_id().to_owned();
+        let (with, kms_key_id) = match target {
+            RewrapTarget::CurrentMasterKey | RewrapTarget::Default => (SealWith::Default, None),
+            RewrapTarget::Kms(key) => {
+                let kms = custody.kms().ok_or(ServiceError::KmsNotConfigured)?;
+                kms.client().clear_cache();
+                let resolved = kms
+                    .client()
+                    .resolve(key)
+                    .await
+                    .map_err(|error| ServiceError::Kms { error, name: key.as_str().to_owned() })?;
+                (SealWith::Kms(KeyRef::Id(resolved.key_id.clone())), Some(resolved.key_id))
+            }
+        };
+        let needs_rewrap = |sealed: &crate::custody::SealedKey| match target {
+            RewrapTarget::CurrentMasterKey => {
+                sealed.encryptor == EncryptorKind::Default && sealed.key_ref != current_master
+            }
+            RewrapTarget::Default => sealed.encryptor != EncryptorKind::Default || sealed.key_ref != current_master,
+            RewrapTarget::Kms(_) => {
+                sealed.encryptor != EncryptorKind::Kms || Some(&sealed.key_ref) != kms_key_id.as_ref()
+            }
+        };
+        let mut report = RewrapReport::default();
+        let mut after: Option<Vec<u8>> = None;
+        loop {
+            let page = self.store.scan(Space::KeyPairs, b"", after.as_deref(), 200).await?;
+            let Some((last, _)) = page.last() else { break };
+            after = Some(last.clone());
+            for (key, value) in page {
+                let mut loaded = Loaded { key, record: record::decode(&value)?, value };
+                while let Some(sealed) = loaded.record.sealed.clone() {
+                    report.escrowed += 1;
+                    if !needs_rewrap(&sealed) {
+                        break;
+                    }
+                    if dry_run {
+                        report.rewrapped += 1;
+                        break;
+                    }
+                    let aad = aad_of(&loaded.record);
+                    let name = loaded.record.name.clone();
+                    let text = custody.open(&aad, &sealed).await.map_err(|error| custody_error(error, &name))?;
+                    let resealed =
+                        custody.seal(&aad, &text, &with).await.map_err(|error| custody_error(error, &name))?;
+                    let mut record = loaded.record.clone();
+                    record.sealed = Some(resealed);
+                    if self.replace(&loaded, &record).await? {
+                        report.rewrapped += 1;
+                        break;
+                    }
+                    // Changed meanwhile (export/clear/delete): look at the current version again.
+                    report.escrowed -= 1;
+                    let Some(value) = self.store.get(Space::KeyPairs, &loaded.key).await? else { break };
+                    loaded = Loaded { key: loaded.key, record: record::decode(&value)?, value };
+                }
+            }
+        }
+        Ok(report)
     }
 
     /// Loads a record, runs `check` on it, applies `change` and writes it back conditionally, retrying if

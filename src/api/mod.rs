@@ -103,6 +103,8 @@ enum Route {
     },
     /// `POST /admin/v1/backup`: the backup stream.
     AdminBackup,
+    /// `POST /admin/v1/rewrap`.
+    AdminRewrap,
     /// `/v3/{project_id}/...`.
     V3 {
         project: String,
@@ -122,14 +124,21 @@ impl Route {
         match self {
             Route::KeypairCollection { .. } => &[Method::GET, Method::HEAD, Method::POST],
             Route::Keypair { .. } => &[Method::DELETE, Method::GET, Method::HEAD],
-            Route::AdminBackup => &[Method::POST],
+            Route::AdminBackup | Route::AdminRewrap => &[Method::POST],
             Route::V3 { route, .. } => route.allowed_methods(),
             _ => &[Method::GET, Method::HEAD],
         }
     }
 
     fn needs_auth(&self) -> bool {
-        matches!(self, Route::KeypairCollection { .. } | Route::Keypair { .. } | Route::AdminBackup | Route::V3 { .. })
+        matches!(
+            self,
+            Route::KeypairCollection { .. }
+                | Route::Keypair { .. }
+                | Route::AdminBackup
+                | Route::AdminRewrap
+                | Route::V3 { .. }
+        )
     }
 }
 
@@ -150,6 +159,7 @@ fn route(path: &str) -> Option<Route> {
         "/v2.1" | "/v2.1/" => return Some(Route::V21Document),
         "/healthz" => return Some(Route::Health),
         "/admin/v1/backup" => return Some(Route::AdminBackup),
+        "/admin/v1/rewrap" => return Some(Route::AdminRewrap),
         _ => {}
     }
     if let Some(rest) = path.strip_prefix("/v3/") {
@@ -261,6 +271,9 @@ async fn handle(state: &AppState, request: Request, request_id: &str) -> Respons
             context.item(&parts, project.as_deref(), &name).await.unwrap_or_else(IntoResponse::into_response)
         }
         (Route::AdminBackup, Some(caller)) => admin_backup(state, &caller),
+        (Route::AdminRewrap, Some(caller)) => {
+            admin_rewrap(state, &parts, &caller, &body, request_id).await.unwrap_or_else(IntoResponse::into_response)
+        }
         (Route::V3 { project, route }, Some(caller)) => {
             v3_dispatch(state, &parts, &caller, &project, route, &body, request_id)
                 .await
@@ -305,6 +318,30 @@ async fn v3_dispatch(
         (v3::V3Route::BatchExport, _) => v3::batch_export(state, &request, &json).await,
         (v3::V3Route::NeedsServers(_), _) => Err(ApiError::internal(request_id)),
     }
+}
+
+/// `POST /admin/v1/rewrap`: `{"to_default": bool, "to_kms_key": "NAME", "dry_run": bool}` (all optional)
+/// → the counts of `kps rewrap` (policy `kps:admin:rewrap`).
+async fn admin_rewrap(
+    state: &AppState,
+    parts: &axum::http::request::Parts,
+    caller: &Caller,
+    body: &Bytes,
+    request_id: &str,
+) -> Result<Response, ApiError> {
+    let json = parse_json_body(&parts.headers, body)?;
+    state.policy.enforce(Action::AdminRewrap, caller, &Target::nothing())?;
+    let options = crate::commands::RewrapOptions::from_json(&json).map_err(ApiError::schema)?;
+    let report = state
+        .service
+        .rewrap(&options.target(), options.dry_run)
+        .await
+        .map_err(|error| nova::service_error(error, request_id))?;
+    tracing::info!(target: "kps::audit", user = caller.user_id, action = "rewrap", ?report, "custody action");
+    Ok(nova::json_ok(
+        StatusCode::OK,
+        &serde_json::json!({"escrowed": report.escrowed, "rewrapped": report.rewrapped, "dry_run": options.dry_run}),
+    ))
 }
 
 /// `POST /admin/v1/backup`: streams the backup lines of `crate::backup` (policy `kps:admin:backup`).

@@ -10,6 +10,7 @@ mod keypairs;
 mod kms;
 mod kms_custody;
 mod paging;
+mod rewrap;
 mod routing;
 mod v3;
 mod versions;

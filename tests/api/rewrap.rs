@@ -1,0 +1,138 @@
+//! `kps rewrap` and `POST /admin/v1/rewrap`: re-sealing escrowed keys after a master-key rotation and onto a
+//! KMS key, without changing what export returns.
+
+use std::process::Command;
+
+use serde_json::{Value, json};
+
+use crate::binary::Server;
+use crate::kms::{AK, ESCROW_ID, KmsMock, PROJECT, SK};
+use crate::{ED25519_PRIVATE_KEY, ED25519_PUBLIC_KEY, Kps, RSA_PRIVATE_KEY, RSA_PUBLIC_KEY};
+
+fn escrow_body(name: &str, public_key: &str, private_key: &str) -> String {
+    json!({"keypair": {"name": name, "public_key": public_key.trim_end(),
+        "key_protection": {"private_key": private_key, "encryption": {"type": "default"}}}})
+    .to_string()
+}
+
+fn kps_cli(args: &[&str], data: &std::path::Path) -> String {
+    let out = Command::new(env!("CARGO_BIN_EXE_kps"))
+        .args(args)
+        .arg("--data-dir")
+        .arg(data)
+        .env("KPS_LOG", "warn")
+        .output()
+        .expect("run");
+    assert!(out.status.success(), "{args:?}: {}", String::from_utf8_lossy(&out.stderr));
+    String::from_utf8(out.stdout).expect("utf8")
+}
+
+fn export(url: &str, name: &str) -> Value {
+    reqwest::blocking::Client::new()
+        .post(format!("{url}/v3/p/keypairs/private-key/export"))
+        .header("x-auth-token", "u:p")
+        .header("content-type", "application/json")
+        .body(json!({"keypair": {"name": name}}).to_string())
+        .send()
+        .expect("export")
+        .json()
+        .expect("json")
+}
+
+#[test]
+fn rewrap_moves_old_master_key_records_to_the_current_key_offline_and_online() {
+    let parent = tempfile::tempdir().expect("tempdir");
+    let data = parent.path().join("data");
+    let server = Server::start(&data);
+    let client = reqwest::blocking::Client::new();
+    for (name, public_key, private_key) in
+        [("ed", ED25519_PUBLIC_KEY, ED25519_PRIVATE_KEY), ("rsa", RSA_PUBLIC_KEY, RSA_PRIVATE_KEY)]
+    {
+        let response = client
+            .post(format!("{}/v3/p/keypairs", server.url))
+            .header("x-auth-token", "u:p")
+            .header("content-type", "application/json")
+            .body(escrow_body(name, public_key, private_key))
+            .send()
+            .expect("create");
+        assert_eq!(response.status(), 200);
+    }
+    assert!(server.stop().success());
+
+    kps_cli(&["master-key", "generate"], &data);
+    assert_eq!(kps_cli(&["rewrap", "--dry-run"], &data).trim(), "would re-seal 2 of 2 escrowed private keys");
+    assert_eq!(kps_cli(&["rewrap"], &data).trim(), "re-sealed 2 of 2 escrowed private keys");
+    assert_eq!(kps_cli(&["rewrap"], &data).trim(), "re-sealed 0 of 2 escrowed private keys");
+
+    // Online: another rotation, then the command goes through the running server's admin API.
+    kps_cli(&["master-key", "generate"], &data);
+    let server = Server::start(&data);
+    let out = Command::new(env!("CARGO_BIN_EXE_kps"))
+        .args(["rewrap", "--url", &server.url, "--token", "u:p", "--data-dir"])
+        .arg(&data)
+        .output()
+        .expect("run");
+    assert!(!out.status.success(), "a non-admin is refused");
+    assert!(String::from_utf8_lossy(&out.stderr).contains("kps:admin:rewrap"));
+    let out = Command::new(env!("CARGO_BIN_EXE_kps"))
+        .args(["rewrap", "--url", &server.url, "--token", "root:p:admin", "--data-dir"])
+        .arg(&data)
+        .output()
+        .expect("run");
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "re-sealed 2 of 2 escrowed private keys");
+    assert_eq!(export(&server.url, "ed")["keypair"]["private_key"], ED25519_PRIVATE_KEY);
+    assert_eq!(export(&server.url, "rsa")["keypair"]["private_key"], RSA_PRIVATE_KEY);
+    assert!(server.stop().success());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rewrap_onto_a_kms_key_and_back() {
+    let kms = KmsMock::start();
+    let endpoint = kms.endpoint.clone();
+    let kps = Kps::with_config(move |c| {
+        c.kms.provider = Some("huawei".into());
+        c.kms.endpoint = Some(endpoint);
+        c.kms.project_id = Some(PROJECT.into());
+        c.kms.region = Some("test".into());
+        c.kms.ak = Some(AK.into());
+        c.kms.sk = Some(SK.into());
+    });
+    let create = kps
+        .nova(
+            "POST",
+            "/v2.1/os-keypairs",
+            "u:p",
+            None,
+            Some(&escrow_body("ed", ED25519_PUBLIC_KEY, ED25519_PRIVATE_KEY)),
+        )
+        .await;
+    assert_eq!(create.status, 200);
+    let headers = [("x-auth-token", "root:p:admin"), ("content-type", "application/json")];
+    let moved = kps.call("POST", "/admin/v1/rewrap", &headers, Some(r#"{"to_kms_key": "kps-escrow"}"#)).await;
+    assert_eq!(
+        moved.json(),
+        json!({"escrowed": 1, "rewrapped": 1, "dry_run": false}),
+        "{}",
+        String::from_utf8_lossy(&moved.body)
+    );
+    let show = kps.call("GET", "/v3/p/keypairs/ed", &[("x-auth-token", "u:p")], None).await;
+    assert_eq!(show.json()["keypair"]["key_id"], ESCROW_ID);
+    let export = kps
+        .call(
+            "POST",
+            "/v3/p/keypairs/private-key/export",
+            &[("x-auth-token", "u:p"), ("content-type", "application/json")],
+            Some(r#"{"keypair": {"name": "ed"}}"#),
+        )
+        .await;
+    assert_eq!(export.json()["keypair"]["private_key"], ED25519_PRIVATE_KEY);
+    let back = kps.call("POST", "/admin/v1/rewrap", &headers, Some(r#"{"to_default": true}"#)).await;
+    assert_eq!(back.json()["rewrapped"], 1);
+    let show = kps.call("GET", "/v3/p/keypairs/ed", &[("x-auth-token", "u:p")], None).await;
+    assert!(show.json()["keypair"].get("key_id").is_none());
+    let bad = kps.call("POST", "/admin/v1/rewrap", &headers, Some(r#"{"to_default": true, "to_kms_key": "x"}"#)).await;
+    assert_eq!(bad.json()["error_code"], "KPS.1001");
+    let unknown = kps.call("POST", "/admin/v1/rewrap", &headers, Some(r#"{"to_kms_key": "nope"}"#)).await;
+    assert_eq!(unknown.json()["error_code"], "KPS.1802");
+}
