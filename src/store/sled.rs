@@ -2,8 +2,9 @@
 //! acknowledged only once they are durable.
 //!
 //! Durability (group commit): every `apply` goes to one committer thread, which takes all the batches that
-//! are waiting, applies each as its own transaction, makes them durable with one flush + `fdatasync` and
-//! then answers all of them. Concurrent writers therefore share fsyncs.
+//! are waiting, applies them in one sled transaction (each batch all-or-nothing on its own preconditions),
+//! makes them durable with one flush + `fdatasync` and then answers all of them. Concurrent writers share
+//! the log write and the fsync.
 //!
 //! Why the extra `fdatasync`: on Linux sled's `flush()` ends in `sync_file_range(WAIT_BEFORE | WRITE |
 //! WAIT_AFTER)` on its log file (seen with `strace -e trace=fsync,fdatasync,sync_file_range`), which writes
@@ -278,7 +279,7 @@ impl Committer {
                     Err(_) => break,
                 }
             }
-            let results: Vec<Result<(), ApplyError>> = group.iter().map(|c| self.transact(&c.ops)).collect();
+            let results = self.transact_group(&group);
             let synced = if results.iter().any(Result::is_ok) {
                 self.stats.syncs.fetch_add(1, Ordering::Relaxed);
                 sync(&self.db, &self.log_file)
@@ -297,43 +298,63 @@ impl Committer {
         }
     }
 
-    /// Applies one batch as a sled transaction over all trees (not yet durable).
-    fn transact(&self, ops: &[WriteOp]) -> Result<(), ApplyError> {
+    /// Applies a whole group in ONE sled transaction (not yet durable): each commit's preconditions are
+    /// checked against the state left by the commits before it; a commit whose precondition fails writes
+    /// nothing and gets its conflict, the others still apply. One transaction per group matters: sled
+    /// writes and range-syncs its log once per transaction.
+    fn transact_group(&self, group: &[Commit]) -> Vec<Result<(), ApplyError>> {
         let trees: Vec<&sled::Tree> = self.trees.iter().collect();
-        let result = trees.as_slice().transaction(|trees| {
-            for (index, op) in ops.iter().enumerate() {
-                let conflict = || ConflictableTransactionError::Abort(index);
-                match op {
-                    WriteOp::PutIfAbsent { space, key, value } => {
-                        let tree = &trees[SledStore::space_index(*space)];
-                        if tree.get(key)?.is_some() {
-                            return Err(conflict());
-                        }
-                        tree.insert(key.as_slice(), value.as_slice())?;
-                    }
-                    WriteOp::Replace { space, key, expected, value } => {
-                        let tree = &trees[SledStore::space_index(*space)];
-                        if tree.get(key)?.as_deref() != Some(expected.as_slice()) {
-                            return Err(conflict());
-                        }
-                        tree.insert(key.as_slice(), value.as_slice())?;
-                    }
-                    WriteOp::Delete { space, key, expected } => {
-                        let tree = &trees[SledStore::space_index(*space)];
-                        if tree.get(key)?.as_deref() != Some(expected.as_slice()) {
-                            return Err(conflict());
-                        }
-                        tree.remove(key.as_slice())?;
-                    }
+        let outcome = trees.as_slice().transaction(|trees| {
+            let mut results = Vec::with_capacity(group.len());
+            for commit in group {
+                results.push(Self::apply_commit(trees, &commit.ops)?);
+            }
+            Ok::<_, ConflictableTransactionError<()>>(results)
+        });
+        match outcome {
+            Ok(results) => results,
+            Err(TransactionError::Abort(())) => group.iter().map(|_| Err(StoreError::Backend("aborted".into()).into())).collect(),
+            Err(TransactionError::Storage(error)) => {
+                let message = error.to_string();
+                group.iter().map(|_| Err(ApplyError::Store(StoreError::Backend(message.clone())))).collect()
+            }
+        }
+    }
+
+    /// One commit inside the group transaction: all preconditions first, then the writes, so a failed
+    /// commit leaves nothing behind. The outer `Err` is a storage failure (aborts the group).
+    fn apply_commit(
+        trees: &[sled::transaction::TransactionalTree],
+        ops: &[WriteOp],
+    ) -> Result<Result<(), ApplyError>, ConflictableTransactionError<()>> {
+        for (index, op) in ops.iter().enumerate() {
+            let (space, key) = match op {
+                WriteOp::PutIfAbsent { space, key, .. }
+                | WriteOp::Replace { space, key, .. }
+                | WriteOp::Delete { space, key, .. } => (*space, key),
+            };
+            let current = trees[SledStore::space_index(space)].get(key)?;
+            let holds = match op {
+                WriteOp::PutIfAbsent { .. } => current.is_none(),
+                WriteOp::Replace { expected, .. } | WriteOp::Delete { expected, .. } => {
+                    current.as_deref() == Some(expected.as_slice())
+                }
+            };
+            if !holds {
+                return Ok(Err(ApplyError::Conflict { op: index }));
+            }
+        }
+        for op in ops {
+            match op {
+                WriteOp::PutIfAbsent { space, key, value } | WriteOp::Replace { space, key, value, .. } => {
+                    trees[SledStore::space_index(*space)].insert(key.as_slice(), value.as_slice())?;
+                }
+                WriteOp::Delete { space, key, .. } => {
+                    trees[SledStore::space_index(*space)].remove(key.as_slice())?;
                 }
             }
-            Ok(())
-        });
-        match result {
-            Ok(()) => Ok(()),
-            Err(TransactionError::Abort(op)) => Err(ApplyError::Conflict { op }),
-            Err(TransactionError::Storage(error)) => Err(ApplyError::Store(backend(error))),
         }
+        Ok(Ok(()))
     }
 }
 
@@ -366,6 +387,33 @@ mod tests {
         let stats = store.commit_stats();
         assert_eq!(stats.batches.load(Ordering::Relaxed), 64);
         assert!(stats.syncs.load(Ordering::Relaxed) < 64, "{stats:?}");
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn one_group_transaction_keeps_commits_independent() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let store = SledStore::open(dir.path()).expect("open");
+        let committer = Committer {
+            db: store.db.clone(),
+            trees: store.trees.clone(),
+            log_file: Arc::clone(&store.log_file),
+            stats: Arc::default(),
+        };
+        let put = |key: &str| WriteOp::PutIfAbsent { space: Space::KeyPairs, key: key.into(), value: b"v".to_vec() };
+        let commit = |ops| Commit { ops, reply: tokio::sync::oneshot::channel().0 };
+        let group = [
+            commit(vec![put("a")]),
+            commit(vec![put("b"), put("a")]),
+            commit(vec![put("c")]),
+            commit(vec![put("c")]),
+        ];
+        let results = committer.transact_group(&group);
+        assert!(results[0].is_ok());
+        assert!(matches!(results[1], Err(ApplyError::Conflict { op: 1 })), "sees the write of the commit before");
+        assert!(results[2].is_ok());
+        assert!(matches!(results[3], Err(ApplyError::Conflict { op: 0 })));
+        assert_eq!(store.get(Space::KeyPairs, b"b").await.expect("get"), None, "a failed commit writes nothing");
+        assert!(store.get(Space::KeyPairs, b"c").await.expect("get").is_some());
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
