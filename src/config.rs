@@ -447,9 +447,6 @@ impl Config {
         }
         // Features of later milestones: refuse rather than silently ignore them (README, "Not implemented yet").
         let not_yet = |what: &str| Err(ConfigError::Unsupported(format!("{what} is not implemented yet in this kps")));
-        if self.auth.mode == AuthMode::Aksk {
-            return not_yet("auth.mode = aksk");
-        }
         if self.tls.cert_file.is_some() || self.tls.key_file.is_some() {
             return not_yet("TLS (tls.cert_file / tls.key_file)");
         }

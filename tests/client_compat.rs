@@ -1,5 +1,6 @@
-//! Client compatibility: the unmodified Python OpenStack clients (python-novaclient, openstacksdk) against
-//! the `kps` binary built for this test run.
+//! Client compatibility: the unmodified Python OpenStack clients (python-novaclient, openstacksdk) and the
+//! Huawei Cloud SDKs (huaweicloudsdkecs, huaweicloudsdkkps; against kps in `aksk` mode) against the `kps`
+//! binary built for this test run.
 //!
 //! The tests themselves are pytest files in `tests/compat/`; this driver only prepares their Python
 //! environment and runs them. The venv lives at `<target>/compat-venv` and is rebuilt only when

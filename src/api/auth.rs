@@ -2,11 +2,13 @@
 //!
 //! Implemented: `noauth` (`X-Auth-Token: <user_id>:<project_id>[:<role>,...]`, development and tests),
 //! `static` (a tokens file of SHA-256 hashes, `static_tokens`) and `keystone` (Keystone v3 token validation,
-//! `keystone`). `aksk` is refused at startup until it exists (README).
+//! `keystone`) and `aksk` (Huawei SDK-HMAC-SHA256 signatures checked against a credentials file, `aksk`).
 //!
-//! Every mode answers a missing credential with 401 KPS.2001 and a bad one with 401 KPS.2002; in `keystone`
-//! mode 401s carry `WWW-Authenticate: Keystone uri="<auth.keystone_url>"` (errors.md §1).
+//! Every mode answers a missing credential with 401 KPS.2001 and a bad one with 401 KPS.2002 (`aksk` adds
+//! KPS.2004 for a missing or stale `X-Sdk-Date`); in `keystone` mode 401s carry
+//! `WWW-Authenticate: Keystone uri="<auth.keystone_url>"` (errors.md §1).
 
+mod aksk;
 mod keystone;
 mod static_tokens;
 
@@ -14,9 +16,11 @@ use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+use axum::http::request::Parts;
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 
+use self::aksk::AkskCredentials;
 use self::keystone::Keystone;
 use self::static_tokens::StaticTokens;
 use super::error::ApiError;
@@ -50,8 +54,6 @@ pub enum AuthError {
     File { path: PathBuf, message: String },
     #[error("invalid auth.keystone_url {url:?}: {message}")]
     KeystoneUrl { url: String, message: String },
-    #[error("auth.mode = {0} is not implemented yet in this kps")]
-    NotImplemented(&'static str),
 }
 
 /// How callers are authenticated.
@@ -64,6 +66,7 @@ pub enum Authenticator {
         /// `Keystone uri="<auth.keystone_url>"`, sent on every 401.
         challenge: HeaderValue,
     },
+    Aksk(AkskCredentials),
 }
 
 impl Authenticator {
@@ -90,17 +93,34 @@ impl Authenticator {
                     .map_err(|_| invalid("not usable in a WWW-Authenticate header".into()))?;
                 Ok(Self::Keystone { keystone, challenge })
             }
-            AuthMode::Aksk => Err(AuthError::NotImplemented("aksk")),
+            AuthMode::Aksk => {
+                let path = auth.credentials_file.as_deref().ok_or(AuthError::Missing {
+                    mode: "aksk",
+                    setting: "auth.credentials_file (KPS_AUTH_CREDENTIALS_FILE)",
+                })?;
+                Ok(Self::Aksk(AkskCredentials::load(path, allow_group_readable)?))
+            }
         }
     }
 
-    pub async fn authenticate(&self, headers: &HeaderMap) -> Result<Caller, ApiError> {
+    /// The caller of a request. `body` is the whole (already read) body: `aksk` signatures cover it, along
+    /// with the method, path and query of `parts`; the token modes only read `X-Auth-Token`.
+    pub async fn authenticate(&self, parts: &Parts, body: &[u8]) -> Result<Caller, ApiError> {
+        if let Self::Aksk(credentials) = self {
+            return credentials.authenticate(parts, body, time::OffsetDateTime::now_utc());
+        }
+        self.authenticate_token(&parts.headers).await
+    }
+
+    async fn authenticate_token(&self, headers: &HeaderMap) -> Result<Caller, ApiError> {
         let token = headers.get("x-auth-token").ok_or_else(ApiError::authentication_required)?;
         let token = token.to_str().ok().filter(|t| !t.is_empty()).ok_or_else(ApiError::invalid_credentials)?;
         match self {
             Self::NoAuth => parse_noauth_token(token).ok_or_else(ApiError::invalid_credentials),
             Self::Static(tokens) => tokens.lookup(token).ok_or_else(ApiError::invalid_credentials),
             Self::Keystone { keystone, .. } => keystone.validate(token).await,
+            // Unreachable through `authenticate`; a token is never an aksk credential.
+            Self::Aksk(_) => Err(ApiError::authentication_required()),
         }
     }
 
@@ -163,19 +183,19 @@ mod tests {
     #[tokio::test]
     async fn missing_token_is_2001_and_bad_token_is_2002() {
         let auth = Authenticator::NoAuth;
-        assert_eq!(auth.authenticate(&HeaderMap::new()).await.expect_err("no token").code, "KPS.2001");
+        assert_eq!(auth.authenticate_token(&HeaderMap::new()).await.expect_err("no token").code, "KPS.2001");
         for bad in [&b"nonsense"[..], b"", b"u:p:\xff"] {
-            assert_eq!(auth.authenticate(&token(bad)).await.expect_err("bad token").code, "KPS.2002");
+            assert_eq!(auth.authenticate_token(&token(bad)).await.expect_err("bad token").code, "KPS.2002");
         }
     }
 
     #[test]
-    fn modes_need_their_settings_and_aksk_is_refused() {
+    fn modes_need_their_settings() {
         let config = |mode| AuthConfig { mode, ..AuthConfig::default() };
         for (mode, expected) in [
             (AuthMode::Static, "auth.mode = static needs auth.tokens_file"),
             (AuthMode::Keystone, "auth.mode = keystone needs auth.keystone_url"),
-            (AuthMode::Aksk, "auth.mode = aksk is not implemented yet"),
+            (AuthMode::Aksk, "auth.mode = aksk needs auth.credentials_file"),
         ] {
             let error = Authenticator::from_config(&config(mode), false).expect_err(expected).to_string();
             assert!(error.contains(expected), "{error}");

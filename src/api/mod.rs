@@ -206,7 +206,7 @@ async fn handle(state: &AppState, request: Request, request_id: &str) -> Respons
 
     // 2. Authentication for every API path, routed or not.
     let caller = if matched.as_ref().is_some_and(Route::needs_auth) || (matched.is_none() && is_api_path(path)) {
-        match state.authenticator.authenticate(&parts.headers).await {
+        match state.authenticator.authenticate(&parts, &body).await {
             Ok(caller) => Some(caller),
             Err(error) => return state.authenticator.reject(error),
         }

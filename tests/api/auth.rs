@@ -312,8 +312,6 @@ fn keystone_mode_needs_an_http_url() {
         .expect_err(url);
         assert!(error.contains(url), "{error}");
     }
-    let aksk = startup(|c| c.auth.mode = AuthMode::Aksk).expect_err("aksk");
-    assert!(aksk.contains("aksk is not implemented yet"), "{aksk}");
 }
 
 // -------------------------------------------------------------------------------------------------------
@@ -492,7 +490,4 @@ fn the_binary_refuses_to_start_with_a_readable_tokens_file_or_a_bad_policy() {
     let policy = write_secret(dir.path(), "policy.toml", "\"kps:admin:backup\" = \"root\"\n", 0o644);
     let stderr = run(&config_file(dir.path(), "mode = \"noauth\"", Some(&policy)));
     assert!(stderr.contains("kps:admin:backup") && stderr.contains("unknown term `root`"), "{stderr}");
-
-    let stderr = run(&config_file(dir.path(), "mode = \"aksk\"", None));
-    assert!(stderr.contains("aksk is not implemented yet"), "{stderr}");
 }

@@ -11,9 +11,14 @@ behaviour and not merely kps's). Nova routes only hex project ids, so every proj
 Authentication is kps's noauth token ``X-Auth-Token: <user_id>:<project_id>[:admin]``, sent by a
 keystoneauth1 ``token_endpoint.Token`` plugin; the compute endpoint is always overridden to
 ``<base>/v2.1/<project_id>``. Every test gets fresh users, so tests never see each other's key pairs.
+
+A second server, ``kps_aksk_server``, runs ``kps serve --auth aksk`` with a 0600 credentials file in its own
+temp dir, for the Huawei Cloud SDKs (SDK-HMAC-SHA256 signatures, test_huaweicloud_sdk.py). It is started only
+by the tests that use it, and skipped with ``KPS_COMPAT_URL`` (an external server has no known credentials).
 """
 
 import os
+import secrets
 import shutil
 import signal
 import socket
@@ -115,7 +120,7 @@ def _kps_env() -> dict:
     return env
 
 
-def _start_kps(binary: Path, workdir: Path) -> KpsServer:
+def _start_kps(binary: Path, workdir: Path, extra_args: tuple = (), extra_env: dict | None = None) -> KpsServer:
     """Start kps on a free port; retry on another port if the chosen one was taken meanwhile."""
     data_dir = workdir / "data"
     data_dir.mkdir(mode=0o700)
@@ -127,9 +132,9 @@ def _start_kps(binary: Path, workdir: Path) -> KpsServer:
         with open(log_path, "wb") as log:
             # cwd = workdir: no config/kps.toml there, so the embedded defaults apply.
             process = subprocess.Popen(
-                [str(binary), "serve", "--listen", f"127.0.0.1:{port}", "--data-dir", str(data_dir)],
+                [str(binary), "serve", "--listen", f"127.0.0.1:{port}", "--data-dir", str(data_dir), *extra_args],
                 cwd=workdir,
-                env=_kps_env(),
+                env={**_kps_env(), **(extra_env or {})},
                 stdin=subprocess.DEVNULL,
                 stdout=log,
                 stderr=subprocess.STDOUT,
@@ -164,16 +169,75 @@ def kps_server():
     try:
         yield server
     finally:
-        server.process.send_signal(signal.SIGTERM)
-        try:
-            code = server.process.wait(timeout=SHUTDOWN_TIMEOUT_S)
-        except subprocess.TimeoutExpired:
-            server.process.kill()
-            server.process.wait()
-            code = None
-        log = server.log_tail()
-        shutil.rmtree(workdir, ignore_errors=True)
-        assert code == 0, f"kps did not exit 0 after SIGTERM (exit code {code}); log:\n{log}"
+        _stop_kps(server, workdir)
+
+
+def _stop_kps(server: KpsServer, workdir: Path) -> None:
+    """SIGTERM, then the server must exit 0; the work dir is removed either way."""
+    server.process.send_signal(signal.SIGTERM)
+    try:
+        code = server.process.wait(timeout=SHUTDOWN_TIMEOUT_S)
+    except subprocess.TimeoutExpired:
+        server.process.kill()
+        server.process.wait()
+        code = None
+    log = server.log_tail()
+    shutil.rmtree(workdir, ignore_errors=True)
+    assert code == 0, f"kps did not exit 0 after SIGTERM (exit code {code}); log:\n{log}"
+
+
+@dataclass(frozen=True)
+class AkskCredential:
+    """One ``[[credentials]]`` entry of the aksk server: an AK/SK pair and the caller it stands for."""
+
+    ak: str
+    sk: str
+    user_id: str
+    project_id: str
+
+
+@dataclass
+class AkskServer:
+    base_url: str
+    credentials: list[AkskCredential]
+
+
+AKSK_CREDENTIALS = 6
+
+
+@pytest.fixture(scope="session")
+def kps_aksk_server():
+    """kps in ``aksk`` mode (``--auth aksk`` + ``KPS_AUTH_CREDENTIALS_FILE``, mode 0600) with a few members,
+    each in a project of their own (hex ids, as Huawei's)."""
+    if os.environ.get("KPS_COMPAT_URL"):
+        pytest.skip("aksk tests start their own kps with a credentials file; not with KPS_COMPAT_URL")
+    binary = _kps_binary()
+    workdir = Path(tempfile.mkdtemp(prefix="kps-compat-aksk-"))
+    credentials = [
+        AkskCredential(
+            ak="HPUA" + secrets.token_hex(8).upper(),
+            sk=secrets.token_urlsafe(30),
+            user_id=f"user-{uuid.uuid4().hex[:12]}",
+            project_id=uuid.uuid4().hex,
+        )
+        for _ in range(AKSK_CREDENTIALS)
+    ]
+    entries = "".join(
+        f'[[credentials]]\nak = "{c.ak}"\nsk = "{c.sk}"\nuser_id = "{c.user_id}"\n'
+        f'project_id = "{c.project_id}"\nroles = ["member"]\n\n'
+        for c in credentials
+    )
+    credentials_file = workdir / "credentials.toml"
+    fd = os.open(credentials_file, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    with os.fdopen(fd, "w") as out:
+        out.write(entries)
+    server = _start_kps(
+        binary, workdir, ("--auth", "aksk"), {"KPS_AUTH_CREDENTIALS_FILE": str(credentials_file)}
+    )
+    try:
+        yield AkskServer(base_url=server.base_url, credentials=credentials)
+    finally:
+        _stop_kps(server, workdir)
 
 
 @pytest.fixture(scope="session")
