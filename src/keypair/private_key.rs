@@ -172,10 +172,13 @@ const OPENSSH_MAGIC: &[u8] = b"openssh-key-v1\0";
 fn openssh_public(pem: &str) -> Result<PublicKeyMaterial, KeypairError> {
     // The cipher is checked first by hand: ssh-key refuses some ciphers outright, and every encrypted
     // key must be reported as encrypted, not as unparsable.
-    if openssh_cipher_is_set(pem).ok_or(KeypairError::PrivateKeyUnparsable)? {
+    let binary = openssh_binary(pem).ok_or(KeypairError::PrivateKeyUnparsable)?;
+    if openssh_cipher_is_set(&binary).ok_or(KeypairError::PrivateKeyUnparsable)? {
         return Err(KeypairError::PrivateKeyEncrypted);
     }
-    let key = ssh_key::PrivateKey::from_openssh(pem).map_err(|_| KeypairError::PrivateKeyUnparsable)?;
+    // Parsed from the decoded bytes, not the PEM text: ssh-key insists on OpenSSH's own 70-column lines,
+    // while keys written by other tools (Python cryptography, Go) wrap at 64 and OpenSSH reads them all.
+    let key = ssh_key::PrivateKey::from_bytes(&binary).map_err(|_| KeypairError::PrivateKeyUnparsable)?;
     if key.is_encrypted() {
         return Err(KeypairError::PrivateKeyEncrypted);
     }
@@ -215,7 +218,8 @@ fn openssh_ecdsa_public(keypair: &EcdsaKeypair) -> Option<PublicKeyMaterial> {
 }
 
 /// Whether an OpenSSH private key names a cipher other than `none`; `None` if it is not an OpenSSH key.
-fn openssh_cipher_is_set(pem: &str) -> Option<bool> {
+/// The binary `openssh-key-v1` structure inside the PEM armour, whatever the line width.
+fn openssh_binary(pem: &str) -> Option<Zeroizing<Vec<u8>>> {
     let mut lines = pem.lines().map(str::trim_end);
     lines.next()?;
     let body: Zeroizing<String> = Zeroizing::new(
@@ -225,8 +229,11 @@ fn openssh_cipher_is_set(pem: &str) -> Option<bool> {
             .filter(|c| !c.is_ascii_whitespace())
             .collect(),
     );
-    let decoded = Zeroizing::new(STANDARD.decode(body.as_bytes()).ok()?);
-    let rest = decoded.strip_prefix(OPENSSH_MAGIC)?;
+    Some(Zeroizing::new(STANDARD.decode(body.as_bytes()).ok()?))
+}
+
+fn openssh_cipher_is_set(binary: &[u8]) -> Option<bool> {
+    let rest = binary.strip_prefix(OPENSSH_MAGIC)?;
     let cipher = WireReader::new(rest).string()?;
     Some(cipher != b"none")
 }
@@ -234,6 +241,25 @@ fn openssh_cipher_is_set(pem: &str) -> Option<bool> {
 #[cfg(test)]
 mod tests {
     use super::super::KeyType;
+
+    /// The same OpenSSH key with its base64 body wrapped at `width` columns.
+    fn rewrapped(pem: &str, width: usize) -> String {
+        let lines: Vec<&str> = pem.lines().collect();
+        let body: String = lines[1..lines.len() - 1].concat();
+        let wrapped: Vec<String> =
+            body.as_bytes().chunks(width).map(|c| String::from_utf8_lossy(c).into_owned()).collect();
+        format!("{}\n{}\n{}\n", lines[0], wrapped.join("\n"), lines[lines.len() - 1])
+    }
+
+    #[test]
+    fn openssh_keys_parse_whatever_their_line_width() {
+        let public = parse_public_key(KeyType::Ssh, include_str!("testdata/ed25519.pub").trim_end()).expect("public");
+        for width in [64, 70, 76, 1000] {
+            let pem = rewrapped(include_str!("testdata/ed25519_openssh.key"), width);
+            let key = parse_private_key(&pem).unwrap_or_else(|e| panic!("width {width}: {e}"));
+            assert!(key.matches(&public), "width {width}");
+        }
+    }
     use super::super::parse::parse_public_key;
     use super::*;
 

@@ -313,7 +313,9 @@ impl Committer {
         });
         match outcome {
             Ok(results) => results,
-            Err(TransactionError::Abort(())) => group.iter().map(|_| Err(StoreError::Backend("aborted".into()).into())).collect(),
+            Err(TransactionError::Abort(())) => {
+                group.iter().map(|_| Err(StoreError::Backend("aborted".into()).into())).collect()
+            }
             Err(TransactionError::Storage(error)) => {
                 let message = error.to_string();
                 group.iter().map(|_| Err(ApplyError::Store(StoreError::Backend(message.clone())))).collect()
@@ -401,12 +403,8 @@ mod tests {
         };
         let put = |key: &str| WriteOp::PutIfAbsent { space: Space::KeyPairs, key: key.into(), value: b"v".to_vec() };
         let commit = |ops| Commit { ops, reply: tokio::sync::oneshot::channel().0 };
-        let group = [
-            commit(vec![put("a")]),
-            commit(vec![put("b"), put("a")]),
-            commit(vec![put("c")]),
-            commit(vec![put("c")]),
-        ];
+        let group =
+            [commit(vec![put("a")]), commit(vec![put("b"), put("a")]), commit(vec![put("c")]), commit(vec![put("c")])];
         let results = committer.transact_group(&group);
         assert!(results[0].is_ok());
         assert!(matches!(results[1], Err(ApplyError::Conflict { op: 1 })), "sees the write of the commit before");
