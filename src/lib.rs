@@ -40,6 +40,8 @@ pub enum ServeError {
     Keyring(#[from] custody::KeyringError),
     #[error(transparent)]
     Kms(#[from] kms::KmsConfigError),
+    #[error("startup failed: {0}")]
+    Startup(String),
     #[error(transparent)]
     Auth(#[from] api::auth::AuthError),
     #[error(transparent)]
@@ -91,6 +93,7 @@ pub async fn serve(config: Config) -> Result<(), ServeError> {
     let data_dir = datadir::DataDir::open(&config.data_dir)?;
     let store: Arc<dyn Store> = Arc::new(store::sled::SledStore::open(&data_dir.db_path())?);
     let state = Arc::new(state(&config, Arc::clone(&store))?);
+    state.service.load_domain_projects().await.map_err(|e| ServeError::Startup(e.to_string()))?;
 
     // kms.check_key: resolved once in the background; a failure only warns (startup never waits on the KMS).
     if let Some(key) = config.kms.check_key.clone() {

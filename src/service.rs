@@ -157,6 +157,10 @@ pub struct KeypairService {
     custody: Option<Custody>,
     /// `custody.allow_default`: new seals may use the `default` encryptor.
     allow_default: bool,
+    /// How many `domain` key pairs each project has (only projects with some). Lists skip the domain-key
+    /// scan for projects not in here: most deployments have none, and every sled range scan costs a node
+    /// copy. All domain-key writes go through this service, which keeps the map exact.
+    domain_projects: std::sync::Mutex<std::collections::HashMap<String, u64>>,
 }
 
 /// A policy check run on a record as soon as it is loaded (errors.md §4 step 8: `creator`, domain keys).
@@ -164,7 +168,7 @@ pub type RecordCheck<'a> = &'a (dyn Fn(&KeypairRecord) -> Result<(), ServiceErro
 
 impl KeypairService {
     pub fn new(store: Arc<dyn Store>, quota: Option<u64>, rsa_pool: RsaKeyPool) -> Self {
-        Self { store, quota, rsa_pool, custody: None, allow_default: false }
+        Self { store, quota, rsa_pool, custody: None, allow_default: false, domain_projects: Default::default() }
     }
 
     /// The encryptors; `allow_default` = `custody.allow_default` (new `default` seals allowed).
@@ -181,6 +185,38 @@ impl KeypairService {
 
     pub fn store(&self) -> &Arc<dyn Store> {
         &self.store
+    }
+
+    /// Counts the stored `domain` key pairs per project (once at startup).
+    pub async fn load_domain_projects(&self) -> Result<(), ServiceError> {
+        let mut counts = std::collections::HashMap::new();
+        let mut after: Option<Vec<u8>> = None;
+        loop {
+            let page = self.store.scan(Space::KeyPairs, b"d", after.as_deref(), 1000).await?;
+            let Some((last, _)) = page.last() else { break };
+            after = Some(last.clone());
+            for (_, value) in page {
+                let found: KeypairRecord = record::decode(&value)?;
+                *counts.entry(found.project_id).or_insert(0) += 1;
+            }
+        }
+        *self.domain_projects.lock().map_err(|_| StoreError::Backend("domain map poisoned".into()))? = counts;
+        Ok(())
+    }
+
+    fn has_domain_keys(&self, project_id: &str) -> bool {
+        // A poisoned lock only means a panic elsewhere: scan, to stay correct.
+        self.domain_projects.lock().map_or(true, |map| map.contains_key(project_id))
+    }
+
+    fn count_domain_key(&self, project_id: &str, delta: i64) {
+        if let Ok(mut map) = self.domain_projects.lock() {
+            let count = map.entry(project_id.to_owned()).or_insert(0);
+            *count = count.saturating_add_signed(delta);
+            if *count == 0 {
+                map.remove(project_id);
+            }
+        }
     }
 
     /// Creates (generates) or imports a key pair, escrowing its private key when `protection` asks for it.
@@ -317,7 +353,11 @@ impl KeypairService {
         let after_user = marker.map(|m| record::user_key(user_id, m));
         let after_domain = marker.map(|m| record::domain_key(project_id, m));
         let own = self.store.scan(Space::KeyPairs, &user_prefix, after_user.as_deref(), limit).await?;
-        let shared = self.store.scan(Space::KeyPairs, &domain_prefix, after_domain.as_deref(), limit).await?;
+        let shared = if self.has_domain_keys(project_id) {
+            self.store.scan(Space::KeyPairs, &domain_prefix, after_domain.as_deref(), limit).await?
+        } else {
+            Vec::new()
+        };
 
         // Merge the two name-ordered runs; on a shared name the user's own key wins (kps-v3.md §2).
         let mut own = own.into_iter().peekable();
@@ -352,7 +392,12 @@ impl KeypairService {
             let mut ops = vec![WriteOp::Delete { space: Space::KeyPairs, key, expected: value }];
             ops.extend(self.index_release(&found).await?);
             match self.store.apply(ops).await {
-                Ok(()) => return Ok(()),
+                Ok(()) => {
+                    if found.scope == Scope::Domain {
+                        self.count_domain_key(&found.project_id, -1);
+                    }
+                    return Ok(());
+                }
                 // The record or its index entry changed under us: look again.
                 Err(ApplyError::Conflict { .. }) => {}
                 Err(ApplyError::Store(error)) => return Err(error.into()),
@@ -641,7 +686,12 @@ impl KeypairService {
             };
             let record_op = WriteOp::PutIfAbsent { space: Space::KeyPairs, key: key.clone(), value: value.clone() };
             match self.store.apply(vec![record_op, index_op]).await {
-                Ok(()) => return Ok(()),
+                Ok(()) => {
+                    if record.scope == Scope::Domain {
+                        self.count_domain_key(&record.project_id, 1);
+                    }
+                    return Ok(());
+                }
                 Err(ApplyError::Conflict { op: 0 }) => return Err(duplicate()),
                 // Another create or delete of this name in this project changed the index entry: look again.
                 Err(ApplyError::Conflict { .. }) => {}
@@ -796,6 +846,25 @@ mod tests {
         assert!(service.get("alice", "other", "team").await.is_err());
         service.delete("alice", "p", "team").await.expect("any member may delete");
         service.create(import("alice", "p", "team", Scope::User)).await.expect("name free again");
+    }
+
+    #[tokio::test]
+    async fn lists_find_domain_keys_stored_before_a_restart() {
+        let store: Arc<dyn Store> = Arc::new(MemoryStore::new());
+        let first = KeypairService::new(Arc::clone(&store), None, RsaKeyPool::disabled());
+        first.create(import("bob", "p", "team", Scope::Domain)).await.expect("domain key");
+        let restarted = KeypairService::new(store, None, RsaKeyPool::disabled());
+        restarted.load_domain_projects().await.expect("load");
+        let names: Vec<String> = restarted
+            .list::<KeypairRecord>("alice", "p", None, 10)
+            .await
+            .expect("list")
+            .into_iter()
+            .map(|r| r.name)
+            .collect();
+        assert_eq!(names, ["team"]);
+        restarted.delete("alice", "p", "team").await.expect("delete");
+        assert!(!restarted.has_domain_keys("p"), "the last domain key of p is gone");
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
