@@ -14,6 +14,7 @@ pub mod custody;
 pub mod datadir;
 pub mod keypair;
 pub mod kms;
+pub mod metrics;
 pub mod service;
 pub mod signing;
 pub mod store;
@@ -78,6 +79,7 @@ pub fn state(config: &Config, store: Arc<dyn Store>) -> Result<AppState, ServeEr
         max_body_bytes: config.limits.max_body_bytes,
         request_timeout: Duration::from_secs(config.limits.request_timeout_s),
         custody_enabled: config.custody.enabled,
+        metrics: api::metrics::ApiMetrics::default(),
     })
 }
 

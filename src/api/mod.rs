@@ -5,8 +5,10 @@
 //! Routing is written out by hand (`route`), not left to a generic router, because the order of those
 //! checks and the exact 404/405 semantics of Nova are part of the contract.
 
+pub mod audit;
 pub mod auth;
 pub mod error;
+pub mod metrics;
 pub mod microversion;
 pub mod nova;
 pub mod policy;
@@ -43,6 +45,8 @@ pub struct AppState {
     pub request_timeout: Duration,
     /// `custody.enabled`: escrowing and revealing private keys is allowed.
     pub custody_enabled: bool,
+    /// What `GET /metrics` reports from the edge.
+    pub metrics: metrics::ApiMetrics,
 }
 
 /// The kps HTTP application.
@@ -55,6 +59,7 @@ async fn dispatch(State(state): State<Arc<AppState>>, request: Request) -> Respo
     let request_id = format!("req-{}", uuid::Builder::from_random_bytes(rand::random()).into_uuid());
     let method = request.method().clone();
     let path = request.uri().path().to_owned();
+    let route_label = route(&path).map_or("unmatched", |matched| matched.label());
     let started = std::time::Instant::now();
     let handled = tokio::time::timeout(state.request_timeout, handle(&state, request, &request_id)).await;
     let mut response = match handled {
@@ -72,12 +77,14 @@ async fn dispatch(State(state): State<Arc<AppState>>, request: Request) -> Respo
             headers.insert(name, value.clone());
         }
     }
+    let elapsed = started.elapsed();
+    state.metrics.record_request(route_label, &method, response.status().as_u16(), elapsed);
     tracing::info!(
         request_id,
         %method,
         path,
         status = response.status().as_u16(),
-        elapsed_ms = started.elapsed().as_secs_f64() * 1000.0,
+        elapsed_ms = elapsed.as_secs_f64() * 1000.0,
         "request"
     );
     response
@@ -90,6 +97,8 @@ enum Route {
     V20Document,
     V21Document,
     Health,
+    /// `GET /metrics`.
+    Metrics,
     /// `.../os-keypairs`.
     KeypairCollection {
         api: ApiRoot,
@@ -128,6 +137,40 @@ impl Route {
         }
     }
 
+    /// The route's name in metrics: its template, never a path value.
+    fn label(&self) -> &'static str {
+        match self {
+            Route::VersionList => "versions",
+            Route::V20Document => "v2_document",
+            Route::V21Document => "v21_document",
+            Route::Health => "healthz",
+            Route::Metrics => "metrics",
+            Route::KeypairCollection { api: ApiRoot::V21, .. } => "nova_keypairs",
+            Route::Keypair { api: ApiRoot::V21, .. } => "nova_keypair",
+            Route::KeypairCollection { api: ApiRoot::V2, .. } => "nova_v2_keypairs",
+            Route::Keypair { api: ApiRoot::V2, .. } => "nova_v2_keypair",
+            Route::AdminBackup => "admin_backup",
+            Route::V3 { route, .. } => match route {
+                v3::V3Route::Keypairs => "v3_keypairs",
+                v3::V3Route::Keypair(_) => "v3_keypair",
+                v3::V3Route::KeypairPrivateKey(_) => "v3_keypair_private_key",
+                v3::V3Route::ImportPrivateKey => "v3_import_private_key",
+                v3::V3Route::ExportPrivateKey => "v3_export_private_key",
+                v3::V3Route::BatchImport => "v3_batch_import",
+                v3::V3Route::BatchExport => "v3_batch_export",
+                v3::V3Route::NeedsServers(operation) => match operation {
+                    v3::NeedsServers::Associate => "v3_associate",
+                    v3::NeedsServers::BatchAssociate => "v3_batch_associate",
+                    v3::NeedsServers::Disassociate => "v3_disassociate",
+                    v3::NeedsServers::Task => "v3_task",
+                    v3::NeedsServers::RunningTasks => "v3_running_tasks",
+                    v3::NeedsServers::FailedTasks => "v3_failed_tasks",
+                    v3::NeedsServers::FailedTask => "v3_failed_task",
+                },
+            },
+        }
+    }
+
     fn needs_auth(&self) -> bool {
         matches!(self, Route::KeypairCollection { .. } | Route::Keypair { .. } | Route::AdminBackup | Route::V3 { .. })
     }
@@ -149,6 +192,7 @@ fn route(path: &str) -> Option<Route> {
         "/v2" | "/v2/" => return Some(Route::V20Document),
         "/v2.1" | "/v2.1/" => return Some(Route::V21Document),
         "/healthz" => return Some(Route::Health),
+        "/metrics" => return Some(Route::Metrics),
         "/admin/v1/backup" => return Some(Route::AdminBackup),
         _ => {}
     }
@@ -250,6 +294,11 @@ async fn handle(state: &AppState, request: Request, request_id: &str) -> Respons
         (Route::V20Document, _) => json_response(&versions::v20_document(&base_url)),
         (Route::V21Document, _) => json_response(&versions::v21_document(&base_url)),
         (Route::Health, _) => json_response(&serde_json::json!({"status": "ok"})),
+        (Route::Metrics, _) => {
+            let mut response = metrics::render(state).into_response();
+            response.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static(crate::metrics::CONTENT_TYPE));
+            response
+        }
         (Route::KeypairCollection { api, project }, Some(caller)) => {
             let api = nova_api(api, version);
             let context = NovaContext { state, caller: &caller, api, base_url, request_id };

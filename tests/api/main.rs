@@ -9,6 +9,7 @@ mod errors;
 mod keypairs;
 mod kms;
 mod kms_custody;
+mod metrics;
 mod paging;
 mod routing;
 mod v3;
