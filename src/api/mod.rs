@@ -99,6 +99,8 @@ enum Route {
     Health,
     /// `GET /metrics`.
     Metrics,
+    /// `GET /openapi.json`.
+    OpenApi,
     /// `.../os-keypairs`.
     KeypairCollection {
         api: ApiRoot,
@@ -145,6 +147,7 @@ impl Route {
             Route::V21Document => "v21_document",
             Route::Health => "healthz",
             Route::Metrics => "metrics",
+            Route::OpenApi => "openapi",
             Route::KeypairCollection { api: ApiRoot::V21, .. } => "nova_keypairs",
             Route::Keypair { api: ApiRoot::V21, .. } => "nova_keypair",
             Route::KeypairCollection { api: ApiRoot::V2, .. } => "nova_v2_keypairs",
@@ -176,6 +179,94 @@ impl Route {
     }
 }
 
+/// The OpenAPI 3.0 document of every route in `ROUTE_TABLE` (`GET /openapi.json`); a test keeps the two
+/// in step.
+pub const OPENAPI_DOCUMENT: &str = include_str!("openapi.json");
+
+/// One route kps serves: its metrics label, its path template (`{project_id}`, `{keypair_name}`,
+/// `{task_id}` stand for one path segment each) and its methods, `HEAD` included wherever `GET` is.
+#[derive(Debug, Clone, Copy)]
+pub struct RouteSpec {
+    pub label: &'static str,
+    pub template: &'static str,
+    pub methods: &'static [Method],
+}
+
+const GET: &[Method] = &[Method::GET, Method::HEAD];
+const GET_POST: &[Method] = &[Method::GET, Method::HEAD, Method::POST];
+const POST: &[Method] = &[Method::POST];
+const DELETE: &[Method] = &[Method::DELETE];
+
+/// Every route kps serves. `route()` is written by hand; tests check it against this table, and the
+/// OpenAPI document against both.
+pub const ROUTE_TABLE: &[RouteSpec] = &[
+    RouteSpec { label: "versions", template: "/", methods: GET },
+    RouteSpec { label: "v2_document", template: "/v2", methods: GET },
+    RouteSpec { label: "v2_document", template: "/v2/", methods: GET },
+    RouteSpec { label: "v21_document", template: "/v2.1", methods: GET },
+    RouteSpec { label: "v21_document", template: "/v2.1/", methods: GET },
+    RouteSpec { label: "healthz", template: "/healthz", methods: GET },
+    RouteSpec { label: "metrics", template: "/metrics", methods: GET },
+    RouteSpec { label: "openapi", template: "/openapi.json", methods: GET },
+    RouteSpec { label: "nova_keypairs", template: "/v2.1/os-keypairs", methods: GET_POST },
+    RouteSpec {
+        label: "nova_keypair",
+        template: "/v2.1/os-keypairs/{keypair_name}",
+        methods: &[Method::DELETE, Method::GET, Method::HEAD],
+    },
+    RouteSpec { label: "nova_keypairs", template: "/v2.1/{project_id}/os-keypairs", methods: GET_POST },
+    RouteSpec {
+        label: "nova_keypair",
+        template: "/v2.1/{project_id}/os-keypairs/{keypair_name}",
+        methods: &[Method::DELETE, Method::GET, Method::HEAD],
+    },
+    RouteSpec { label: "nova_v2_keypairs", template: "/v2/{project_id}/os-keypairs", methods: GET_POST },
+    RouteSpec {
+        label: "nova_v2_keypair",
+        template: "/v2/{project_id}/os-keypairs/{keypair_name}",
+        methods: &[Method::DELETE, Method::GET, Method::HEAD],
+    },
+    RouteSpec { label: "admin_backup", template: "/admin/v1/backup", methods: POST },
+    RouteSpec { label: "v3_keypairs", template: "/v3/{project_id}/keypairs", methods: GET_POST },
+    RouteSpec {
+        label: "v3_keypair",
+        template: "/v3/{project_id}/keypairs/{keypair_name}",
+        methods: &[Method::DELETE, Method::GET, Method::HEAD, Method::PUT],
+    },
+    RouteSpec {
+        label: "v3_keypair_private_key",
+        template: "/v3/{project_id}/keypairs/{keypair_name}/private-key",
+        methods: DELETE,
+    },
+    RouteSpec {
+        label: "v3_import_private_key",
+        template: "/v3/{project_id}/keypairs/private-key/import",
+        methods: POST,
+    },
+    RouteSpec {
+        label: "v3_export_private_key",
+        template: "/v3/{project_id}/keypairs/private-key/export",
+        methods: POST,
+    },
+    RouteSpec { label: "v3_batch_import", template: "/v3/{project_id}/keypairs/batch-import", methods: POST },
+    RouteSpec {
+        label: "v3_batch_export",
+        template: "/v3/{project_id}/keypairs/private-key/batch-export",
+        methods: POST,
+    },
+    RouteSpec { label: "v3_associate", template: "/v3/{project_id}/keypairs/associate", methods: POST },
+    RouteSpec { label: "v3_batch_associate", template: "/v3/{project_id}/keypairs/batch-associate", methods: POST },
+    RouteSpec { label: "v3_disassociate", template: "/v3/{project_id}/keypairs/disassociate", methods: POST },
+    RouteSpec { label: "v3_task", template: "/v3/{project_id}/tasks/{task_id}", methods: GET },
+    RouteSpec { label: "v3_running_tasks", template: "/v3/{project_id}/running-tasks", methods: GET },
+    RouteSpec {
+        label: "v3_failed_tasks",
+        template: "/v3/{project_id}/failed-tasks",
+        methods: &[Method::DELETE, Method::GET, Method::HEAD],
+    },
+    RouteSpec { label: "v3_failed_task", template: "/v3/{project_id}/failed-tasks/{task_id}", methods: DELETE },
+];
+
 /// Paths below these prefixes need authentication before anything else is said about them.
 fn is_api_path(path: &str) -> bool {
     ["/v2/", "/v2.1/", "/v3/", "/admin/"].iter().any(|prefix| path.starts_with(prefix))
@@ -193,6 +284,7 @@ fn route(path: &str) -> Option<Route> {
         "/v2.1" | "/v2.1/" => return Some(Route::V21Document),
         "/healthz" => return Some(Route::Health),
         "/metrics" => return Some(Route::Metrics),
+        "/openapi.json" => return Some(Route::OpenApi),
         "/admin/v1/backup" => return Some(Route::AdminBackup),
         _ => {}
     }
@@ -294,6 +386,11 @@ async fn handle(state: &AppState, request: Request, request_id: &str) -> Respons
         (Route::V20Document, _) => json_response(&versions::v20_document(&base_url)),
         (Route::V21Document, _) => json_response(&versions::v21_document(&base_url)),
         (Route::Health, _) => json_response(&serde_json::json!({"status": "ok"})),
+        (Route::OpenApi, _) => {
+            let mut response = OPENAPI_DOCUMENT.into_response();
+            response.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
+            response
+        }
         (Route::Metrics, _) => {
             let mut response = metrics::render(state).into_response();
             response.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static(crate::metrics::CONTENT_TYPE));
@@ -608,6 +705,61 @@ mod tests {
         ];
         for (path, expected) in table {
             assert_eq!(route(path), expected, "{path}");
+        }
+    }
+
+    /// `template` with its placeholders filled in.
+    fn sample_path(template: &str) -> String {
+        template.replace("{project_id}", "p-42").replace("{keypair_name}", "k").replace("{task_id}", "t-1")
+    }
+
+    #[test]
+    fn the_router_serves_exactly_the_route_table() {
+        for spec in ROUTE_TABLE {
+            let path = sample_path(spec.template);
+            let matched = route(&path).unwrap_or_else(|| panic!("{path} is not routed"));
+            assert_eq!(matched.label(), spec.label, "{path}");
+            let mut served: Vec<&str> = matched.allowed_methods().iter().map(Method::as_str).collect();
+            let mut listed: Vec<&str> = spec.methods.iter().map(Method::as_str).collect();
+            served.sort_unstable();
+            listed.sort_unstable();
+            assert_eq!(served, listed, "{path}");
+        }
+    }
+
+    #[test]
+    fn every_route_label_is_in_the_route_table() {
+        // One path per Route variant (and V3 sub-route); a new variant without a table row fails here.
+        let paths = [
+            "/",
+            "/v2",
+            "/v2.1",
+            "/healthz",
+            "/metrics",
+            "/openapi.json",
+            "/admin/v1/backup",
+            "/v2.1/os-keypairs",
+            "/v2.1/os-keypairs/k",
+            "/v2/p/os-keypairs",
+            "/v2/p/os-keypairs/k",
+            "/v3/p/keypairs",
+            "/v3/p/keypairs/k",
+            "/v3/p/keypairs/k/private-key",
+            "/v3/p/keypairs/private-key/import",
+            "/v3/p/keypairs/private-key/export",
+            "/v3/p/keypairs/private-key/batch-export",
+            "/v3/p/keypairs/batch-import",
+            "/v3/p/keypairs/associate",
+            "/v3/p/keypairs/batch-associate",
+            "/v3/p/keypairs/disassociate",
+            "/v3/p/tasks/t",
+            "/v3/p/running-tasks",
+            "/v3/p/failed-tasks",
+            "/v3/p/failed-tasks/t",
+        ];
+        for path in paths {
+            let label = route(path).unwrap_or_else(|| panic!("{path}")).label();
+            assert!(ROUTE_TABLE.iter().any(|spec| spec.label == label), "{label} ({path}) is not in ROUTE_TABLE");
         }
     }
 

@@ -10,6 +10,7 @@ mod keypairs;
 mod kms;
 mod kms_custody;
 mod metrics;
+mod openapi;
 mod paging;
 mod routing;
 mod v3;
