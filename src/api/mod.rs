@@ -47,21 +47,45 @@ pub struct AppState {
     pub custody_enabled: bool,
     /// What `GET /metrics` reports from the edge.
     pub metrics: metrics::ApiMetrics,
+    /// `admin_listen` is set: `/healthz`, `/metrics` and `/openapi.json` are served by `admin_app` only.
+    pub operations_on_admin_listener: bool,
 }
 
-/// The kps HTTP application.
+/// Which listener a request came in on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Listener {
+    /// `listen`: the APIs, and the operations endpoints unless `admin_listen` is set.
+    Api,
+    /// `admin_listen`: the operations endpoints only.
+    Admin,
+}
+
+/// The kps HTTP application (`listen`).
 pub fn app(state: Arc<AppState>) -> Router {
-    Router::new().fallback(dispatch).with_state(state)
+    Router::new().fallback(dispatch_api).with_state(state)
 }
 
-async fn dispatch(State(state): State<Arc<AppState>>, request: Request) -> Response {
+/// The operations endpoints alone (`admin_listen`): `/healthz`, `/metrics`, `/openapi.json`; 404 otherwise.
+pub fn admin_app(state: Arc<AppState>) -> Router {
+    Router::new().fallback(dispatch_admin).with_state(state)
+}
+
+async fn dispatch_api(State(state): State<Arc<AppState>>, request: Request) -> Response {
+    dispatch(&state, request, Listener::Api).await
+}
+
+async fn dispatch_admin(State(state): State<Arc<AppState>>, request: Request) -> Response {
+    dispatch(&state, request, Listener::Admin).await
+}
+
+async fn dispatch(state: &AppState, request: Request, listener: Listener) -> Response {
     // A v4 UUID from the thread-local CSPRNG: no system call per request (Uuid::new_v4 reads getrandom).
     let request_id = format!("req-{}", uuid::Builder::from_random_bytes(rand::random()).into_uuid());
     let method = request.method().clone();
     let path = request.uri().path().to_owned();
     let route_label = route(&path).map_or("unmatched", |matched| matched.label());
     let started = std::time::Instant::now();
-    let handled = tokio::time::timeout(state.request_timeout, handle(&state, request, &request_id)).await;
+    let handled = tokio::time::timeout(state.request_timeout, handle(state, request, &request_id, listener)).await;
     let mut response = match handled {
         Ok(response) => response,
         Err(_) => ApiError::new(
@@ -172,6 +196,11 @@ impl Route {
                 },
             },
         }
+    }
+
+    /// `/healthz`, `/metrics`, `/openapi.json`: served on `admin_listen` when that is set.
+    fn is_operations_endpoint(&self) -> bool {
+        matches!(self, Route::Health | Route::Metrics | Route::OpenApi)
     }
 
     fn needs_auth(&self) -> bool {
@@ -320,7 +349,7 @@ fn route(path: &str) -> Option<Route> {
 }
 
 /// Runs the checks of errors.md §4 and the handler; every failure becomes its catalogue error.
-async fn handle(state: &AppState, request: Request, request_id: &str) -> Response {
+async fn handle(state: &AppState, request: Request, request_id: &str, listener: Listener) -> Response {
     let (parts, body) = request.into_parts();
     // 1. Body size, whoever is asking.
     let body = match read_body(body, &parts.headers, state.max_body_bytes).await {
@@ -329,6 +358,17 @@ async fn handle(state: &AppState, request: Request, request_id: &str) -> Respons
     };
     let path = parts.uri.path();
     let matched = route(path);
+    // The operations endpoints live on exactly one listener; the admin listener serves nothing else.
+    let served_here = match (&matched, listener) {
+        (Some(route), Listener::Admin) => route.is_operations_endpoint(),
+        (None, Listener::Admin) => false,
+        (Some(route), Listener::Api) => !(route.is_operations_endpoint() && state.operations_on_admin_listener),
+        // An unknown path: 404, after authentication on API paths (below).
+        (None, Listener::Api) => true,
+    };
+    if !served_here {
+        return ApiError::not_found_route().into_response();
+    }
 
     // 2. Authentication for every API path, routed or not.
     let caller = if matched.as_ref().is_some_and(Route::needs_auth) || (matched.is_none() && is_api_path(path)) {

@@ -1,6 +1,7 @@
 //! Black-box tests of the HTTP API: `kps::app()` over a real sled store in a temp dir, called through the
 //! router without sockets, plus a few tests of the real `kps` binary on 127.0.0.1 (`binary.rs`).
 
+mod admin_listen;
 mod auth;
 mod binary;
 mod custody;
