@@ -2,6 +2,7 @@
 //! router without sockets, plus a few tests of the real `kps` binary on 127.0.0.1 (`binary.rs`).
 
 mod admin_listen;
+mod audit_log;
 mod auth;
 mod binary;
 mod custody;
