@@ -456,9 +456,6 @@ impl Config {
         if self.tls.cert_file.is_some() || self.tls.key_file.is_some() {
             return not_yet("TLS (tls.cert_file / tls.key_file)");
         }
-        if self.limits.per_caller_concurrency != 0 || self.limits.per_caller_rps != 0 {
-            return not_yet("limits.per_caller_concurrency / limits.per_caller_rps");
-        }
         Ok(())
     }
 }

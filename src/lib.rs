@@ -81,6 +81,10 @@ pub fn state(config: &Config, store: Arc<dyn Store>) -> Result<AppState, ServeEr
         custody_enabled: config.custody.enabled,
         metrics: api::metrics::ApiMetrics::default(),
         operations_on_admin_listener: config.admin_listen.is_some(),
+        caller_limits: api::limits::CallerLimits::new(
+            config.limits.per_caller_concurrency,
+            config.limits.per_caller_rps,
+        ),
     })
 }
 

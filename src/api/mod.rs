@@ -8,6 +8,7 @@
 pub mod audit;
 pub mod auth;
 pub mod error;
+pub mod limits;
 pub mod metrics;
 pub mod microversion;
 pub mod nova;
@@ -49,6 +50,8 @@ pub struct AppState {
     pub metrics: metrics::ApiMetrics,
     /// `admin_listen` is set: `/healthz`, `/metrics` and `/openapi.json` are served by `admin_app` only.
     pub operations_on_admin_listener: bool,
+    /// `limits.per_caller_*`; `None` when both are unlimited.
+    pub caller_limits: Option<limits::CallerLimits>,
 }
 
 /// Which listener a request came in on.
@@ -378,6 +381,17 @@ async fn handle(state: &AppState, request: Request, request_id: &str, listener: 
         }
     } else {
         None
+    };
+    // ... then the per-caller limits; the permit holds a concurrency slot until this function returns.
+    let _permit = match (&caller, &state.caller_limits) {
+        (Some(caller), Some(limits)) => match limits.admit(caller) {
+            Ok(permit) => Some(permit),
+            Err(limited) => {
+                state.metrics.record_limited(limited.kind);
+                return limited.into_error().into_response();
+            }
+        },
+        _ => None,
     };
 
     // 3. Routing: 404, then 405 with Allow.

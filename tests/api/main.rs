@@ -11,6 +11,7 @@ mod errors;
 mod keypairs;
 mod kms;
 mod kms_custody;
+mod limits;
 mod metrics;
 mod openapi;
 mod paging;
