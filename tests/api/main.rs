@@ -6,6 +6,7 @@ mod audit_log;
 mod auth;
 mod binary;
 mod custody;
+mod deploy;
 mod durability;
 mod errors;
 mod keypairs;
