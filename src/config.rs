@@ -414,6 +414,11 @@ impl Config {
         parse_addr("listen", &self.listen)
     }
 
+    /// The address of the operations endpoints, when they are not served on `listen`.
+    pub fn admin_listen_addr(&self) -> Result<Option<SocketAddr>, ConfigError> {
+        self.admin_listen.as_deref().map(|addr| parse_addr("admin_listen", addr)).transpose()
+    }
+
     /// Key pairs allowed per user, `None` for unlimited.
     pub fn quota(&self) -> Option<u64> {
         u64::try_from(self.quota.key_pairs).ok()
@@ -422,9 +427,7 @@ impl Config {
     /// Refuses settings this build cannot honour, and unsafe combinations, before anything starts.
     pub fn validate(&self) -> Result<(), ConfigError> {
         let listen = self.listen_addr()?;
-        if let Some(admin) = &self.admin_listen {
-            parse_addr("admin_listen", admin)?;
-        }
+        self.admin_listen_addr()?;
         if self.quota.key_pairs < -1 {
             return Err(invalid("quota.key_pairs", &self.quota.key_pairs.to_string(), "must be -1 or >= 0"));
         }
@@ -449,12 +452,6 @@ impl Config {
         let not_yet = |what: &str| Err(ConfigError::Unsupported(format!("{what} is not implemented yet in this kps")));
         if self.tls.cert_file.is_some() || self.tls.key_file.is_some() {
             return not_yet("TLS (tls.cert_file / tls.key_file)");
-        }
-        if self.admin_listen.is_some() {
-            return not_yet("admin_listen");
-        }
-        if self.limits.per_caller_concurrency != 0 || self.limits.per_caller_rps != 0 {
-            return not_yet("limits.per_caller_concurrency / limits.per_caller_rps");
         }
         Ok(())
     }

@@ -14,6 +14,7 @@ pub mod custody;
 pub mod datadir;
 pub mod keypair;
 pub mod kms;
+pub mod metrics;
 pub mod service;
 pub mod signing;
 pub mod store;
@@ -21,7 +22,7 @@ pub mod store;
 use std::sync::Arc;
 use std::time::Duration;
 
-pub use api::{AppState, app};
+pub use api::{AppState, admin_app, app};
 
 use api::auth::Authenticator;
 use config::Config;
@@ -72,6 +73,12 @@ pub fn state(config: &Config, store: Arc<dyn Store>) -> Result<AppState, ServeEr
         max_body_bytes: config.limits.max_body_bytes,
         request_timeout: Duration::from_secs(config.limits.request_timeout_s),
         custody_enabled: config.custody.enabled,
+        metrics: api::metrics::ApiMetrics::default(),
+        operations_on_admin_listener: config.admin_listen.is_some(),
+        caller_limits: api::limits::CallerLimits::new(
+            config.limits.per_caller_concurrency,
+            config.limits.per_caller_rps,
+        ),
     })
 }
 
@@ -111,6 +118,23 @@ pub async fn serve(config: Config) -> Result<(), ServeError> {
     let listener = tokio::net::TcpListener::bind(addr)
         .await
         .map_err(|source| ServeError::Bind { addr: addr.to_string(), source })?;
+    // admin_listen: the operations endpoints on their own listener, stopped together with the main one.
+    let (stop_admin, admin_stop) = tokio::sync::watch::channel(());
+    if let Some(addr) = config.admin_listen_addr()? {
+        let admin_listener = tokio::net::TcpListener::bind(addr)
+            .await
+            .map_err(|source| ServeError::Bind { addr: addr.to_string(), source })?;
+        tracing::info!(admin_listen = %admin_listener.local_addr()?, "serving /healthz, /metrics, /openapi.json");
+        let mut admin_stop = admin_stop;
+        let admin = axum::serve(admin_listener, admin_app(Arc::clone(&state))).with_graceful_shutdown(async move {
+            let _ = admin_stop.changed().await;
+        });
+        tokio::spawn(async move {
+            if let Err(error) = admin.await {
+                tracing::error!(%error, "admin listener failed");
+            }
+        });
+    }
     tracing::info!(listen = %listener.local_addr()?, data_dir = %config.data_dir.display(), "kps is ready");
     // In-flight requests get the request deadline plus a margin to finish; a request stuck past that (a
     // blocked store thread cannot be cancelled) must not keep the process from stopping.
@@ -118,6 +142,7 @@ pub async fn serve(config: Config) -> Result<(), ServeError> {
     let (stopping, stopped) = tokio::sync::oneshot::channel::<()>();
     let server = axum::serve(listener, app(state)).with_graceful_shutdown(async move {
         shutdown_signal().await;
+        let _ = stop_admin.send(());
         let _ = stopping.send(());
     });
     tokio::select! {

@@ -383,8 +383,9 @@ impl KeypairService {
         Ok(page)
     }
 
-    /// Deletes the key pair `name` visible to `user_id` in `project_id`, with its name-index entry.
-    pub async fn delete(&self, user_id: &str, project_id: &str, name: &str) -> Result<(), ServiceError> {
+    /// Deletes the key pair `name` visible to `user_id` in `project_id`, with its name-index entry. Returns
+    /// the deleted record (the audit log notes whether it held an escrowed key).
+    pub async fn delete(&self, user_id: &str, project_id: &str, name: &str) -> Result<KeypairRecord, ServiceError> {
         loop {
             let Some((key, value, found)) = self.find(user_id, project_id, name).await? else {
                 return Err(ServiceError::NotFound { name: name.to_owned(), user_id: user_id.to_owned() });
@@ -396,7 +397,7 @@ impl KeypairService {
                     if found.scope == Scope::Domain {
                         self.count_domain_key(&found.project_id, -1);
                     }
-                    return Ok(());
+                    return Ok(found);
                 }
                 // The record or its index entry changed under us: look again.
                 Err(ApplyError::Conflict { .. }) => {}
@@ -470,22 +471,26 @@ impl KeypairService {
         Ok((record, text))
     }
 
-    /// Removes the escrowed private key; the key pair stays (V3 clear).
+    /// Removes the escrowed private key; the key pair stays (V3 clear). Returns the record as it was before,
+    /// sealed key included (for the audit log: which key it was sealed under).
     pub async fn clear_private_key(
         &self,
         user_id: &str,
         project_id: &str,
         name: &str,
         check: RecordCheck<'_>,
-    ) -> Result<(), ServiceError> {
-        self.modify(user_id, project_id, name, check, |record| {
+    ) -> Result<KeypairRecord, ServiceError> {
+        loop {
+            let loaded = self.load(user_id, project_id, name, check).await?;
+            let mut record = loaded.record.clone();
             if record.sealed.take().is_none() {
-                return Err(ServiceError::NoEscrow(record.name.clone()));
+                return Err(ServiceError::NoEscrow(record.name));
             }
-            Ok(())
-        })
-        .await
-        .map(drop)
+            record.updated_at_us = Some(now_micros());
+            if self.replace(&loaded, &record).await? {
+                return Ok(loaded.record);
+            }
+        }
     }
 
     /// Re-seals escrowed private keys (`kps rewrap`): plaintext exists only in memory, each record is

@@ -5,8 +5,11 @@
 //! Routing is written out by hand (`route`), not left to a generic router, because the order of those
 //! checks and the exact 404/405 semantics of Nova are part of the contract.
 
+pub mod audit;
 pub mod auth;
 pub mod error;
+pub mod limits;
+pub mod metrics;
 pub mod microversion;
 pub mod nova;
 pub mod policy;
@@ -43,20 +46,49 @@ pub struct AppState {
     pub request_timeout: Duration,
     /// `custody.enabled`: escrowing and revealing private keys is allowed.
     pub custody_enabled: bool,
+    /// What `GET /metrics` reports from the edge.
+    pub metrics: metrics::ApiMetrics,
+    /// `admin_listen` is set: `/healthz`, `/metrics` and `/openapi.json` are served by `admin_app` only.
+    pub operations_on_admin_listener: bool,
+    /// `limits.per_caller_*`; `None` when both are unlimited.
+    pub caller_limits: Option<limits::CallerLimits>,
 }
 
-/// The kps HTTP application.
+/// Which listener a request came in on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Listener {
+    /// `listen`: the APIs, and the operations endpoints unless `admin_listen` is set.
+    Api,
+    /// `admin_listen`: the operations endpoints only.
+    Admin,
+}
+
+/// The kps HTTP application (`listen`).
 pub fn app(state: Arc<AppState>) -> Router {
-    Router::new().fallback(dispatch).with_state(state)
+    Router::new().fallback(dispatch_api).with_state(state)
 }
 
-async fn dispatch(State(state): State<Arc<AppState>>, request: Request) -> Response {
+/// The operations endpoints alone (`admin_listen`): `/healthz`, `/metrics`, `/openapi.json`; 404 otherwise.
+pub fn admin_app(state: Arc<AppState>) -> Router {
+    Router::new().fallback(dispatch_admin).with_state(state)
+}
+
+async fn dispatch_api(State(state): State<Arc<AppState>>, request: Request) -> Response {
+    dispatch(&state, request, Listener::Api).await
+}
+
+async fn dispatch_admin(State(state): State<Arc<AppState>>, request: Request) -> Response {
+    dispatch(&state, request, Listener::Admin).await
+}
+
+async fn dispatch(state: &AppState, request: Request, listener: Listener) -> Response {
     // A v4 UUID from the thread-local CSPRNG: no system call per request (Uuid::new_v4 reads getrandom).
     let request_id = format!("req-{}", uuid::Builder::from_random_bytes(rand::random()).into_uuid());
     let method = request.method().clone();
     let path = request.uri().path().to_owned();
+    let route_label = route(&path).map_or("unmatched", |matched| matched.label());
     let started = std::time::Instant::now();
-    let handled = tokio::time::timeout(state.request_timeout, handle(&state, request, &request_id)).await;
+    let handled = tokio::time::timeout(state.request_timeout, handle(state, request, &request_id, listener)).await;
     let mut response = match handled {
         Ok(response) => response,
         Err(_) => ApiError::new(
@@ -72,12 +104,14 @@ async fn dispatch(State(state): State<Arc<AppState>>, request: Request) -> Respo
             headers.insert(name, value.clone());
         }
     }
+    let elapsed = started.elapsed();
+    state.metrics.record_request(route_label, &method, response.status().as_u16(), elapsed);
     tracing::info!(
         request_id,
         %method,
         path,
         status = response.status().as_u16(),
-        elapsed_ms = started.elapsed().as_secs_f64() * 1000.0,
+        elapsed_ms = elapsed.as_secs_f64() * 1000.0,
         "request"
     );
     response
@@ -90,6 +124,10 @@ enum Route {
     V20Document,
     V21Document,
     Health,
+    /// `GET /metrics`.
+    Metrics,
+    /// `GET /openapi.json`.
+    OpenApi,
     /// `.../os-keypairs`.
     KeypairCollection {
         api: ApiRoot,
@@ -130,6 +168,47 @@ impl Route {
         }
     }
 
+    /// The route's name in metrics: its template, never a path value.
+    fn label(&self) -> &'static str {
+        match self {
+            Route::VersionList => "versions",
+            Route::V20Document => "v2_document",
+            Route::V21Document => "v21_document",
+            Route::Health => "healthz",
+            Route::Metrics => "metrics",
+            Route::OpenApi => "openapi",
+            Route::KeypairCollection { api: ApiRoot::V21, .. } => "nova_keypairs",
+            Route::Keypair { api: ApiRoot::V21, .. } => "nova_keypair",
+            Route::KeypairCollection { api: ApiRoot::V2, .. } => "nova_v2_keypairs",
+            Route::Keypair { api: ApiRoot::V2, .. } => "nova_v2_keypair",
+            Route::AdminBackup => "admin_backup",
+            Route::AdminRewrap => "admin_rewrap",
+            Route::V3 { route, .. } => match route {
+                v3::V3Route::Keypairs => "v3_keypairs",
+                v3::V3Route::Keypair(_) => "v3_keypair",
+                v3::V3Route::KeypairPrivateKey(_) => "v3_keypair_private_key",
+                v3::V3Route::ImportPrivateKey => "v3_import_private_key",
+                v3::V3Route::ExportPrivateKey => "v3_export_private_key",
+                v3::V3Route::BatchImport => "v3_batch_import",
+                v3::V3Route::BatchExport => "v3_batch_export",
+                v3::V3Route::NeedsServers(operation) => match operation {
+                    v3::NeedsServers::Associate => "v3_associate",
+                    v3::NeedsServers::BatchAssociate => "v3_batch_associate",
+                    v3::NeedsServers::Disassociate => "v3_disassociate",
+                    v3::NeedsServers::Task => "v3_task",
+                    v3::NeedsServers::RunningTasks => "v3_running_tasks",
+                    v3::NeedsServers::FailedTasks => "v3_failed_tasks",
+                    v3::NeedsServers::FailedTask => "v3_failed_task",
+                },
+            },
+        }
+    }
+
+    /// `/healthz`, `/metrics`, `/openapi.json`: served on `admin_listen` when that is set.
+    fn is_operations_endpoint(&self) -> bool {
+        matches!(self, Route::Health | Route::Metrics | Route::OpenApi)
+    }
+
     fn needs_auth(&self) -> bool {
         matches!(
             self,
@@ -141,6 +220,95 @@ impl Route {
         )
     }
 }
+
+/// The OpenAPI 3.0 document of every route in `ROUTE_TABLE` (`GET /openapi.json`); a test keeps the two
+/// in step.
+pub const OPENAPI_DOCUMENT: &str = include_str!("openapi.json");
+
+/// One route kps serves: its metrics label, its path template (`{project_id}`, `{keypair_name}`,
+/// `{task_id}` stand for one path segment each) and its methods, `HEAD` included wherever `GET` is.
+#[derive(Debug, Clone, Copy)]
+pub struct RouteSpec {
+    pub label: &'static str,
+    pub template: &'static str,
+    pub methods: &'static [Method],
+}
+
+const GET: &[Method] = &[Method::GET, Method::HEAD];
+const GET_POST: &[Method] = &[Method::GET, Method::HEAD, Method::POST];
+const POST: &[Method] = &[Method::POST];
+const DELETE: &[Method] = &[Method::DELETE];
+
+/// Every route kps serves. `route()` is written by hand; tests check it against this table, and the
+/// OpenAPI document against both.
+pub const ROUTE_TABLE: &[RouteSpec] = &[
+    RouteSpec { label: "versions", template: "/", methods: GET },
+    RouteSpec { label: "v2_document", template: "/v2", methods: GET },
+    RouteSpec { label: "v2_document", template: "/v2/", methods: GET },
+    RouteSpec { label: "v21_document", template: "/v2.1", methods: GET },
+    RouteSpec { label: "v21_document", template: "/v2.1/", methods: GET },
+    RouteSpec { label: "healthz", template: "/healthz", methods: GET },
+    RouteSpec { label: "metrics", template: "/metrics", methods: GET },
+    RouteSpec { label: "openapi", template: "/openapi.json", methods: GET },
+    RouteSpec { label: "nova_keypairs", template: "/v2.1/os-keypairs", methods: GET_POST },
+    RouteSpec {
+        label: "nova_keypair",
+        template: "/v2.1/os-keypairs/{keypair_name}",
+        methods: &[Method::DELETE, Method::GET, Method::HEAD],
+    },
+    RouteSpec { label: "nova_keypairs", template: "/v2.1/{project_id}/os-keypairs", methods: GET_POST },
+    RouteSpec {
+        label: "nova_keypair",
+        template: "/v2.1/{project_id}/os-keypairs/{keypair_name}",
+        methods: &[Method::DELETE, Method::GET, Method::HEAD],
+    },
+    RouteSpec { label: "nova_v2_keypairs", template: "/v2/{project_id}/os-keypairs", methods: GET_POST },
+    RouteSpec {
+        label: "nova_v2_keypair",
+        template: "/v2/{project_id}/os-keypairs/{keypair_name}",
+        methods: &[Method::DELETE, Method::GET, Method::HEAD],
+    },
+    RouteSpec { label: "admin_backup", template: "/admin/v1/backup", methods: POST },
+    RouteSpec { label: "admin_rewrap", template: "/admin/v1/rewrap", methods: POST },
+    RouteSpec { label: "v3_keypairs", template: "/v3/{project_id}/keypairs", methods: GET_POST },
+    RouteSpec {
+        label: "v3_keypair",
+        template: "/v3/{project_id}/keypairs/{keypair_name}",
+        methods: &[Method::DELETE, Method::GET, Method::HEAD, Method::PUT],
+    },
+    RouteSpec {
+        label: "v3_keypair_private_key",
+        template: "/v3/{project_id}/keypairs/{keypair_name}/private-key",
+        methods: DELETE,
+    },
+    RouteSpec {
+        label: "v3_import_private_key",
+        template: "/v3/{project_id}/keypairs/private-key/import",
+        methods: POST,
+    },
+    RouteSpec {
+        label: "v3_export_private_key",
+        template: "/v3/{project_id}/keypairs/private-key/export",
+        methods: POST,
+    },
+    RouteSpec { label: "v3_batch_import", template: "/v3/{project_id}/keypairs/batch-import", methods: POST },
+    RouteSpec {
+        label: "v3_batch_export",
+        template: "/v3/{project_id}/keypairs/private-key/batch-export",
+        methods: POST,
+    },
+    RouteSpec { label: "v3_associate", template: "/v3/{project_id}/keypairs/associate", methods: POST },
+    RouteSpec { label: "v3_batch_associate", template: "/v3/{project_id}/keypairs/batch-associate", methods: POST },
+    RouteSpec { label: "v3_disassociate", template: "/v3/{project_id}/keypairs/disassociate", methods: POST },
+    RouteSpec { label: "v3_task", template: "/v3/{project_id}/tasks/{task_id}", methods: GET },
+    RouteSpec { label: "v3_running_tasks", template: "/v3/{project_id}/running-tasks", methods: GET },
+    RouteSpec {
+        label: "v3_failed_tasks",
+        template: "/v3/{project_id}/failed-tasks",
+        methods: &[Method::DELETE, Method::GET, Method::HEAD],
+    },
+    RouteSpec { label: "v3_failed_task", template: "/v3/{project_id}/failed-tasks/{task_id}", methods: DELETE },
+];
 
 /// Paths below these prefixes need authentication before anything else is said about them.
 fn is_api_path(path: &str) -> bool {
@@ -158,6 +326,8 @@ fn route(path: &str) -> Option<Route> {
         "/v2" | "/v2/" => return Some(Route::V20Document),
         "/v2.1" | "/v2.1/" => return Some(Route::V21Document),
         "/healthz" => return Some(Route::Health),
+        "/metrics" => return Some(Route::Metrics),
+        "/openapi.json" => return Some(Route::OpenApi),
         "/admin/v1/backup" => return Some(Route::AdminBackup),
         "/admin/v1/rewrap" => return Some(Route::AdminRewrap),
         _ => {}
@@ -194,7 +364,7 @@ fn route(path: &str) -> Option<Route> {
 }
 
 /// Runs the checks of errors.md §4 and the handler; every failure becomes its catalogue error.
-async fn handle(state: &AppState, request: Request, request_id: &str) -> Response {
+async fn handle(state: &AppState, request: Request, request_id: &str, listener: Listener) -> Response {
     let (parts, body) = request.into_parts();
     // 1. Body size, whoever is asking.
     let body = match read_body(body, &parts.headers, state.max_body_bytes).await {
@@ -203,6 +373,17 @@ async fn handle(state: &AppState, request: Request, request_id: &str) -> Respons
     };
     let path = parts.uri.path();
     let matched = route(path);
+    // The operations endpoints live on exactly one listener; the admin listener serves nothing else.
+    let served_here = match (&matched, listener) {
+        (Some(route), Listener::Admin) => route.is_operations_endpoint(),
+        (None, Listener::Admin) => false,
+        (Some(route), Listener::Api) => !(route.is_operations_endpoint() && state.operations_on_admin_listener),
+        // An unknown path: 404, after authentication on API paths (below).
+        (None, Listener::Api) => true,
+    };
+    if !served_here {
+        return ApiError::not_found_route().into_response();
+    }
 
     // 2. Authentication for every API path, routed or not.
     let caller = if matched.as_ref().is_some_and(Route::needs_auth) || (matched.is_none() && is_api_path(path)) {
@@ -212,6 +393,17 @@ async fn handle(state: &AppState, request: Request, request_id: &str) -> Respons
         }
     } else {
         None
+    };
+    // ... then the per-caller limits; the permit holds a concurrency slot until this function returns.
+    let _permit = match (&caller, &state.caller_limits) {
+        (Some(caller), Some(limits)) => match limits.admit(caller) {
+            Ok(permit) => Some(permit),
+            Err(limited) => {
+                state.metrics.record_limited(limited.kind);
+                return limited.into_error().into_response();
+            }
+        },
+        _ => None,
     };
 
     // 3. Routing: 404, then 405 with Allow.
@@ -260,6 +452,16 @@ async fn handle(state: &AppState, request: Request, request_id: &str) -> Respons
         (Route::V20Document, _) => json_response(&versions::v20_document(&base_url)),
         (Route::V21Document, _) => json_response(&versions::v21_document(&base_url)),
         (Route::Health, _) => json_response(&serde_json::json!({"status": "ok"})),
+        (Route::OpenApi, _) => {
+            let mut response = OPENAPI_DOCUMENT.into_response();
+            response.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
+            response
+        }
+        (Route::Metrics, _) => {
+            let mut response = metrics::render(state).into_response();
+            response.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static(crate::metrics::CONTENT_TYPE));
+            response
+        }
         (Route::KeypairCollection { api, project }, Some(caller)) => {
             let api = nova_api(api, version);
             let context = NovaContext { state, caller: &caller, api, base_url, request_id };
@@ -596,6 +798,62 @@ mod tests {
         ];
         for (path, expected) in table {
             assert_eq!(route(path), expected, "{path}");
+        }
+    }
+
+    /// `template` with its placeholders filled in.
+    fn sample_path(template: &str) -> String {
+        template.replace("{project_id}", "p-42").replace("{keypair_name}", "k").replace("{task_id}", "t-1")
+    }
+
+    #[test]
+    fn the_router_serves_exactly_the_route_table() {
+        for spec in ROUTE_TABLE {
+            let path = sample_path(spec.template);
+            let matched = route(&path).unwrap_or_else(|| panic!("{path} is not routed"));
+            assert_eq!(matched.label(), spec.label, "{path}");
+            let mut served: Vec<&str> = matched.allowed_methods().iter().map(Method::as_str).collect();
+            let mut listed: Vec<&str> = spec.methods.iter().map(Method::as_str).collect();
+            served.sort_unstable();
+            listed.sort_unstable();
+            assert_eq!(served, listed, "{path}");
+        }
+    }
+
+    #[test]
+    fn every_route_label_is_in_the_route_table() {
+        // One path per Route variant (and V3 sub-route); a new variant without a table row fails here.
+        let paths = [
+            "/",
+            "/v2",
+            "/v2.1",
+            "/healthz",
+            "/metrics",
+            "/openapi.json",
+            "/admin/v1/backup",
+            "/admin/v1/rewrap",
+            "/v2.1/os-keypairs",
+            "/v2.1/os-keypairs/k",
+            "/v2/p/os-keypairs",
+            "/v2/p/os-keypairs/k",
+            "/v3/p/keypairs",
+            "/v3/p/keypairs/k",
+            "/v3/p/keypairs/k/private-key",
+            "/v3/p/keypairs/private-key/import",
+            "/v3/p/keypairs/private-key/export",
+            "/v3/p/keypairs/private-key/batch-export",
+            "/v3/p/keypairs/batch-import",
+            "/v3/p/keypairs/associate",
+            "/v3/p/keypairs/batch-associate",
+            "/v3/p/keypairs/disassociate",
+            "/v3/p/tasks/t",
+            "/v3/p/running-tasks",
+            "/v3/p/failed-tasks",
+            "/v3/p/failed-tasks/t",
+        ];
+        for path in paths {
+            let label = route(path).unwrap_or_else(|| panic!("{path}")).label();
+            assert!(ROUTE_TABLE.iter().any(|spec| spec.label == label), "{label} ({path}) is not in ROUTE_TABLE");
         }
     }
 

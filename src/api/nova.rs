@@ -11,6 +11,7 @@ use serde_json::{Map, Value, json};
 
 use super::auth::Caller;
 use super::error::ApiError;
+use super::metrics::CustodyAction;
 use super::microversion::MicroVersion;
 use super::policy::{Action, Decision, Target};
 use super::schema::{additional_properties, field_message, not_of_type, not_one_of, repr, str_repr};
@@ -476,6 +477,9 @@ pub async fn create(state: &AppState, request: &NovaRequest<'_>, body: &Value) -
         protection: body.key_protection,
     };
     let created = state.service.create(new).await.map_err(|e| service_error(e, request.request_id))?;
+    if created.record.sealed.is_some() {
+        super::audit::custody_action(state, caller, CustodyAction::Escrow, &created.record, request.request_id);
+    }
 
     let with_type = request.api.at_least(2);
     let record = &created.record;
@@ -671,11 +675,15 @@ pub async fn delete(state: &AppState, request: &NovaRequest<'_>, name: &str) -> 
     check_query(request.api, &request.query, &allowed)?;
     let user = target_user(request, &allowed);
     authorize_keypair(state, request.caller, request.request_id, Action::NovaDelete, &user, name).await?;
-    state
+    let deleted = state
         .service
         .delete(&user, &request.caller.project_id, name)
         .await
         .map_err(|e| service_error(e, request.request_id))?;
+    if deleted.sealed.is_some() {
+        let action = CustodyAction::DeleteEscrowed;
+        super::audit::custody_action(state, request.caller, action, &deleted, request.request_id);
+    }
     let mut response = if request.api.at_least(2) {
         StatusCode::NO_CONTENT.into_response()
     } else {

@@ -11,8 +11,10 @@ use axum::response::{IntoResponse, Response};
 use serde_json::{Map, Value, json};
 use zeroize::Zeroizing;
 
+use super::audit;
 use super::auth::Caller;
 use super::error::ApiError;
+use super::metrics::CustodyAction;
 use super::nova::{self, check_algorithm_use, json_body, masked, service_error, validate_algorithm_value};
 use super::policy::{Action, Decision, Target};
 use super::schema::{additional_properties, field_message, not_of_type, not_one_of, repr};
@@ -357,7 +359,11 @@ async fn create_one(
         scope: parsed.scope,
         protection: parsed.key_protection,
     };
-    state.service.create(new).await.map_err(|e| service_error(e, request.request_id))
+    let created = state.service.create(new).await.map_err(|e| service_error(e, request.request_id))?;
+    if created.record.sealed.is_some() {
+        audit::custody_action(state, request.caller, CustodyAction::Escrow, &created.record, request.request_id);
+    }
+    Ok(created)
 }
 
 /// `GET /v3/{p}/keypairs`.
@@ -491,11 +497,14 @@ pub async fn delete(state: &AppState, request: &V3Request<'_>, name: &str) -> Re
     check_query(&request.query, &[])?;
     let caller = request.caller;
     nova::authorize_keypair(state, caller, request.request_id, Action::Delete, &caller.user_id, name).await?;
-    state
+    let deleted = state
         .service
         .delete(&caller.user_id, &caller.project_id, name)
         .await
         .map_err(|e| service_error(e, request.request_id))?;
+    if deleted.sealed.is_some() {
+        audit::custody_action(state, caller, CustodyAction::DeleteEscrowed, &deleted, request.request_id);
+    }
     Ok(StatusCode::NO_CONTENT.into_response())
 }
 
@@ -524,6 +533,7 @@ pub async fn import_private_key(state: &AppState, request: &V3Request<'_>, body:
         .import_private_key(&owner, &caller.project_id, &name, &check, protection)
         .await
         .map_err(|e| service_error(e, request.request_id))?;
+    audit::custody_action(state, caller, CustodyAction::ImportPrivateKey, &record, request.request_id);
     let mut settings = Map::new();
     match (&encryption, &record.sealed) {
         (EncryptionRequest::Kms { key_name, .. }, Some(sealed)) => {
@@ -556,7 +566,7 @@ pub async fn export_private_key(state: &AppState, request: &V3Request<'_>, body:
         .export_private_key(&caller.user_id, &caller.project_id, &name, &check)
         .await
         .map_err(|e| service_error(e, request.request_id))?;
-    tracing::info!(audit = "export_private_key", user = caller.user_id, keypair = record.name, "custody action");
+    audit::custody_action(state, caller, CustodyAction::ExportPrivateKey, &record, request.request_id);
     let mut keypair = Map::new();
     keypair.insert("name".into(), record.name.into());
     Ok(private_key_response(StatusCode::OK, keypair, "keypair", private_key.expose()))
@@ -568,11 +578,12 @@ pub async fn clear_private_key(state: &AppState, request: &V3Request<'_>, name: 
     let caller = request.caller;
     authorize(state, caller, Action::ClearPrivateKey, &caller.user_id)?;
     let check = record_check(state, caller, Action::ClearPrivateKey);
-    state
+    let cleared = state
         .service
         .clear_private_key(&caller.user_id, &caller.project_id, name, &check)
         .await
         .map_err(|e| service_error(e, request.request_id))?;
+    audit::custody_action(state, caller, CustodyAction::ClearPrivateKey, &cleared, request.request_id);
     Ok(empty_ok())
 }
 
@@ -659,15 +670,17 @@ pub async fn batch_export(state: &AppState, request: &V3Request<'_>, body: &Valu
     custody_switch(state)?;
     let check = record_check(state, caller, Action::BatchExport);
     let mut keys = Vec::with_capacity(names.len());
+    let mut records = Vec::with_capacity(names.len());
     for name in &names {
         let (record, private_key) = state
             .service
             .export_private_key(&caller.user_id, &caller.project_id, name, &check)
             .await
             .map_err(|e| service_error(e, request.request_id))?;
-        keys.push((record.name, private_key));
+        keys.push((record.name.clone(), private_key));
+        records.push(record);
     }
-    tracing::info!(audit = "batch_export", user = caller.user_id, keypairs = ?names, "custody action");
+    audit::batch_export(state, caller, &records.iter().collect::<Vec<_>>(), request.request_id);
     let zip = build_zip(&keys).map_err(|error| {
         tracing::error!(%error, request_id = request.request_id, "zip failed");
         ApiError::internal(request.request_id)

@@ -18,6 +18,7 @@ use sha2::{Digest, Sha256};
 use zeroize::Zeroizing;
 
 use super::cache::{DEFAULT_CAPACITY, DEFAULT_TTL, KeyCache};
+use super::stats::KmsCallStats;
 use super::{DATA_KEY_LEN, DataKey, KeyRef, KmsConfigError, KmsError, ResolvedKey};
 use crate::signing::{self, Credentials, SignedRequest};
 
@@ -86,6 +87,7 @@ pub struct HuaweiKms {
     credentials: Credentials,
     transport: Transport,
     cache: KeyCache,
+    stats: KmsCallStats,
 }
 
 impl std::fmt::Debug for HuaweiKms {
@@ -140,6 +142,7 @@ impl HuaweiKms {
             credentials,
             transport,
             cache: KeyCache::new(DEFAULT_TTL, DEFAULT_CAPACITY),
+            stats: KmsCallStats::default(),
         })
     }
 
@@ -152,6 +155,11 @@ impl HuaweiKms {
 
     pub fn clear_cache(&self) {
         self.cache.clear();
+    }
+
+    /// Calls and failures by operation (`GET /metrics`).
+    pub fn call_stats(&self) -> &KmsCallStats {
+        &self.stats
     }
 
     pub async fn resolve(&self, key: &KeyRef) -> Result<ResolvedKey, KmsError> {
@@ -274,8 +282,15 @@ impl HuaweiKms {
         })
     }
 
-    /// One KMS call with the retry rules and budget of §1.
+    /// One KMS call, counted in `stats`.
     async fn call<T: DeserializeOwned>(&self, action: &'static str, body: &[u8]) -> Result<T, Failure> {
+        let result = self.call_with_retries(action, body).await;
+        self.stats.record(action, result.is_ok());
+        result
+    }
+
+    /// One KMS call with the retry rules and budget of §1.
+    async fn call_with_retries<T: DeserializeOwned>(&self, action: &'static str, body: &[u8]) -> Result<T, Failure> {
         let started = Instant::now();
         let mut attempts = 0;
         loop {

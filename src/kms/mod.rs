@@ -15,6 +15,7 @@
 mod cache;
 pub mod huawei;
 pub mod mock;
+pub mod stats;
 
 use std::path::{Path, PathBuf};
 
@@ -225,6 +226,13 @@ impl KmsClient {
     pub fn clear_cache(&self) {
         match self {
             Self::Huawei(huawei) => huawei.clear_cache(),
+        }
+    }
+
+    /// Calls and failures by operation (`GET /metrics`).
+    pub fn call_stats(&self) -> &stats::KmsCallStats {
+        match self {
+            Self::Huawei(huawei) => huawei.call_stats(),
         }
     }
 

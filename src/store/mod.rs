@@ -93,6 +93,11 @@ pub trait Store: Send + Sync + 'static {
     /// Makes everything written so far durable (used at shutdown).
     async fn flush(&self) -> Result<(), StoreError>;
 
+    /// The group committer's counters, for backends that have one (`GET /metrics`).
+    fn group_commit_stats(&self) -> Option<&sled::CommitStats> {
+        None
+    }
+
     async fn put_if_absent(&self, space: Space, key: &[u8], value: &[u8]) -> Result<bool, StoreError> {
         conflict_as_false(
             self.apply(vec![WriteOp::PutIfAbsent { space, key: key.to_vec(), value: value.to_vec() }]).await,

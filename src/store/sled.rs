@@ -62,11 +62,23 @@ struct Commit {
     reply: tokio::sync::oneshot::Sender<Result<(), ApplyError>>,
 }
 
-/// Counters of the group committer: how many batches were committed with how many syncs.
-#[derive(Debug, Default)]
+/// Counters of the group committer: how many batches were committed with how many syncs, and how many
+/// batches each sync carried.
+#[derive(Debug)]
 pub struct CommitStats {
     pub batches: AtomicU64,
     pub syncs: AtomicU64,
+    pub group_sizes: crate::metrics::Histogram,
+}
+
+impl Default for CommitStats {
+    fn default() -> Self {
+        Self {
+            batches: AtomicU64::default(),
+            syncs: AtomicU64::default(),
+            group_sizes: crate::metrics::Histogram::new(crate::metrics::SIZE_BOUNDS),
+        }
+    }
 }
 
 struct IdBlock {
@@ -254,6 +266,10 @@ impl Store for SledStore {
     async fn flush(&self) -> Result<(), StoreError> {
         self.sync().await
     }
+
+    fn group_commit_stats(&self) -> Option<&CommitStats> {
+        Some(&self.stats)
+    }
 }
 
 fn sync(db: &sled::Db, log_file: &File) -> Result<(), StoreError> {
@@ -287,6 +303,7 @@ impl Committer {
                 Ok(())
             };
             self.stats.batches.fetch_add(group.len() as u64, Ordering::Relaxed);
+            self.stats.group_sizes.observe(group.len() as f64);
             for (commit, result) in group.into_iter().zip(results) {
                 let answer = match (result, &synced) {
                     (Ok(()), Err(error)) => Err(ApplyError::Store(StoreError::Backend(error.to_string()))),

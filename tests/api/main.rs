@@ -1,15 +1,21 @@
 //! Black-box tests of the HTTP API: `kps::app()` over a real sled store in a temp dir, called through the
 //! router without sockets, plus a few tests of the real `kps` binary on 127.0.0.1 (`binary.rs`).
 
+mod admin_listen;
 mod aksk;
+mod audit_log;
 mod auth;
 mod binary;
 mod custody;
+mod deploy;
 mod durability;
 mod errors;
 mod keypairs;
 mod kms;
 mod kms_custody;
+mod limits;
+mod metrics;
+mod openapi;
 mod paging;
 mod rewrap;
 mod routing;
