@@ -448,10 +448,10 @@ impl Config {
                  auth.allow_noauth_remote = true to allow it (development only)"
             )));
         }
-        // Features of later milestones: refuse rather than silently ignore them (README, "Not implemented yet").
-        let not_yet = |what: &str| Err(ConfigError::Unsupported(format!("{what} is not implemented yet in this kps")));
-        if self.tls.cert_file.is_some() || self.tls.key_file.is_some() {
-            return not_yet("TLS (tls.cert_file / tls.key_file)");
+        if self.tls.cert_file.is_some() != self.tls.key_file.is_some() {
+            return Err(ConfigError::Unsupported(
+                "TLS needs both tls.cert_file and tls.key_file (KPS_TLS_CERT_FILE, KPS_TLS_KEY_FILE)".into(),
+            ));
         }
         Ok(())
     }

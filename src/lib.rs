@@ -18,6 +18,7 @@ pub mod metrics;
 pub mod service;
 pub mod signing;
 pub mod store;
+pub mod tls;
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -43,6 +44,8 @@ pub enum ServeError {
     Kms(#[from] kms::KmsConfigError),
     #[error("startup failed: {0}")]
     Startup(String),
+    #[error(transparent)]
+    Tls(#[from] tls::TlsError),
     #[error(transparent)]
     Auth(#[from] api::auth::AuthError),
     #[error(transparent)]
@@ -73,6 +76,7 @@ pub fn state(config: &Config, store: Arc<dyn Store>) -> Result<AppState, ServeEr
         max_body_bytes: config.limits.max_body_bytes,
         request_timeout: Duration::from_secs(config.limits.request_timeout_s),
         custody_enabled: config.custody.enabled,
+        https: config.tls.cert_file.is_some(),
         metrics: api::metrics::ApiMetrics::default(),
         operations_on_admin_listener: config.admin_listen.is_some(),
         caller_limits: api::limits::CallerLimits::new(
@@ -139,8 +143,34 @@ pub async fn serve(config: Config) -> Result<(), ServeError> {
     // In-flight requests get the request deadline plus a margin to finish; a request stuck past that (a
     // blocked store thread cannot be cancelled) must not keep the process from stopping.
     let grace = Duration::from_secs(config.limits.request_timeout_s + 5);
+    let app = app(state);
+    match (&config.tls.cert_file, &config.tls.key_file) {
+        (Some(cert), Some(key)) => {
+            let tls = tls::server_config(cert, key, config.secrets.allow_group_readable)?;
+            tracing::info!("serving HTTPS");
+            run_until_stopped(tls::TlsListener::new(listener, tls)?, app, grace, stop_admin).await?;
+        }
+        _ => run_until_stopped(listener, app, grace, stop_admin).await?,
+    }
+    store.flush().await?;
+    tracing::info!("kps stopped");
+    drop(data_dir);
+    Ok(())
+}
+
+/// Serves until SIGTERM/SIGINT, then lets in-flight requests finish for at most `grace`.
+async fn run_until_stopped<L>(
+    listener: L,
+    app: axum::Router,
+    grace: Duration,
+    stop_admin: tokio::sync::watch::Sender<()>,
+) -> Result<(), ServeError>
+where
+    L: axum::serve::Listener,
+    L::Addr: std::fmt::Debug,
+{
     let (stopping, stopped) = tokio::sync::oneshot::channel::<()>();
-    let server = axum::serve(listener, app(state)).with_graceful_shutdown(async move {
+    let server = axum::serve(listener, app).with_graceful_shutdown(async move {
         shutdown_signal().await;
         let _ = stop_admin.send(());
         let _ = stopping.send(());
@@ -152,9 +182,6 @@ pub async fn serve(config: Config) -> Result<(), ServeError> {
             tokio::time::sleep(grace).await;
         } => tracing::warn!(grace_s = grace.as_secs(), "in-flight requests did not finish in time; stopping anyway"),
     }
-    store.flush().await?;
-    tracing::info!("kps stopped");
-    drop(data_dir);
     Ok(())
 }
 

@@ -46,6 +46,8 @@ pub struct AppState {
     pub request_timeout: Duration,
     /// `custody.enabled`: escrowing and revealing private keys is allowed.
     pub custody_enabled: bool,
+    /// The server terminates TLS itself: links default to `https://`.
+    pub https: bool,
     /// What `GET /metrics` reports from the edge.
     pub metrics: metrics::ApiMetrics,
     /// `admin_listen` is set: `/healthz`, `/metrics` and `/openapi.json` are served by `admin_app` only.
@@ -690,7 +692,8 @@ fn base_url(state: &AppState, headers: &HeaderMap) -> String {
         return url.trim_end_matches('/').to_owned();
     }
     let host = headers.get(header::HOST).and_then(|h| h.to_str().ok()).unwrap_or("localhost");
-    format!("http://{host}")
+    let scheme = if state.https { "https" } else { "http" };
+    format!("{scheme}://{host}")
 }
 
 fn json_response(value: &Value) -> Response {

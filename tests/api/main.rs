@@ -19,6 +19,7 @@ mod openapi;
 mod paging;
 mod rewrap;
 mod routing;
+mod tls;
 mod v3;
 mod versions;
 
