@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
-# Checks the deployment files that no cargo test covers: the compose file (docker compose config) and the
-# systemd unit (systemd-analyze verify). Each check is skipped, with a message, where its tool is missing.
+# Checks the deployment files that no cargo test covers: the compose file (docker compose config), the image
+# (docker build, only where a Docker engine answers) and the systemd unit (systemd-analyze verify). Each check
+# is skipped, with a message, where its tool is missing.
 # Usage: deploy/check.sh [path of the kps binary for ExecStart; default target/debug/kps]
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -24,6 +25,13 @@ PY
   echo "deploy/compose.yaml: docker compose not available, skipped 'docker compose config' (YAML structure OK)"
 else
   echo "deploy/compose.yaml: docker compose not available, skipped"
+fi
+
+if docker info >/dev/null 2>&1; then
+  docker build -f deploy/Dockerfile -t kps:check .
+  echo "deploy/Dockerfile: docker build OK"
+else
+  echo "deploy/Dockerfile: no Docker engine answers here, skipped 'docker build'"
 fi
 
 if command -v systemd-analyze >/dev/null 2>&1; then
