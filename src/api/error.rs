@@ -212,20 +212,14 @@ impl IntoResponse for ApiError {
 }
 
 impl From<KeypairError> for ApiError {
+    /// The keypair layer knows its catalogue codes; generation failures are internal and logged, never sent.
     fn from(error: KeypairError) -> Self {
-        let code = match &error {
-            KeypairError::InvalidPublicKey => "KPS.1201",
-            KeypairError::InvalidCertificate(_) => "KPS.1202",
-            KeypairError::UnsupportedKeyType(_) => "KPS.1203",
-            KeypairError::PrivateKeyUnparsable => "KPS.1301",
-            KeypairError::PrivateKeyMismatch => "KPS.1302",
-            KeypairError::PrivateKeyEncrypted => "KPS.1304",
-            KeypairError::Generation(detail) => {
-                tracing::error!(%detail, "key generation failed");
-                return Self::new(StatusCode::INTERNAL_SERVER_ERROR, "KPS.9001", "Unexpected API Error.");
-            }
-        };
-        Self::bad_request(code, error.to_string())
+        if let KeypairError::Generation(detail) = &error {
+            tracing::error!(%detail, "key generation failed");
+            return Self::new(StatusCode::INTERNAL_SERVER_ERROR, "KPS.9001", "Unexpected API Error.");
+        }
+        let status = StatusCode::from_u16(error.http_status()).unwrap_or(StatusCode::BAD_REQUEST);
+        Self::new(status, error.code(), error.to_string())
     }
 }
 

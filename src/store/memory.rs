@@ -39,17 +39,9 @@ impl Store for MemoryStore {
     async fn apply(&self, ops: Vec<WriteOp>) -> Result<(), ApplyError> {
         let mut inner = self.lock()?;
         for (index, op) in ops.iter().enumerate() {
-            let (space, key) = match op {
-                WriteOp::PutIfAbsent { space, key, .. }
-                | WriteOp::Replace { space, key, .. }
-                | WriteOp::Delete { space, key, .. } => (*space, key),
-            };
+            let (space, key) = op.target();
             let current = inner.spaces.get(&space).and_then(|tree| tree.get(key));
-            let holds = match op {
-                WriteOp::PutIfAbsent { .. } => current.is_none(),
-                WriteOp::Replace { expected, .. } | WriteOp::Delete { expected, .. } => current == Some(expected),
-            };
-            if !holds {
+            if !op.holds_for(current.map(Vec::as_slice)) {
                 return Err(ApplyError::Conflict { op: index });
             }
         }

@@ -41,6 +41,27 @@ pub enum WriteOp {
     Delete { space: Space, key: Vec<u8>, expected: Vec<u8> },
 }
 
+impl WriteOp {
+    /// The space and key the operation is about.
+    pub fn target(&self) -> (Space, &[u8]) {
+        match self {
+            WriteOp::PutIfAbsent { space, key, .. }
+            | WriteOp::Replace { space, key, .. }
+            | WriteOp::Delete { space, key, .. } => (*space, key),
+        }
+    }
+
+    /// Whether the operation's precondition holds for the key's `current` value.
+    pub fn holds_for(&self, current: Option<&[u8]>) -> bool {
+        match self {
+            WriteOp::PutIfAbsent { .. } => current.is_none(),
+            WriteOp::Replace { expected, .. } | WriteOp::Delete { expected, .. } => {
+                current == Some(expected.as_slice())
+            }
+        }
+    }
+}
+
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
     #[error("storage backend failure: {0}")]

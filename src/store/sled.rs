@@ -347,19 +347,9 @@ impl Committer {
         ops: &[WriteOp],
     ) -> Result<Result<(), ApplyError>, ConflictableTransactionError<()>> {
         for (index, op) in ops.iter().enumerate() {
-            let (space, key) = match op {
-                WriteOp::PutIfAbsent { space, key, .. }
-                | WriteOp::Replace { space, key, .. }
-                | WriteOp::Delete { space, key, .. } => (*space, key),
-            };
+            let (space, key) = op.target();
             let current = trees[SledStore::space_index(space)].get(key)?;
-            let holds = match op {
-                WriteOp::PutIfAbsent { .. } => current.is_none(),
-                WriteOp::Replace { expected, .. } | WriteOp::Delete { expected, .. } => {
-                    current.as_deref() == Some(expected.as_slice())
-                }
-            };
-            if !holds {
+            if !op.holds_for(current.as_deref()) {
                 return Ok(Err(ApplyError::Conflict { op: index }));
             }
         }
