@@ -1,0 +1,33 @@
+-- POST imports that escrow the private key (key_protection) of the nova-keypairs.md §6.1 test vector, under
+-- unique names. Environment as import.lua, plus BENCH_ENCRYPTION: the JSON of key_protection.encryption
+-- (e.g. {"type": "default"}); unset = a plain import without key_protection, for the same-run baseline.
+dofile(os.getenv("BENCH_DIR") .. "/lua/common.lua")
+
+local public_key = "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIAOhB7/zzhC+HXDdGOdLwJln5NYwm6UNXx3chmQSVTG4 bench"
+-- The matching private key (kps-v3.md §4.6), JSON-escaped.
+local private_key = "-----BEGIN OPENSSH PRIVATE KEY-----\\nb3BlbnNzaC1rZXktdjEAAAAABG5vbmUAAAAEbm9uZQAAAAAAAAABAAAAMwAAAAtzc2gtZWQyNTUx\\nOQAAACADoQe/884Qvh1w3RjnS8CZZ+TWMJulDV8d3IZkElUxuAAAAIh7VYc/e1WHPwAAAAtzc2gt\\nZWQyNTUxOQAAACADoQe/884Qvh1w3RjnS8CZZ+TWMJulDV8d3IZkElUxuAAAAEAAAQIDBAUGBwgJ\\nCgsMDQ4PEBESExQVFhcYGRobHB0eHwOhB7/zzhC+HXDdGOdLwJln5NYwm6UNXx3chmQSVTG4AAAA\\nAAECAwQF\\n-----END OPENSSH PRIVATE KEY-----\\n"
+local encryption = os.getenv("BENCH_ENCRYPTION")
+local path = os.getenv("BENCH_PATH") or "/v2.1/os-keypairs"
+local tag = (os.getenv("BENCH_TAG") or "esc") .. (os.getenv("BENCH_PHASE") or "")
+local headers = {
+  ["X-Auth-Token"] = os.getenv("BENCH_TOKEN"),
+  ["Content-Type"] = "application/json",
+}
+
+local threads = 0
+function setup(thread)
+  threads = threads + 1
+  thread:set("tid", threads)
+end
+
+local counter = 0
+function request()
+  counter = counter + 1
+  local name = string.format("%s-%d-%d", tag, tid or 0, counter)
+  local protection = ""
+  if encryption and encryption ~= "" then
+    protection = ', "key_protection": {"private_key": "' .. private_key .. '", "encryption": ' .. encryption .. '}'
+  end
+  local body = '{"keypair": {"name": "' .. name .. '", "public_key": "' .. public_key .. '"' .. protection .. '}}'
+  return wrk.format("POST", path, headers, body)
+end
