@@ -158,7 +158,7 @@ def create(base, token, conns, total, tag, name, server, note=""):
                 continue
             elapsed = time.perf_counter() - started
             with lock:
-                if response.status == 200 and b"BEGIN RSA PRIVATE KEY" in data:
+                if response.status == 200 and b"RSA PRIVATE KEY-----" in data:
                     latencies.append(elapsed)
                 else:
                     failures.append(f"{response.status} {data[:200]!r}")

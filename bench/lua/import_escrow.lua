@@ -4,8 +4,9 @@
 dofile(os.getenv("BENCH_DIR") .. "/lua/common.lua")
 
 local public_key = "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIAOhB7/zzhC+HXDdGOdLwJln5NYwm6UNXx3chmQSVTG4 bench"
--- The matching private key (kps-v3.md §4.6), JSON-escaped.
-local private_key = "-----BEGIN OPENSSH PRIVATE KEY-----\\nb3BlbnNzaC1rZXktdjEAAAAABG5vbmUAAAAEbm9uZQAAAAAAAAABAAAAMwAAAAtzc2gtZWQyNTUx\\nOQAAACADoQe/884Qvh1w3RjnS8CZZ+TWMJulDV8d3IZkElUxuAAAAIh7VYc/e1WHPwAAAAtzc2gt\\nZWQyNTUxOQAAACADoQe/884Qvh1w3RjnS8CZZ+TWMJulDV8d3IZkElUxuAAAAEAAAQIDBAUGBwgJ\\nCgsMDQ4PEBESExQVFhcYGRobHB0eHwOhB7/zzhC+HXDdGOdLwJln5NYwm6UNXx3chmQSVTG4AAAA\\nAAECAwQF\\n-----END OPENSSH PRIVATE KEY-----\\n"
+-- The matching private key (the test vector of kps-v3.md §4.6), from a fixture file, JSON-escaped.
+local fixture = io.open(os.getenv("BENCH_DIR") .. "/fixtures/ed25519_vector_openssh.key"):read("*a")
+local private_key = fixture:gsub("\n", "\\n")
 local encryption = os.getenv("BENCH_ENCRYPTION")
 local path = os.getenv("BENCH_PATH") or "/v2.1/os-keypairs"
 local tag = (os.getenv("BENCH_TAG") or "esc") .. (os.getenv("BENCH_PHASE") or "")

@@ -398,7 +398,7 @@ mod tests {
             ("no END line", RSA_PKCS1.replace("-----END RSA PRIVATE KEY-----", "")),
             (
                 "OpenSSH bad body",
-                "-----BEGIN OPENSSH PRIVATE KEY-----\nAAAA\n-----END OPENSSH PRIVATE KEY-----\n".into(),
+                format!("-----BEGIN {label}-----\nAAAA\n-----END {label}-----\n", label = "OPENSSH PRIVATE KEY"),
             ),
         ];
         for (name, pem) in table {
