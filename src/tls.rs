@@ -41,8 +41,7 @@ pub fn server_config(
     let file_error = |path: &Path, message: String| TlsError::File { path: path.into(), message };
     let mode =
         std::fs::metadata(key_file).map_err(|e| file_error(key_file, e.to_string()))?.permissions().mode() & 0o777;
-    let group_ok = allow_group_readable && mode & 0o030 == 0;
-    if mode & 0o007 != 0 || (mode & 0o070 != 0 && !group_ok) {
+    if !crate::config::secret_mode_ok(mode, allow_group_readable) {
         return Err(TlsError::Permissions { path: key_file.into(), mode });
     }
     let certs: Vec<CertificateDer<'static>> = CertificateDer::pem_file_iter(cert_file)

@@ -141,8 +141,7 @@ fn check_secret_file_mode(path: &Path, allow_group_readable: bool) -> Result<(),
     let metadata =
         std::fs::metadata(path).map_err(|e| AuthError::File { path: path.into(), message: e.to_string() })?;
     let mode = metadata.permissions().mode() & 0o777;
-    let group_ok = allow_group_readable && mode & 0o030 == 0;
-    if mode & 0o007 != 0 || (mode & 0o070 != 0 && !group_ok) {
+    if !crate::config::secret_mode_ok(mode, allow_group_readable) {
         return Err(AuthError::Permissions { path: path.into(), mode });
     }
     Ok(())

@@ -73,8 +73,7 @@ impl MasterKeyring {
     pub fn load(path: &Path, allow_group_readable: bool) -> Result<Self, KeyringError> {
         let io = |source| KeyringError::Io { path: path.into(), source };
         let mode = std::fs::metadata(path).map_err(io)?.permissions().mode() & 0o777;
-        let group_ok = allow_group_readable && mode & 0o030 == 0;
-        if mode & 0o007 != 0 || (mode & 0o070 != 0 && !group_ok) {
+        if !crate::config::secret_mode_ok(mode, allow_group_readable) {
             return Err(KeyringError::Permissions { path: path.into(), mode });
         }
         let text = Zeroizing::new(std::fs::read_to_string(path).map_err(io)?);

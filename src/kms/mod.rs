@@ -327,8 +327,7 @@ fn read_secret_file(
     use std::os::unix::fs::PermissionsExt;
     let io = |source| KmsConfigError::SecretFile { name, path: path.into(), source };
     let mode = std::fs::metadata(path).map_err(io)?.permissions().mode() & 0o777;
-    let group_ok = allow_group_readable && mode & 0o030 == 0;
-    if mode & 0o007 != 0 || (mode & 0o070 != 0 && !group_ok) {
+    if !crate::config::secret_mode_ok(mode, allow_group_readable) {
         return Err(KmsConfigError::SecretFilePermissions { name, path: path.into(), mode });
     }
     Ok(Zeroizing::new(std::fs::read_to_string(path).map_err(io)?))
