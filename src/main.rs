@@ -163,9 +163,30 @@ fn fail(error: &dyn std::fmt::Display) -> ExitCode {
     ExitCode::FAILURE
 }
 
+/// Crates that log request or response bodies at debug/trace level (the AWS SDK's orchestrator and
+/// signer, the HTTP client stacks): capped at `info` whatever `KPS_LOG` says, because those bodies carry
+/// data keys. A more specific target directive wins over `KPS_LOG=trace` in an `EnvFilter`.
+const BODY_LOGGING_TARGETS: [&str; 10] = [
+    "aws_smithy_runtime",
+    "aws_smithy_runtime_api",
+    "aws_smithy_http_client",
+    "aws_smithy_http",
+    "aws_smithy_types",
+    "aws_sigv4",
+    "aws_runtime",
+    "aws_sdk_kms",
+    "hyper_util",
+    "reqwest",
+];
+
 fn init_logging(format: LogFormat) {
-    let filter = tracing_subscriber::EnvFilter::try_from_env("KPS_LOG")
+    let mut filter = tracing_subscriber::EnvFilter::try_from_env("KPS_LOG")
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    for target in BODY_LOGGING_TARGETS {
+        if let Ok(directive) = format!("{target}=info").parse() {
+            filter = filter.add_directive(directive);
+        }
+    }
     let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
     match format {
         LogFormat::Text => builder.init(),

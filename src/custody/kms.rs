@@ -24,7 +24,7 @@ impl KmsEncryptor {
     /// Resolves `key` (state and spec checked, no data-key call), then seals with a fresh data key.
     pub async fn seal(&self, aad: &Aad, private_key: &PrivateKeyText, key: &KeyRef) -> Result<SealedKey, CustodyError> {
         let resolved = self.client.resolve(key).await?;
-        let data_key = self.client.generate_data_key(&resolved.key_id).await?;
+        let data_key = self.client.generate_data_key(&resolved.key_id, aad).await?;
         let dek = SymmetricKey::from_bytes(data_key.plaintext())?;
         let (nonce, ciphertext) = dek.encrypt(private_key.expose().as_bytes(), &aad.bytes())?;
         let key_name = resolved.alias.clone().or_else(|| match key {
@@ -48,7 +48,7 @@ impl KmsEncryptor {
         if sealed.encryptor != EncryptorKind::Kms || sealed.format_version != SEALED_FORMAT_VERSION {
             return Err(CustodyError::Malformed("not a kms envelope of a known version".into()));
         }
-        let dek = self.client.decrypt_data_key(&sealed.key_ref, &sealed.wrapped_dek).await?;
+        let dek = self.client.decrypt_data_key(&sealed.key_ref, &sealed.wrapped_dek, aad).await?;
         let dek = SymmetricKey::from_bytes(dek.as_ref())?;
         let unhex = |field: &str, text: &str| hex::decode(text).map_err(|_| CustodyError::Malformed(field.into()));
         let plaintext =

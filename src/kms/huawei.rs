@@ -7,9 +7,8 @@
 //! backoff included. Request and response bodies are never logged, and error details carry only the action,
 //! the attempt count and the upstream error code.
 
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-use rand::Rng;
 use reqwest::Url;
 use serde::Deserialize;
 use serde::de::DeserializeOwned;
@@ -19,6 +18,7 @@ use zeroize::Zeroizing;
 
 use super::cache::{DEFAULT_CAPACITY, DEFAULT_TTL, KeyCache};
 use super::stats::KmsCallStats;
+use super::transport::{Failure, FailureKind, Transport, plausible_code};
 use super::{DATA_KEY_LEN, DataKey, KeyRef, KmsConfigError, KmsError, ResolvedKey};
 use crate::signing::{self, Credentials, SignedRequest};
 
@@ -33,38 +33,6 @@ const MAX_RESPONSE_BYTES: usize = 4 << 20;
 /// list-keys page size, and a bound on the number of pages one resolution may walk.
 const LIST_PAGE_SIZE: &str = "100";
 const MAX_LIST_PAGES: usize = 10_000;
-/// Whether reqwest is built with a TLS backend. It is not (Cargo.toml: `default-features = false`), so an
-/// `https://` endpoint is refused at startup instead of failing every call as "connection failed". Turn on
-/// reqwest's `rustls-tls` feature and set this to `true` to talk to the real Huawei endpoints.
-const TLS_BUILT_IN: bool = false;
-
-/// Timeouts, retries and budget of one KMS call (§1). `Default` is the specification; tests shorten it.
-#[derive(Debug, Clone)]
-pub struct Transport {
-    pub connect_timeout: Duration,
-    /// Connect + request + response body of one attempt.
-    pub attempt_timeout: Duration,
-    /// The whole call: attempts and backoff. No attempt starts after it is spent.
-    pub budget: Duration,
-    pub max_attempts: u32,
-    /// Sleep before attempt 2, 3, ... (the last value repeats).
-    pub backoff: Vec<Duration>,
-    /// Random extra sleep, up to this much, added to each backoff.
-    pub max_jitter: Duration,
-}
-
-impl Default for Transport {
-    fn default() -> Self {
-        Self {
-            connect_timeout: Duration::from_secs(5),
-            attempt_timeout: Duration::from_secs(10),
-            budget: Duration::from_secs(25),
-            max_attempts: 3,
-            backoff: vec![Duration::from_millis(200), Duration::from_millis(800)],
-            max_jitter: Duration::from_millis(100),
-        }
-    }
-}
 
 /// What the Huawei client is built from (`kms.*`, interface.md).
 #[derive(Debug)]
@@ -118,9 +86,6 @@ impl HuaweiKms {
         let mut base = Url::parse(&endpoint).map_err(|e| invalid(&e.to_string()))?;
         if !matches!(base.scheme(), "http" | "https") || base.query().is_some() || !base.username().is_empty() {
             return Err(invalid("expected an http:// or https:// URL without query or credentials"));
-        }
-        if base.scheme() == "https" && !TLS_BUILT_IN {
-            return Err(invalid("https endpoints need TLS support, which this kps build lacks"));
         }
         let host_name = base.host_str().ok_or_else(|| invalid("no host"))?;
         let host = match base.port() {
@@ -282,54 +247,15 @@ impl HuaweiKms {
         })
     }
 
-    /// One KMS call, counted in `stats`.
+    /// One KMS call under the transport rules, counted in `stats`.
     async fn call<T: DeserializeOwned>(&self, action: &'static str, body: &[u8]) -> Result<T, Failure> {
-        let result = self.call_with_retries(action, body).await;
+        let result = self
+            .transport
+            .run(action, || self.attempt(action, body))
+            .await
+            .and_then(|bytes| serde_json::from_slice(&bytes).map_err(|_| Failure::unusable(action)));
         self.stats.record(action, result.is_ok());
         result
-    }
-
-    /// One KMS call with the retry rules and budget of §1.
-    async fn call_with_retries<T: DeserializeOwned>(&self, action: &'static str, body: &[u8]) -> Result<T, Failure> {
-        let started = Instant::now();
-        let mut attempts = 0;
-        loop {
-            let remaining = self.transport.budget.saturating_sub(started.elapsed());
-            attempts += 1;
-            let outcome =
-                match tokio::time::timeout(self.transport.attempt_timeout.min(remaining), self.attempt(action, body))
-                    .await
-                {
-                    Ok(outcome) => outcome,
-                    Err(_) => Err(FailureKind::Timeout),
-                };
-            let kind = match outcome {
-                Ok(bytes) => {
-                    return serde_json::from_slice(&bytes).map_err(|_| Failure {
-                        action,
-                        attempts,
-                        kind: FailureKind::UnusableBody,
-                    });
-                }
-                Err(kind) => kind,
-            };
-            tracing::debug!(action, attempts, failure = ?kind, "KMS call failed");
-            if !kind.is_retryable() || attempts >= self.transport.max_attempts {
-                return Err(Failure { action, attempts, kind });
-            }
-            let backoff = self.backoff(attempts);
-            if started.elapsed() + backoff >= self.transport.budget {
-                return Err(Failure { action, attempts, kind });
-            }
-            tokio::time::sleep(backoff).await;
-        }
-    }
-
-    fn backoff(&self, attempts_so_far: u32) -> Duration {
-        let index = usize::try_from(attempts_so_far.saturating_sub(1)).unwrap_or(usize::MAX);
-        let base = self.transport.backoff.get(index).or(self.transport.backoff.last()).copied().unwrap_or_default();
-        let jitter_ms = u64::try_from(self.transport.max_jitter.as_millis()).unwrap_or(0);
-        base + Duration::from_millis(rand::thread_rng().gen_range(0..=jitter_ms))
     }
 
     /// One signed attempt: the 2xx body, or why it failed.
@@ -400,90 +326,7 @@ fn check_usable(key: &str, found: &ResolvedKey) -> Result<(), KmsError> {
 /// the code is ever reported; the upstream message text is not.
 fn error_code(body: &[u8]) -> Option<String> {
     let value: serde_json::Value = serde_json::from_slice(body).ok()?;
-    let code = value.pointer("/error/error_code").or_else(|| value.get("error_code"))?.as_str()?;
-    let plausible = !code.is_empty()
-        && code.len() <= 32
-        && code.bytes().all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-'));
-    plausible.then(|| code.to_owned())
-}
-
-/// Why a KMS call failed after its attempts.
-#[derive(Debug)]
-struct Failure {
-    action: &'static str,
-    attempts: u32,
-    kind: FailureKind,
-}
-
-#[derive(Debug)]
-enum FailureKind {
-    Timeout,
-    Connection,
-    Status { status: u16, code: Option<String> },
-    UnusableBody,
-}
-
-impl FailureKind {
-    fn is_retryable(&self) -> bool {
-        match self {
-            Self::Timeout | Self::Connection => true,
-            Self::Status { status, code } => {
-                *status == 429 || *status >= 500 || matches!(code.as_deref(), Some("KMS.0101" | "KMS.0102"))
-            }
-            Self::UnusableBody => false,
-        }
-    }
-}
-
-impl Failure {
-    fn unusable(action: &'static str) -> Self {
-        Self { action, attempts: 1, kind: FailureKind::UnusableBody }
-    }
-
-    /// The §6 mapping: by error code first, then by status. `key` is the reference as the caller gave it.
-    fn into_error(self, key: &str) -> KmsError {
-        let Self { action, attempts, kind } = self;
-        let key = key.to_owned();
-        let unavailable = |detail: String| KmsError::Unavailable { detail };
-        let plural = if attempts == 1 { "attempt" } else { "attempts" };
-        let retryable = kind.is_retryable();
-        match kind {
-            FailureKind::Timeout => unavailable(format!("timeout after {attempts} {plural} calling {action}")),
-            FailureKind::Connection => {
-                unavailable(format!("connection failed after {attempts} {plural} calling {action}"))
-            }
-            FailureKind::UnusableBody => unavailable(format!("{action} answered an unusable body")),
-            FailureKind::Status { status, code } => {
-                let answered = match &code {
-                    Some(code) => format!("{action} answered {code}"),
-                    None => format!("{action} answered HTTP {status}"),
-                };
-                match code.as_deref() {
-                    Some("KMS.0205" | "KMS.0207") => return KmsError::KeyNotFound { key },
-                    Some("KMS.0209") => return KmsError::KeyDisabled { key },
-                    Some("KMS.0210") => return KmsError::KeyUnusable { key, state: "4".into() },
-                    Some("KMS.0301" | "KMS.0302" | "KMS.0303" | "KMS.0306") => {
-                        return KmsError::CredentialsRejected { detail: answered };
-                    }
-                    Some("KMS.0308") if action == "decrypt-datakey" => {
-                        return KmsError::Undecryptable { detail: answered };
-                    }
-                    _ => {}
-                }
-                if matches!(status, 401 | 403) {
-                    return KmsError::CredentialsRejected { detail: answered };
-                }
-                if retryable {
-                    let status_text = match &code {
-                        Some(code) => format!("HTTP {status} ({code})"),
-                        None => format!("HTTP {status}"),
-                    };
-                    return unavailable(format!("{action} answered {status_text} after {attempts} {plural}"));
-                }
-                unavailable(answered)
-            }
-        }
-    }
+    plausible_code(value.pointer("/error/error_code").or_else(|| value.get("error_code"))?.as_str()?)
 }
 
 #[derive(Deserialize)]

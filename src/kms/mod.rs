@@ -1,21 +1,25 @@
 //! KMS adapters: data keys (DEKs) for `encryption.type = kms` come from, and are unwrapped by, an external
 //! KMS (spec/kms-huawei.md).
 //!
-//! [`KmsClient`] is an enum over the providers (only Huawei KMS v1.0 today; AWS can join as a variant). Its
-//! contract, the same for every provider:
+//! [`KmsClient`] is an enum over the providers (Huawei KMS v1.0 in `huawei`, AWS KMS in `aws`). Its contract,
+//! the same for every provider:
 //! * [`KmsClient::resolve`] turns a key reference (alias or id) into the key id to store, checking the key's
 //!   state and spec **without** any data-key call; answers are cached 60 s (misses are not);
 //! * [`KmsClient::generate_data_key`] makes exactly one data-key call;
+//! * the data-key calls get the record identity ([`Aad`]); AWS binds it as the EncryptionContext (§7),
+//!   Huawei's API has no such field (the local AAD binds the record there);
 //! * every failure is a [`KmsError`], one variant per catalogue code (KPS.1801–1806, KPS.1401), whose text
 //!   names only the operation, the attempt count and the upstream error code — never upstream text, URLs or
 //!   secrets.
 //!
 //! `mock` is the `kms-mock` server (a Huawei KMS v1.0 subset for development and tests).
 
+pub mod aws;
 mod cache;
 pub mod huawei;
 pub mod mock;
 pub mod stats;
+pub mod transport;
 
 use std::path::{Path, PathBuf};
 
@@ -23,8 +27,11 @@ use secrecy::SecretString;
 use zeroize::Zeroizing;
 
 use crate::config::KmsConfig;
+use crate::custody::Aad;
 
-pub use huawei::{HuaweiKms, Transport};
+pub use aws::AwsKms;
+pub use huawei::HuaweiKms;
+pub use transport::Transport;
 
 /// Length of the data keys kps uses (AES-256).
 pub const DATA_KEY_LEN: usize = 32;
@@ -185,6 +192,7 @@ impl KmsError {
 /// A KMS client over the configured provider.
 pub enum KmsClient {
     Huawei(HuaweiKms),
+    Aws(AwsKms),
 }
 
 impl KmsClient {
@@ -193,13 +201,15 @@ impl KmsClient {
     pub async fn resolve(&self, key: &KeyRef) -> Result<ResolvedKey, KmsError> {
         match self {
             Self::Huawei(huawei) => huawei.resolve(key).await,
+            Self::Aws(aws) => aws.resolve(key).await,
         }
     }
 
     /// Exactly one create-datakey call for a 256-bit DEK under `key_id` (a resolved id).
-    pub async fn generate_data_key(&self, key_id: &str) -> Result<DataKey, KmsError> {
+    pub async fn generate_data_key(&self, key_id: &str, record: &Aad) -> Result<DataKey, KmsError> {
         match self {
             Self::Huawei(huawei) => huawei.generate_data_key(key_id).await,
+            Self::Aws(aws) => aws.generate_data_key(key_id, record).await,
         }
     }
 
@@ -208,17 +218,25 @@ impl KmsClient {
         &self,
         key_id: &str,
         cipher_text: &str,
+        record: &Aad,
     ) -> Result<Zeroizing<[u8; DATA_KEY_LEN]>, KmsError> {
         match self {
             Self::Huawei(huawei) => huawei.decrypt_data_key(key_id, cipher_text).await,
+            Self::Aws(aws) => aws.decrypt_data_key(key_id, cipher_text, record).await,
         }
     }
 
     /// Wraps an existing DEK under `key_id` (encrypt-datakey; `kps rewrap` onto a KMS key). Returns the
     /// wrapped form to store.
-    pub async fn encrypt_data_key(&self, key_id: &str, plaintext: &[u8; DATA_KEY_LEN]) -> Result<String, KmsError> {
+    pub async fn encrypt_data_key(
+        &self,
+        key_id: &str,
+        plaintext: &[u8; DATA_KEY_LEN],
+        record: &Aad,
+    ) -> Result<String, KmsError> {
         match self {
             Self::Huawei(huawei) => huawei.encrypt_data_key(key_id, plaintext).await,
+            Self::Aws(aws) => aws.encrypt_data_key(key_id, plaintext, record).await,
         }
     }
 
@@ -226,6 +244,7 @@ impl KmsClient {
     pub fn clear_cache(&self) {
         match self {
             Self::Huawei(huawei) => huawei.clear_cache(),
+            Self::Aws(aws) => aws.clear_cache(),
         }
     }
 
@@ -233,13 +252,15 @@ impl KmsClient {
     pub fn call_stats(&self) -> &stats::KmsCallStats {
         match self {
             Self::Huawei(huawei) => huawei.call_stats(),
+            Self::Aws(aws) => aws.call_stats(),
         }
     }
 
-    /// The provider name as configured (`huawei`).
+    /// The provider name as configured (`huawei`, `aws`).
     pub fn provider(&self) -> &'static str {
         match self {
             Self::Huawei(_) => "huawei",
+            Self::Aws(_) => "aws",
         }
     }
 }
@@ -255,8 +276,6 @@ impl std::fmt::Debug for KmsClient {
 pub enum KmsConfigError {
     #[error("kms.provider {0:?} is not supported (expected huawei or aws)")]
     UnknownProvider(String),
-    #[error("kms.provider = {0} is not built into this kps")]
-    ProviderNotBuilt(&'static str),
     #[error("{0} must be set when kms.provider is set")]
     Missing(&'static str),
     #[error("invalid {name}: {message}")]
@@ -292,7 +311,18 @@ pub fn from_config(kms: &KmsConfig, allow_group_readable: bool) -> Result<Option
             })?;
             Ok(Some(KmsClient::Huawei(huawei)))
         }
-        "aws" => Err(KmsConfigError::ProviderNotBuilt("aws")),
+        "aws" => {
+            let ak = secret_value("kms.ak", kms.ak.as_deref(), kms.ak_file.as_deref(), allow_group_readable)?;
+            let sk = secret_value("kms.sk", kms.sk.as_deref(), kms.sk_file.as_deref(), allow_group_readable)?;
+            let aws = AwsKms::new(aws::AwsSettings {
+                endpoint: kms.endpoint.clone(),
+                region: kms.region.clone().ok_or(KmsConfigError::Missing("kms.region"))?,
+                access_key_id: ak,
+                secret_access_key: sk,
+                transport: Transport::default(),
+            })?;
+            Ok(Some(KmsClient::Aws(aws)))
+        }
         other => Err(KmsConfigError::UnknownProvider(other.to_owned())),
     }
 }

@@ -3,8 +3,18 @@
 
 use crate::metrics::Counter;
 
-/// The operations a KMS client performs, by the provider's action names.
-pub const OPERATIONS: [&str; 5] = ["list-keys", "describe-key", "create-datakey", "encrypt-datakey", "decrypt-datakey"];
+/// The operations a KMS client performs, by the provider's action names (Huawei, then AWS).
+pub const OPERATIONS: [&str; 9] = [
+    "list-keys",
+    "describe-key",
+    "create-datakey",
+    "encrypt-datakey",
+    "decrypt-datakey",
+    "DescribeKey",
+    "GenerateDataKey",
+    "Encrypt",
+    "Decrypt",
+];
 
 #[derive(Debug, Default)]
 pub struct KmsCallStats {

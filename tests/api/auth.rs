@@ -301,10 +301,15 @@ async fn keystone_failures_are_503_and_not_cached() {
 }
 
 #[test]
-fn keystone_mode_needs_an_http_url() {
+fn keystone_mode_needs_an_http_or_https_url() {
     let missing = startup(|c| c.auth.mode = AuthMode::Keystone).expect_err("no url");
     assert!(missing.contains("auth.keystone_url"), "{missing}");
-    for url in ["keystone:5000", "https://keystone.example.com:5000"] {
+    startup(|c| {
+        c.auth.mode = AuthMode::Keystone;
+        c.auth.keystone_url = Some("https://keystone.example.com:5000/v3".into());
+    })
+    .expect("https Keystone URLs are accepted (rustls client with the system's CA roots)");
+    for url in ["keystone:5000", "https://", "ftp://keystone.example.com"] {
         let error = startup(|c| {
             c.auth.mode = AuthMode::Keystone;
             c.auth.keystone_url = Some(url.into());

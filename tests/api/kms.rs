@@ -9,6 +9,7 @@ use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
 use kps::config::KmsConfig;
+use kps::custody::Aad;
 use kps::kms::huawei::HuaweiSettings;
 use kps::kms::{HuaweiKms, KeyRef, KmsClient, KmsError, Transport};
 use kps::signing::Credentials;
@@ -21,6 +22,11 @@ pub const SK: &str = "ExampleSecretKey0000000000000000000000001";
 pub const ESCROW_ID: &str = "3c1d5a0e-8f6b-4e52-9d7a-21f0c4b8e6a1";
 pub const DISABLED_ID: &str = "11111111-1111-4111-8111-111111111111";
 const DOOMED_ID: &str = "44444444-4444-4444-8444-444444444444";
+
+/// The record a data key belongs to (Huawei's API carries no such binding; the AAD does, locally).
+fn record() -> Aad {
+    Aad { project_id: "p".into(), user_id: "u".into(), name: "db-admin".into(), record_id: 1 }
+}
 
 /// A running `kms-mock` process with the keys it printed.
 pub struct KmsMock {
@@ -170,8 +176,8 @@ async fn kms_mock_prints_its_keys_and_resolves_by_alias_and_id() {
 
     for _ in 0..3 {
         let key = kms.resolve(&alias("kps-escrow")).await.expect("cached");
-        let data_key = kms.generate_data_key(&key.key_id).await.expect("data key");
-        let opened = kms.decrypt_data_key(&key.key_id, data_key.cipher_text()).await.expect("decrypts");
+        let data_key = kms.generate_data_key(&key.key_id, &record()).await.expect("data key");
+        let opened = kms.decrypt_data_key(&key.key_id, data_key.cipher_text(), &record()).await.expect("decrypts");
         assert_eq!(*opened, *data_key.plaintext());
     }
     assert_eq!(mock.calls("list-keys").await, 1, "resolve lists keys only on a miss");
@@ -201,8 +207,8 @@ async fn kms_disabled_key_is_1803_and_pending_deletion_is_1804() {
     assert_eq!(doomed.to_string(), format!("KMS key {DOOMED_ID} is pending deletion or not usable (state 4)"));
     assert_eq!(mock.calls("create-datakey").await, 0, "states are checked before any data-key call");
     // The data-key calls themselves answer the same codes (KMS.0209 / KMS.0210).
-    assert_eq!(kms.generate_data_key(DISABLED_ID).await.expect_err("KMS.0209").code(), "KPS.1803");
-    assert_eq!(kms.generate_data_key(DOOMED_ID).await.expect_err("KMS.0210").code(), "KPS.1804");
+    assert_eq!(kms.generate_data_key(DISABLED_ID, &record()).await.expect_err("KMS.0209").code(), "KPS.1803");
+    assert_eq!(kms.generate_data_key(DOOMED_ID, &record()).await.expect_err("KMS.0210").code(), "KPS.1804");
 }
 
 #[tokio::test]
@@ -220,11 +226,11 @@ async fn kms_server_errors_are_retried_then_1801() {
     let mock = KmsMock::start();
     let kms = mock.client(SK, quick());
     mock.fault(json!({"status": 503, "count": 2})).await;
-    kms.generate_data_key(ESCROW_ID).await.expect("the third attempt succeeds");
+    kms.generate_data_key(ESCROW_ID, &record()).await.expect("the third attempt succeeds");
     assert_eq!(mock.calls("create-datakey").await, 3);
 
     mock.fault(json!({"status": 503, "count": 3})).await;
-    let error = kms.generate_data_key(ESCROW_ID).await.expect_err("all attempts fail");
+    let error = kms.generate_data_key(ESCROW_ID, &record()).await.expect_err("all attempts fail");
     assert_eq!(error.code(), "KPS.1801");
     assert_eq!(error.to_string(), "KMS is unavailable: create-datakey answered HTTP 503 (KMS.0101) after 3 attempts");
     assert_eq!(mock.calls("create-datakey").await, 6, "exactly three attempts");
@@ -244,16 +250,16 @@ async fn kms_latency_above_the_timeout_is_1801() {
 async fn kms_wrong_ciphertext_is_1806() {
     let mock = KmsMock::start();
     let kms = mock.client(SK, quick());
-    let data_key = kms.generate_data_key(ESCROW_ID).await.expect("data key");
+    let data_key = kms.generate_data_key(ESCROW_ID, &record()).await.expect("data key");
     let other = &mock.keys["other"];
-    let moved = kms.decrypt_data_key(other, data_key.cipher_text()).await.expect_err("wrong key");
+    let moved = kms.decrypt_data_key(other, data_key.cipher_text(), &record()).await.expect_err("wrong key");
     assert_eq!(moved.code(), "KPS.1806");
     assert_eq!(
         moved.message_for_keypair("db-admin"),
         "Escrowed private key of keypair db-admin could not be decrypted"
     );
-    let garbage = kms.decrypt_data_key(ESCROW_ID, "00ff").await.expect_err("garbage");
+    let garbage = kms.decrypt_data_key(ESCROW_ID, "00ff", &record()).await.expect_err("garbage");
     assert!(matches!(garbage, KmsError::Undecryptable { .. }));
-    let rewrapped = kms.encrypt_data_key(other, data_key.plaintext()).await.expect("rewrap");
-    assert_eq!(*kms.decrypt_data_key(other, &rewrapped).await.expect("opens"), *data_key.plaintext());
+    let rewrapped = kms.encrypt_data_key(other, data_key.plaintext(), &record()).await.expect("rewrap");
+    assert_eq!(*kms.decrypt_data_key(other, &rewrapped, &record()).await.expect("opens"), *data_key.plaintext());
 }

@@ -15,6 +15,9 @@ keystoneauth1 ``token_endpoint.Token`` plugin; the compute endpoint is always ov
 A second server, ``kps_aksk_server``, runs ``kps serve --auth aksk`` with a 0600 credentials file in its own
 temp dir, for the Huawei Cloud SDKs (SDK-HMAC-SHA256 signatures, test_huaweicloud_sdk.py). It is started only
 by the tests that use it, and skipped with ``KPS_COMPAT_URL`` (an external server has no known credentials).
+
+``moto_kms`` starts moto's server (``moto_server``, from the venv) on a free 127.0.0.1 port as the AWS KMS,
+and ``kps_aws_server`` a kps with ``kms.provider = aws`` pointed at it (test_aws_kms.py).
 """
 
 import os
@@ -23,6 +26,7 @@ import shutil
 import signal
 import socket
 import subprocess
+import sys
 import tempfile
 import time
 import urllib.error
@@ -49,6 +53,7 @@ class KpsServer:
     base_url: str
     process: subprocess.Popen | None = None
     log_path: Path | None = None
+    workdir: Path | None = None
 
     def log_tail(self, max_chars: int = 4000) -> str:
         if self.log_path is None or not self.log_path.exists():
@@ -236,6 +241,88 @@ def kps_aksk_server():
     )
     try:
         yield AkskServer(base_url=server.base_url, credentials=credentials)
+    finally:
+        _stop_kps(server, workdir)
+
+
+MOTO_REGION = "us-east-1"
+MOTO_CREDENTIALS = {"aws_access_key_id": "AKIDKPSCOMPATTEST", "aws_secret_access_key": "kps-compat-secret"}
+
+
+@dataclass
+class MotoKms:
+    endpoint: str
+    process: subprocess.Popen
+
+    def client(self):
+        import boto3
+
+        return boto3.client("kms", endpoint_url=self.endpoint, region_name=MOTO_REGION, **MOTO_CREDENTIALS)
+
+
+@pytest.fixture(scope="session")
+def moto_kms():
+    """moto's KMS on a free loopback port, stopped at the end of the session."""
+    if os.environ.get("KPS_COMPAT_URL"):
+        pytest.skip("the AWS KMS tests start their own kps and moto; not with KPS_COMPAT_URL")
+    moto_server = Path(sys.executable).with_name("moto_server")
+    workdir = Path(tempfile.mkdtemp(prefix="kps-compat-moto-"))
+    for _attempt in range(START_ATTEMPTS):
+        port = _free_port()
+        log = open(workdir / "moto.log", "wb")  # noqa: SIM115 - closed after the process ends
+        process = subprocess.Popen(
+            [str(moto_server), "-H", "127.0.0.1", "-p", str(port)],
+            stdin=subprocess.DEVNULL,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            preexec_fn=_die_with_parent,
+        )
+        endpoint = f"http://127.0.0.1:{port}"
+        deadline = time.monotonic() + STARTUP_TIMEOUT_S
+        while time.monotonic() < deadline and process.poll() is None:
+            try:
+                with socket.create_connection(("127.0.0.1", port), timeout=1):
+                    break
+            except OSError:
+                time.sleep(0.1)
+        if process.poll() is None:
+            break
+        log.close()
+    else:
+        pytest.exit(f"moto_server did not start; log:\n{(workdir / 'moto.log').read_text()[-4000:]}", returncode=3)
+    try:
+        yield MotoKms(endpoint=endpoint, process=process)
+    finally:
+        process.terminate()
+        try:
+            process.wait(timeout=SHUTDOWN_TIMEOUT_S)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
+        log.close()
+        shutil.rmtree(workdir, ignore_errors=True)
+
+
+def aws_kps_env(endpoint: str) -> dict:
+    """kps's ``kms.*`` settings for an AWS KMS at ``endpoint`` (the credentials moto accepts)."""
+    return {
+        "KPS_KMS_PROVIDER": "aws",
+        "KPS_KMS_ENDPOINT": endpoint,
+        "KPS_KMS_REGION": MOTO_REGION,
+        "KPS_KMS_AK": MOTO_CREDENTIALS["aws_access_key_id"],
+        "KPS_KMS_SK": MOTO_CREDENTIALS["aws_secret_access_key"],
+    }
+
+
+@pytest.fixture(scope="session")
+def kps_aws_server(moto_kms):
+    """kps (noauth) whose KMS is moto: ``kms.provider = aws`` with an endpoint override."""
+    binary = _kps_binary()
+    workdir = Path(tempfile.mkdtemp(prefix="kps-compat-aws-"))
+    server = _start_kps(binary, workdir, (), aws_kps_env(moto_kms.endpoint))
+    server.workdir = workdir
+    try:
+        yield server
     finally:
         _stop_kps(server, workdir)
 

@@ -48,11 +48,9 @@ impl std::fmt::Debug for Keystone {
 impl Keystone {
     /// `url` is the Keystone base URL, with or without a trailing `/v3`.
     pub fn new(url: &str, cache_ttl: Duration) -> Result<Self, String> {
-        if url.starts_with("https://") {
-            return Err("https is not supported yet: this kps build has no TLS client".into());
-        }
-        if !url.starts_with("http://") || url.len() <= "http://".len() {
-            return Err("must be an http:// URL".into());
+        let rest = url.strip_prefix("https://").or_else(|| url.strip_prefix("http://"));
+        if rest.is_none_or(str::is_empty) {
+            return Err("must be an http:// or https:// URL".into());
         }
         let base = url.trim_end_matches('/');
         let base = base.strip_suffix("/v3").unwrap_or(base);
