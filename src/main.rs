@@ -163,10 +163,10 @@ fn fail(error: &dyn std::fmt::Display) -> ExitCode {
     ExitCode::FAILURE
 }
 
-/// Crates that log request or response bodies at debug/trace level (the AWS SDK's orchestrator and
-/// signer, the HTTP client stacks): capped at `info` whatever `KPS_LOG` says, because those bodies carry
-/// data keys. A more specific target directive wins over `KPS_LOG=trace` in an `EnvFilter`.
-const BODY_LOGGING_TARGETS: [&str; 10] = [
+/// The AWS SDK's crates log whole requests at trace level (`aws_smithy_runtime`: "transmitting request",
+/// and an Encrypt request body holds a data key): capped at `info` whatever `KPS_LOG` says. A more specific
+/// target directive wins over `KPS_LOG=trace` in an `EnvFilter`.
+const BODY_LOGGING_TARGETS: [&str; 8] = [
     "aws_smithy_runtime",
     "aws_smithy_runtime_api",
     "aws_smithy_http_client",
@@ -175,8 +175,6 @@ const BODY_LOGGING_TARGETS: [&str; 10] = [
     "aws_sigv4",
     "aws_runtime",
     "aws_sdk_kms",
-    "hyper_util",
-    "reqwest",
 ];
 
 fn init_logging(format: LogFormat) {

@@ -296,7 +296,9 @@ mod tests {
             let keystone = Keystone::new(url, Duration::from_secs(60)).expect(url);
             assert_eq!(keystone.tokens_url, "http://ks:5000/v3/auth/tokens?nocatalog", "{url}");
         }
-        for url in ["ks:5000", "ftp://ks", "http://", "https://ks:5000"] {
+        let https = Keystone::new("https://ks:5000/v3", Duration::from_secs(60)).expect("https");
+        assert_eq!(https.tokens_url, "https://ks:5000/v3/auth/tokens?nocatalog");
+        for url in ["ks:5000", "ftp://ks", "http://", "https://"] {
             assert!(Keystone::new(url, Duration::from_secs(60)).is_err(), "{url}");
         }
     }
