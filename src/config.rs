@@ -38,6 +38,7 @@ pub struct Config {
     pub log: LogConfig,
     pub secrets: SecretsConfig,
     pub keygen: KeygenConfig,
+    pub cache: CacheConfig,
 }
 
 #[derive(Debug, Clone, Default, Deserialize)]
@@ -189,6 +190,20 @@ impl Default for KeygenConfig {
     }
 }
 
+/// kps extension (no environment variable): in-memory caches.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct CacheConfig {
+    /// MiB of rendered list pages kept until a write to their owner (`page_cache`); 0 disables it.
+    pub list_pages_mb: usize,
+}
+
+impl Default for CacheConfig {
+    fn default() -> Self {
+        Self { list_pages_mb: 32 }
+    }
+}
+
 impl Default for Config {
     fn default() -> Self {
         Self {
@@ -206,6 +221,7 @@ impl Default for Config {
             log: LogConfig::default(),
             secrets: SecretsConfig::default(),
             keygen: KeygenConfig::default(),
+            cache: CacheConfig::default(),
         }
     }
 }
@@ -555,6 +571,7 @@ mod tests {
         assert_eq!(config.quota.key_pairs, defaults.quota.key_pairs);
         assert_eq!(config.limits.max_body_bytes, defaults.limits.max_body_bytes);
         assert_eq!(config.keygen.rsa_pool_size, defaults.keygen.rsa_pool_size);
+        assert_eq!(config.cache.list_pages_mb, defaults.cache.list_pages_mb);
     }
 
     #[test]

@@ -15,6 +15,7 @@ pub mod datadir;
 pub mod keypair;
 pub mod kms;
 pub mod metrics;
+pub mod page_cache;
 pub mod service;
 pub mod signing;
 pub mod store;
@@ -83,6 +84,7 @@ pub fn state(config: &Config, store: Arc<dyn Store>) -> Result<AppState, ServeEr
             config.limits.per_caller_concurrency,
             config.limits.per_caller_rps,
         ),
+        list_pages: page_cache::PageCache::new(config.cache.list_pages_mb.saturating_mul(1 << 20)),
     })
 }
 

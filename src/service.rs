@@ -13,6 +13,7 @@ use crate::custody::{Aad, Custody, CustodyError, EncryptorKind, PrivateKeyText, 
 use crate::keypair::pool::RsaKeyPool;
 use crate::keypair::{Algorithm, KeyType, KeypairError, generate, parse};
 use crate::kms::{KeyRef, KmsError};
+use crate::page_cache::{Generations, Stamp};
 use crate::store::record::{self, KeypairRecord, NameIndexEntry, Scope};
 use crate::store::{ApplyError, Space, Store, StoreError, WriteOp};
 
@@ -161,6 +162,8 @@ pub struct KeypairService {
     /// scan for projects not in here: most deployments have none, and every sled range scan costs a node
     /// copy. All domain-key writes go through this service, which keeps the map exact.
     domain_projects: std::sync::Mutex<std::collections::HashMap<String, u64>>,
+    /// Write generations per key owner, for the list page cache (`page_cache`).
+    generations: Generations,
 }
 
 /// A policy check run on a record as soon as it is loaded (errors.md §4 step 8: `creator`, domain keys).
@@ -168,7 +171,15 @@ pub type RecordCheck<'a> = &'a (dyn Fn(&KeypairRecord) -> Result<(), ServiceErro
 
 impl KeypairService {
     pub fn new(store: Arc<dyn Store>, quota: Option<u64>, rsa_pool: RsaKeyPool) -> Self {
-        Self { store, quota, rsa_pool, custody: None, allow_default: false, domain_projects: Default::default() }
+        Self {
+            store,
+            quota,
+            rsa_pool,
+            custody: None,
+            allow_default: false,
+            domain_projects: Default::default(),
+            generations: Generations::default(),
+        }
     }
 
     /// The encryptors; `allow_default` = `custody.allow_default` (new `default` seals allowed).
@@ -202,6 +213,31 @@ impl KeypairService {
         }
         *self.domain_projects.lock().map_err(|_| StoreError::Backend("domain map poisoned".into()))? = counts;
         Ok(())
+    }
+
+    /// What a list of `user_id` in `project_id` depends on: the generations of the user's keys and of the
+    /// project's `domain` keys. Read it before listing; a page is current while the stamp is unchanged.
+    pub fn list_stamp(&self, user_id: &str, project_id: &str) -> Stamp {
+        (self.generations.get(&record::user_prefix(user_id)), self.generations.get(&record::domain_prefix(project_id)))
+    }
+
+    /// Every store write of the service: applies `ops` atomically, then marks the owners of the key pairs
+    /// written stale for cached list pages (before the caller can answer).
+    async fn apply(&self, ops: Vec<WriteOp>) -> Result<(), ApplyError> {
+        let owners: Vec<Vec<u8>> = ops
+            .iter()
+            .filter_map(|op| match op.target() {
+                (Space::KeyPairs, key) => record::owner_prefix_of(key).map(<[u8]>::to_vec),
+                _ => None,
+            })
+            .collect();
+        let result = self.store.apply(ops).await;
+        if result.is_ok() {
+            for owner in &owners {
+                self.generations.bump(owner);
+            }
+        }
+        result
     }
 
     fn has_domain_keys(&self, project_id: &str) -> bool {
@@ -341,8 +377,21 @@ impl KeypairService {
         marker: Option<&str>,
         limit: usize,
     ) -> Result<Vec<T>, ServiceError> {
+        let page = self.list_encoded(user_id, project_id, marker, limit).await?;
+        Ok(page.iter().map(|bytes| record::decode::<T>(bytes)).collect::<Result<_, _>>()?)
+    }
+
+    /// [`KeypairService::list`] as the stored bytes of each record, for views that decode borrowed fields
+    /// ([`record::ListFields`]).
+    pub async fn list_encoded(
+        &self,
+        user_id: &str,
+        project_id: &str,
+        marker: Option<&str>,
+        limit: usize,
+    ) -> Result<Vec<Vec<u8>>, ServiceError> {
         if let Some(marker) = marker
-            && self.find(user_id, project_id, marker).await?.is_none()
+            && !self.is_visible(user_id, project_id, marker).await?
         {
             return Err(ServiceError::MarkerNotFound(marker.to_owned()));
         }
@@ -377,7 +426,7 @@ impl KeypairService {
             }
             let next = if take_own { own.next() } else { shared.next() };
             if let Some((_, value)) = next {
-                page.push(record::decode::<T>(&value)?);
+                page.push(value);
             }
         }
         Ok(page)
@@ -392,7 +441,7 @@ impl KeypairService {
             };
             let mut ops = vec![WriteOp::Delete { space: Space::KeyPairs, key, expected: value }];
             ops.extend(self.index_release(&found).await?);
-            match self.store.apply(ops).await {
+            match self.apply(ops).await {
                 Ok(()) => {
                     if found.scope == Scope::Domain {
                         self.count_domain_key(&found.project_id, -1);
@@ -603,7 +652,7 @@ impl KeypairService {
             expected: loaded.value.clone(),
             value: record::encode(record)?,
         };
-        match self.store.apply(vec![op]).await {
+        match self.apply(vec![op]).await {
             Ok(()) => Ok(true),
             Err(ApplyError::Conflict { .. }) => Ok(false),
             Err(ApplyError::Store(error)) => Err(error.into()),
@@ -690,7 +739,7 @@ impl KeypairService {
                 }
             };
             let record_op = WriteOp::PutIfAbsent { space: Space::KeyPairs, key: key.clone(), value: value.clone() };
-            match self.store.apply(vec![record_op, index_op]).await {
+            match self.apply(vec![record_op, index_op]).await {
                 Ok(()) => {
                     if record.scope == Scope::Domain {
                         self.count_domain_key(&record.project_id, 1);
@@ -723,6 +772,16 @@ impl KeypairService {
 
     /// Looks `name` up as the user's own key, then as a `domain` key of the project. Returns the store key,
     /// the raw value (for conditional writes) and the decoded record.
+    /// Whether [`KeypairService::find`] would find `name`, without decoding it (and without looking for a domain key
+    /// in a project that has none).
+    async fn is_visible(&self, user_id: &str, project_id: &str, name: &str) -> Result<bool, ServiceError> {
+        if self.store.get(Space::KeyPairs, &record::user_key(user_id, name)).await?.is_some() {
+            return Ok(true);
+        }
+        Ok(self.has_domain_keys(project_id)
+            && self.store.get(Space::KeyPairs, &record::domain_key(project_id, name)).await?.is_some())
+    }
+
     async fn find(
         &self,
         user_id: &str,

@@ -54,6 +54,8 @@ pub struct AppState {
     pub operations_on_admin_listener: bool,
     /// `limits.per_caller_*`; `None` when both are unlimited.
     pub caller_limits: Option<limits::CallerLimits>,
+    /// Rendered Nova list pages (`cache.list_pages_mb`), current while `KeypairService::list_stamp` is.
+    pub list_pages: crate::page_cache::PageCache,
 }
 
 /// Which listener a request came in on.

@@ -18,7 +18,9 @@ use super::schema::{additional_properties, field_message, not_of_type, not_one_o
 use super::{AppState, private_key_response};
 use crate::keypair::{Algorithm, KeyType};
 use crate::service::{self, EncryptionRequest, MAX_LIST_LIMIT, NewKeypair, ProtectionRequest, ServiceError};
-use crate::store::record::{KeypairRecord, KeypairSummary};
+use crate::store::record::{self, KeypairRecord, ListFields};
+use bytes::Bytes;
+use serde_json::value::RawValue;
 
 /// Which flavour of the compute API a request came through.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -512,30 +514,60 @@ pub async fn list(state: &AppState, request: &NovaRequest<'_>) -> Result<Respons
     let user = target_user(request, &allowed);
     state.policy.enforce(Action::NovaIndex, request.caller, &Target::user(&user))?;
 
+    // The page depends on the request's shape (microversion, links, query) and on the two owners' keys:
+    // cached by the former, valid while the generations of the latter are unchanged (`page_cache`).
+    let project_id = &request.caller.project_id;
+    let stamp = state.service.list_stamp(&user, project_id);
+    let cache_key = state
+        .list_pages
+        .enabled()
+        .then(|| format!("{:?}", (api, project_id, &user, &request.base_url, request.url_project, &request.query)));
+    if let Some(body) = cache_key.as_deref().and_then(|key| state.list_pages.get(key, stamp)) {
+        return Ok(json_bytes_ok(body));
+    }
+
     let page_size = limit.unwrap_or(MAX_LIST_LIMIT).min(MAX_LIST_LIMIT);
-    let records: Vec<KeypairSummary> = state
+    let page = state
         .service
-        .list(&user, &request.caller.project_id, marker, page_size)
+        .list_encoded(&user, project_id, marker, page_size)
         .await
         .map_err(|e| service_error(e, request.request_id))?;
+    let corrupt = |e: crate::store::StoreError| service_error(e.into(), request.request_id);
+    let records: Vec<ListFields> =
+        page.iter().map(|bytes| record::decode_borrowed(bytes)).collect::<Result<_, _>>().map_err(corrupt)?;
     let with_type = api.at_least(2);
     let keypairs = records
         .iter()
         .map(|record| Wrapped {
             keypair: ListItem {
-                name: &record.name,
-                key_type: with_type.then_some(record.key_type.as_str()),
-                public_key: &record.public_key,
-                fingerprint: &record.fingerprint,
+                name: record.name,
+                key_type: with_type.then_some(record.key_type),
+                public_key: record.public_key,
+                fingerprint: record.fingerprint,
             },
         })
         .collect();
     let full_page = paging && page_size > 0 && records.len() == page_size;
-    let keypairs_links = records
-        .last()
-        .filter(|_| full_page)
-        .map(|last| [Link { rel: "next", href: next_link(request, &allowed, &last.name) }]);
-    Ok(json_ok(StatusCode::OK, &ListBody { keypairs, keypairs_links }))
+    let keypairs_links = match records.last().filter(|_| full_page) {
+        Some(last) => {
+            let last_name = last.name_text().map_err(corrupt)?;
+            Some([Link { rel: "next", href: next_link(request, &allowed, &last_name) }])
+        }
+        None => None,
+    };
+    // Serializing borrowed strings and raw JSON cannot fail.
+    let body = Bytes::from(serde_json::to_vec(&ListBody { keypairs, keypairs_links }).unwrap_or_default());
+    if let Some(key) = cache_key {
+        state.list_pages.insert(key, stamp, body.clone());
+    }
+    Ok(json_bytes_ok(body))
+}
+
+/// A 200 JSON response from an already serialized body.
+fn json_bytes_ok(body: Bytes) -> Response {
+    let mut response = (StatusCode::OK, body).into_response();
+    response.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
+    response
 }
 
 /// `{"keypair": ...}`.
@@ -544,14 +576,14 @@ struct Wrapped<T> {
     keypair: T,
 }
 
-/// A list item: `type` only from 2.2.
+/// A list item: `type` only from 2.2. The fields are JSON text as stored (already escaped).
 #[derive(Serialize)]
 struct ListItem<'a> {
-    name: &'a str,
+    name: &'a RawValue,
     #[serde(rename = "type", skip_serializing_if = "Option::is_none")]
-    key_type: Option<&'a str>,
-    public_key: &'a str,
-    fingerprint: &'a str,
+    key_type: Option<&'a RawValue>,
+    public_key: &'a RawValue,
+    fingerprint: &'a RawValue,
 }
 
 #[derive(Serialize)]

@@ -95,6 +95,27 @@ impl KeypairSummary {
     }
 }
 
+/// The fields of a stored key pair that Nova's list shows, borrowed from the stored bytes as JSON text:
+/// a page is rendered by copying them, with no string decoding, allocation or re-escaping per record.
+#[derive(Debug, Deserialize)]
+pub struct ListFields<'a> {
+    #[serde(borrow)]
+    pub name: &'a serde_json::value::RawValue,
+    #[serde(borrow)]
+    pub key_type: &'a serde_json::value::RawValue,
+    #[serde(borrow)]
+    pub public_key: &'a serde_json::value::RawValue,
+    #[serde(borrow)]
+    pub fingerprint: &'a serde_json::value::RawValue,
+}
+
+impl ListFields<'_> {
+    /// The name as text (for the `next` link).
+    pub fn name_text(&self) -> Result<String, StoreError> {
+        serde_json::from_str(self.name.get()).map_err(|e| StoreError::Corrupt(e.to_string()))
+    }
+}
+
 /// A name-index entry for `(project_id, name)`: the users whose `user` key of that name was created in
 /// that project, or the `domain` key holding the name.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -120,6 +141,11 @@ pub fn encode<T: Serialize>(value: &T) -> Result<Vec<u8>, StoreError> {
 
 /// Reads a record value written by `encode` at any known format version.
 pub fn decode<T: for<'de> Deserialize<'de>>(bytes: &[u8]) -> Result<T, StoreError> {
+    decode_borrowed(bytes)
+}
+
+/// [`decode`] into a value that may borrow from `bytes` (such as [`ListFields`]).
+pub fn decode_borrowed<'a, T: Deserialize<'a>>(bytes: &'a [u8]) -> Result<T, StoreError> {
     match bytes.split_first() {
         Some((&FORMAT_VERSION, json)) => serde_json::from_slice(json).map_err(|e| StoreError::Corrupt(e.to_string())),
         Some((version, _)) => Err(StoreError::Corrupt(format!(
@@ -168,6 +194,12 @@ pub fn name_index_key(project_id: &str, name: &str) -> Vec<u8> {
     let mut key = owner_prefix(b'n', project_id);
     key.extend_from_slice(name.as_bytes());
     key
+}
+
+/// The owner prefix (`user_prefix` or `domain_prefix`) of a key pair's store key.
+pub fn owner_prefix_of(key: &[u8]) -> Option<&[u8]> {
+    let len = usize::from(u16::from_be_bytes([*key.get(1)?, *key.get(2)?]));
+    key.get(..3 + len)
 }
 
 /// Splits a name-index key into `(project_id, name)`.
@@ -224,6 +256,9 @@ mod tests {
     fn records_round_trip_with_the_version_byte_first() {
         let bytes = encode(&record()).expect("encode");
         assert_eq!(bytes[0], FORMAT_VERSION);
+        assert_eq!(owner_prefix_of(&user_key("alice", "k1")), Some(&user_prefix("alice")[..]));
+        assert_eq!(owner_prefix_of(&domain_key("p1", "k1")), Some(&domain_prefix("p1")[..]));
+        assert_eq!(owner_prefix_of(b"u\0"), None);
         assert_eq!(decode::<KeypairRecord>(&bytes).expect("decode"), record());
     }
 

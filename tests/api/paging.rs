@@ -133,3 +133,51 @@ async fn next_link_drops_parameters_the_list_does_not_accept() {
     let answer = kps.nova("GET", "/v2.1/os-keypairs?limit=1&foo=bar", "u:p", Some("2.35"), None).await;
     assert_eq!(answer.json()["keypairs_links"][0]["href"], "http://kps.test:8774/v2.1/os-keypairs?limit=1&marker=a");
 }
+
+/// Lists are served from the page cache (`cache.list_pages_mb`) until a write to one of the owners they
+/// show: every write that changes what a list shows is visible in the very next list, whoever made it.
+#[tokio::test]
+async fn cached_list_pages_never_outlive_a_write() {
+    for cache_mb in [32, 0] {
+        let kps = Kps::with_config(|c| {
+            c.quota.key_pairs = -1;
+            c.cache.list_pages_mb = cache_mb;
+        });
+        let list = |token: &'static str| {
+            let kps = &kps;
+            async move { names(&kps.nova("GET", "/v2.1/os-keypairs?limit=10", token, Some("2.35"), None).await) }
+        };
+        kps.import("alice:p", "a1", ED25519_VECTOR).await;
+        assert_eq!(list("alice:p").await, ["a1"]);
+        assert_eq!(list("alice:p").await, ["a1"], "a repeated page (served from the cache when enabled)");
+
+        kps.import("alice:p", "a2", ED25519_VECTOR).await;
+        assert_eq!(list("alice:p").await, ["a1", "a2"], "cache {cache_mb}: own create");
+        kps.import("bob:p", "b1", ED25519_VECTOR).await;
+        assert_eq!(list("alice:p").await, ["a1", "a2"], "another user's key is not shown");
+
+        let domain = json!({"keypair": {"name": "team", "scope": "domain", "public_key": ED25519_VECTOR}});
+        let created = kps
+            .call(
+                "POST",
+                "/v3/p/keypairs",
+                &[("X-Auth-Token", "bob:p"), ("Content-Type", "application/json")],
+                Some(&domain.to_string()),
+            )
+            .await;
+        assert_eq!(created.status, 200, "{}", created.json());
+        assert_eq!(list("alice:p").await, ["a1", "a2", "team"], "cache {cache_mb}: a domain key of the project");
+        assert_eq!(list("carol:other").await, Vec::<String>::new(), "not in another project");
+
+        assert_eq!(kps.nova("DELETE", "/v2.1/os-keypairs/a1", "alice:p", None, None).await.status, 202);
+        assert_eq!(list("alice:p").await, ["a2", "team"], "cache {cache_mb}: own delete");
+        let deleted = kps.call("DELETE", "/v3/p/keypairs/team", &[("X-Auth-Token", "bob:p")], None).await;
+        assert_eq!(deleted.status, 204);
+        assert_eq!(list("alice:p").await, ["a2"], "cache {cache_mb}: the domain key's deletion by its creator");
+
+        let at_22 = kps.nova("GET", "/v2.1/os-keypairs", "alice:p", Some("2.2"), None).await;
+        assert_eq!(at_22.json()["keypairs"][0]["keypair"]["type"], "ssh", "pages are cached per microversion");
+        let at_21 = kps.nova("GET", "/v2.1/os-keypairs", "alice:p", Some("2.1"), None).await;
+        assert!(at_21.json()["keypairs"][0]["keypair"].get("type").is_none());
+    }
+}

@@ -1,0 +1,173 @@
+//! Rendered list pages, kept until a write makes them stale.
+//!
+//! Key pair lists are read far more often than key pairs change (consoles list on every page view), and a
+//! page costs a range scan, one decode per record and a 10 KB body; a cached page costs a map lookup.
+//! Correctness rests on [`Generations`]: one counter per key owner (a user's keys, a project's `domain`
+//! keys), bumped by the service after every committed write under that owner and before the write is
+//! answered. A page is stored with the generations read *before* its scan and served only while they are
+//! unchanged, so a page that may predate a write is never served after that write was acknowledged. This is
+//! exact because one process owns the data directory (the lock in `datadir`), so every write goes through
+//! this service.
+//!
+//! Owners are hashed into a fixed array of counters: a collision only invalidates more than needed. The cache
+//! is bounded by the bytes of the bodies it holds (`cache.list_pages_mb`); the oldest pages go first.
+
+use std::collections::{HashMap, VecDeque};
+use std::hash::BuildHasher;
+use std::sync::Mutex;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use bytes::Bytes;
+
+/// Write counters for key owners. 4,096 slots: 32 KiB, and collisions are rare at realistic tenant counts.
+pub struct Generations {
+    slots: Box<[AtomicU64]>,
+    hasher: std::collections::hash_map::RandomState,
+}
+
+const SLOTS: usize = 4096;
+
+impl Default for Generations {
+    fn default() -> Self {
+        Self { slots: (0..SLOTS).map(|_| AtomicU64::new(0)).collect(), hasher: Default::default() }
+    }
+}
+
+impl Generations {
+    fn slot(&self, owner: &[u8]) -> &AtomicU64 {
+        // The modulo keeps the index in range; the truncation of the hash is intended.
+        #[allow(clippy::cast_possible_truncation)]
+        &self.slots[(self.hasher.hash_one(owner) as usize) % SLOTS]
+    }
+
+    /// The current generation of `owner` (a store key prefix such as `record::user_prefix`).
+    pub fn get(&self, owner: &[u8]) -> u64 {
+        self.slot(owner).load(Ordering::SeqCst)
+    }
+
+    /// Marks everything cached for `owner` stale. Call after the write is durable, before answering it.
+    pub fn bump(&self, owner: &[u8]) {
+        self.slot(owner).fetch_add(1, Ordering::SeqCst);
+    }
+}
+
+/// What a cached page was computed from: the generations of the owners it shows.
+pub type Stamp = (u64, u64);
+
+struct Entry {
+    stamp: Stamp,
+    body: Bytes,
+}
+
+#[derive(Default)]
+struct Pages {
+    map: HashMap<String, Entry>,
+    /// Insertion order, for eviction (a key may appear more than once; stale positions are skipped).
+    order: VecDeque<String>,
+    bytes: usize,
+}
+
+/// Rendered pages by request key, bounded by total body bytes.
+pub struct PageCache {
+    max_bytes: usize,
+    pages: Mutex<Pages>,
+}
+
+impl PageCache {
+    /// A cache holding at most `max_bytes` of bodies; 0 disables it.
+    pub fn new(max_bytes: usize) -> Self {
+        Self { max_bytes, pages: Mutex::new(Pages::default()) }
+    }
+
+    pub fn enabled(&self) -> bool {
+        self.max_bytes > 0
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, Pages> {
+        // Every critical section leaves the maps consistent, so a poisoned lock is still usable.
+        self.pages.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    /// The page stored under `key`, if it was computed at exactly `stamp`.
+    pub fn get(&self, key: &str, stamp: Stamp) -> Option<Bytes> {
+        if !self.enabled() {
+            return None;
+        }
+        let pages = self.lock();
+        pages.map.get(key).filter(|entry| entry.stamp == stamp).map(|entry| entry.body.clone())
+    }
+
+    /// Stores a page computed at `stamp` (read before the page was computed). Pages larger than an eighth
+    /// of the budget are not kept.
+    pub fn insert(&self, key: String, stamp: Stamp, body: Bytes) {
+        if !self.enabled() || body.len() > self.max_bytes / 8 {
+            return;
+        }
+        let mut pages = self.lock();
+        let pages = &mut *pages;
+        pages.bytes += body.len();
+        if let Some(old) = pages.map.insert(key.clone(), Entry { stamp, body }) {
+            pages.bytes -= old.body.len();
+        } else {
+            pages.order.push_back(key);
+        }
+        while pages.bytes > self.max_bytes {
+            let Some(oldest) = pages.order.pop_front() else { break };
+            if let Some(evicted) = pages.map.remove(&oldest) {
+                pages.bytes -= evicted.body.len();
+            }
+        }
+    }
+
+    /// Bytes of bodies held (tests, metrics).
+    pub fn bytes(&self) -> usize {
+        self.lock().bytes
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_page_is_served_only_at_the_stamp_it_was_computed_at() {
+        let generations = Generations::default();
+        let cache = PageCache::new(1 << 20);
+        let stamp = (generations.get(b"u-alice"), generations.get(b"d-p1"));
+        cache.insert("alice".into(), stamp, Bytes::from_static(b"page"));
+        assert_eq!(cache.get("alice", stamp).as_deref(), Some(&b"page"[..]));
+        assert_eq!(cache.get("bob", stamp), None);
+
+        generations.bump(b"u-alice");
+        let after_write = (generations.get(b"u-alice"), generations.get(b"d-p1"));
+        assert_ne!(after_write, stamp);
+        assert_eq!(cache.get("alice", after_write), None, "a write to the owner makes the page stale");
+
+        generations.bump(b"d-p1");
+        let after_domain_write = (generations.get(b"u-alice"), generations.get(b"d-p1"));
+        assert_ne!(after_domain_write, after_write, "a domain-key write of the project too");
+    }
+
+    #[test]
+    fn the_cache_stays_within_its_byte_budget_oldest_first() {
+        let cache = PageCache::new(800);
+        for page in 0..10 {
+            cache.insert(format!("page-{page}"), (0, 0), Bytes::from(vec![b'x'; 100]));
+        }
+        assert!(cache.bytes() <= 800, "{}", cache.bytes());
+        assert_eq!(cache.get("page-0", (0, 0)), None, "the oldest pages are evicted first");
+        assert!(cache.get("page-9", (0, 0)).is_some());
+        cache.insert("page-9".into(), (1, 0), Bytes::from(vec![b'y'; 50]));
+        assert_eq!(cache.get("page-9", (1, 0)).as_deref(), Some(&[b'y'; 50][..]), "replaced in place");
+        cache.insert("huge".into(), (0, 0), Bytes::from(vec![b'z'; 101]));
+        assert_eq!(cache.get("huge", (0, 0)), None, "pages over an eighth of the budget are not kept");
+    }
+
+    #[test]
+    fn a_disabled_cache_keeps_nothing() {
+        let cache = PageCache::new(0);
+        cache.insert("k".into(), (0, 0), Bytes::from_static(b"page"));
+        assert_eq!(cache.get("k", (0, 0)), None);
+        assert_eq!(cache.bytes(), 0);
+    }
+}
