@@ -31,9 +31,9 @@ URL=http://127.0.0.1:$KPS_PORT
 calls() { curl -s "http://127.0.0.1:$KMS_PORT/_mock/calls" | python3 -c "import json,sys; print(json.load(sys.stdin).get('$1', 0))"; }
 
 declare -A RPS P50 REQS
-run() { # variant conns encryption-json
+run() { # variant conns encryption-json [key: ed25519 | rsa]
   local out
-  out=$(BENCH_TOKEN="u-$1:p-bench" BENCH_TAG="$1c$2" BENCH_ENCRYPTION="$3" \
+  out=$(BENCH_KEY="${4:-ed25519}" BENCH_TOKEN="u-$1:p-bench" BENCH_TAG="$1c$2" BENCH_ENCRYPTION="$3" \
     wrk -t1 -c"$2" -d"$DURATION" -s "$BENCH_DIR/lua/import_escrow.lua" "$URL" | grep '^RESULT')
   echo "$1 c=$2: $out"
   [[ $out == *"non2xx=0"* ]] || { echo "errors in $1 c=$2" >&2; exit 1; }
@@ -54,18 +54,25 @@ for conns in 1 64; do
   after=$(calls create-datakey)
   echo "kms c=$conns: create-datakey calls $((after - before)) for ${REQS[kms$conns]} escrows; list-keys calls during the run: $(( $(calls list-keys) - lists ))"
 done
+# The same comparison for RSA-2048 key pairs (PKCS#1 private key): another match check, a larger record.
+for conns in 1 64; do
+  run rsa-plain $conns "" rsa
+  run rsa-default $conns '{"type": "default"}' rsa
+done
 reads_before=$(( $(calls create-datakey) + $(calls decrypt-datakey) + $(calls list-keys) + $(calls describe-key) ))
 for i in $(seq 200); do curl -s -o /dev/null "$URL/v2.1/os-keypairs?limit=50" -H "X-Auth-Token: u-kms:p-bench" -H 'OpenStack-API-Version: compute 2.35'; done
 for i in $(seq 200); do curl -s -o /dev/null "$URL/v3/p-bench/keypairs/kmsc1-1-$i" -H "X-Auth-Token: u-kms:p-bench"; done
 reads_after=$(( $(calls create-datakey) + $(calls decrypt-datakey) + $(calls list-keys) + $(calls describe-key) ))
 echo "reads: 400 list/show requests made $((reads_after - reads_before)) KMS calls"
-python3 - "${RPS[plain64]}" "${RPS[default64]}" "${RPS[plain1]}" "${RPS[default1]}" "${P50[plain1]}" "${P50[kms1]}" "${P50[default1]}" <<'PY'
+python3 - "${RPS[plain64]}" "${RPS[default64]}" "${RPS[plain1]}" "${RPS[default1]}" "${P50[plain1]}" "${P50[kms1]}" "${P50[default1]}" \
+  "${RPS[rsa-plain64]}" "${RPS[rsa-default64]}" "${RPS[rsa-plain1]}" "${RPS[rsa-default1]}" <<'PY'
 import sys
-p64, d64, p1, d1, pp50, kp50, dp50 = map(float, sys.argv[1:])
-ratio = p64 / d64
-print(f"default escrow vs plain import at 64 conns: {d64:.0f} vs {p64:.0f} req/s -> plain/escrow = {ratio:.2f}x "
-      f"(target <= 1.1x): {'PASS' if ratio <= 1.1 else 'FAIL'}")
-print(f"at 1 conn: {d1:.0f} vs {p1:.0f} req/s -> {p1 / d1:.2f}x")
+p64, d64, p1, d1, pp50, kp50, dp50, rp64, rd64, rp1, rd1 = map(float, sys.argv[1:])
+for key, plain, escrow, plain1, escrow1 in (("Ed25519", p64, d64, p1, d1), ("RSA-2048", rp64, rd64, rp1, rd1)):
+    ratio = plain / escrow
+    print(f"{key}: default escrow vs plain import at 64 conns: {escrow:.0f} vs {plain:.0f} req/s -> plain/escrow = "
+          f"{ratio:.2f}x (target <= 1.1x): {'PASS' if ratio <= 1.1 else 'FAIL'}; "
+          f"at 1 conn: {escrow1:.0f} vs {plain1:.0f} req/s -> {plain1 / escrow1:.2f}x")
 print(f"kms escrow p50 at 1 conn: {kp50 / 1000:.2f} ms vs plain {pp50 / 1000:.2f} ms (added {(kp50 - pp50) / 1000:.2f} ms), "
       f"default escrow {dp50 / 1000:.2f} ms")
 PY

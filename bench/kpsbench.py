@@ -35,6 +35,8 @@ OPENSSL_CMD = ["openssl", "genpkey", "-algorithm", "RSA", "-pkeyopt", "rsa_keyge
 
 # Targets of the issue: kps req/s over the trivial axum handler's, at 64 connections.
 RATIO_TARGETS = [("show", 0.50), ("list50", 0.25)]
+# Reported next to them, not targets: the list page cache's miss path (every request a new page).
+RATIO_INFO = [("list50-uncached", 0.25)]
 
 
 def percentile(sorted_values, pct):
@@ -293,12 +295,14 @@ def report(path):
     out.append("|---|---:|---:|---|")
     for conns in (64, 1):
         base = by.get(("trivial", conns))
-        for name, goal in RATIO_TARGETS:
+        for name, goal in RATIO_TARGETS + RATIO_INFO:
             row = by.get((name, conns))
             if not base or not row:
                 continue
             ratio = row["rps"] / base["rps"] if base["rps"] else 0.0
-            if conns == 64:
+            if (name, goal) in RATIO_INFO:
+                verdict = "(info: cache-miss path, not a target)"
+            elif conns == 64:
                 verdict = "PASS" if ratio >= goal else "FAIL"
                 verdicts.append(verdict)
             else:

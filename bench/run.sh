@@ -171,6 +171,9 @@ for conns in 1 64; do
   run_wrk show "kps (default pool)" "$conns" "$KPS_A" get.lua BENCH_PATH="$SHOW_PATH" BENCH_TOKEN="$TOKEN_READ"
   run_wrk list50 "kps (default pool)" "$conns" "$KPS_A" get.lua BENCH_PATH="$LIST_PATH" BENCH_TOKEN="$TOKEN_READ" \
     BENCH_API_VERSION=2.35
+  # The same page with a new Host per request: every request misses the list page cache.
+  run_wrk list50-uncached "kps (default pool)" "$conns" "$KPS_A" get_uncached.lua BENCH_PATH="$LIST_PATH" \
+    BENCH_TOKEN="$TOKEN_READ" BENCH_API_VERSION=2.35
 done
 # The list page really holds 50 keys.
 list_check=$(python3 - "$KPS_A" "$TOKEN_READ" <<'EOF'

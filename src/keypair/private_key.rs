@@ -96,19 +96,52 @@ fn has_encryption_header(pem: &str) -> bool {
         .any(|line| line.starts_with("Proc-Type:") && line.contains("ENCRYPTED"))
 }
 
-fn rsa_public(key: &rsa::RsaPrivateKey) -> Option<PublicKeyMaterial> {
+/// The public half of an RSA private key given by its components (big-endian), after the consistency
+/// checks of `rsa::RsaPrivateKey::validate`: `n = p·q` and `d·e ≡ 1 (mod p−1)` and `(mod q−1)`, so the file
+/// is the private key of `(n, e)`. Not `RsaPrivateKey::from_components`: its CRT precomputation (a modular
+/// inverse) was three quarters of the cost of an RSA escrow import, for values custody never uses (the text
+/// is escrowed as given). Intermediate values are zeroized.
+fn rsa_public_checked(n: &[u8], e: &[u8], d: &[u8], p: &[u8], q: &[u8]) -> Option<PublicKeyMaterial> {
+    use rsa::BigUint;
+    let secret = |bytes: &[u8]| Zeroizing::new(BigUint::from_bytes_be(bytes));
+    let (d, p, q) = (secret(d), secret(p), secret(q));
+    let (modulus, exponent) = (BigUint::from_bytes_be(n), BigUint::from_bytes_be(e));
+    let one = BigUint::from(1u8);
+    if *p <= one || *q <= one || *Zeroizing::new(&*p * &*q) != modulus {
+        return None;
+    }
+    let de = Zeroizing::new(&*d * &exponent);
+    for prime in [&*p, &*q] {
+        let order = Zeroizing::new(prime - &one);
+        if *Zeroizing::new(&*de % &*order) != one {
+            return None;
+        }
+    }
     // Re-validates n, e through the same constructor imported public keys use.
-    PublicKeyMaterial::rsa(&key.n().to_bytes_be(), &key.e().to_bytes_be())
+    PublicKeyMaterial::rsa(n, e)
 }
 
+/// A two-prime PKCS#1 `RSAPrivateKey` (multi-prime keys take the full `rsa` crate path).
 fn pkcs1_public(der: &[u8]) -> Option<PublicKeyMaterial> {
-    // `from_components` (used by the decoder) validates primes, d and n.
-    rsa_public(&rsa::RsaPrivateKey::from_pkcs1_der(der).ok()?)
+    let key = rsa::pkcs1::RsaPrivateKey::try_from(der).ok()?;
+    if key.other_prime_infos.is_some() {
+        let full = rsa::RsaPrivateKey::from_pkcs1_der(der).ok()?;
+        return PublicKeyMaterial::rsa(&full.n().to_bytes_be(), &full.e().to_bytes_be());
+    }
+    rsa_public_checked(
+        key.modulus.as_bytes(),
+        key.public_exponent.as_bytes(),
+        key.private_exponent.as_bytes(),
+        key.prime1.as_bytes(),
+        key.prime2.as_bytes(),
+    )
 }
 
 fn pkcs8_public(der: &[u8]) -> Option<PublicKeyMaterial> {
-    if let Ok(key) = rsa::RsaPrivateKey::from_pkcs8_der(der) {
-        return rsa_public(&key);
+    if let Ok(info) = rsa::pkcs8::PrivateKeyInfo::try_from(der)
+        && info.algorithm.oid == rsa::pkcs1::ALGORITHM_OID
+    {
+        return pkcs1_public(info.private_key);
     }
     // The elliptic-curve decoders check the curve OID in the AlgorithmIdentifier.
     if let Ok(key) = p256::SecretKey::from_pkcs8_der(der) {
@@ -183,29 +216,28 @@ fn openssh_public(pem: &str) -> Result<PublicKeyMaterial, KeypairError> {
         return Err(KeypairError::PrivateKeyEncrypted);
     }
     let derived = match key.key_data() {
-        KeypairData::Rsa(keypair) => openssh_rsa_key(keypair).and_then(|k| rsa_public(&k)),
+        KeypairData::Rsa(keypair) => openssh_rsa_public(keypair),
         KeypairData::Ecdsa(keypair) => openssh_ecdsa_public(keypair),
-        KeypairData::Ed25519(keypair) => {
-            let signing_key = ed25519_dalek::SigningKey::from(&keypair.private);
-            Some(PublicKeyMaterial::Ed25519(signing_key.verifying_key().to_bytes()))
-        }
+        // ssh-key (with its `ed25519` feature, on in Cargo.toml) derives the public key from the private seed
+        // while decoding and refuses a file whose embedded public half differs, so `public` *is* the derived
+        // key; deriving it again would double the cost of an Ed25519 escrow (a scalar multiplication).
+        KeypairData::Ed25519(keypair) => Some(PublicKeyMaterial::Ed25519(keypair.public.0)),
         // DSA, security keys and anything newer are not accepted for custody.
         _ => None,
     };
     derived.ok_or(KeypairError::PrivateKeyUnparsable)
 }
 
-/// Not `rsa::RsaPrivateKey::try_from(&RsaKeypair)`: ssh-key 0.6.7 passes `p` twice instead of `p, q`
-/// there, so every real key fails validation.
-fn openssh_rsa_key(keypair: &ssh_key::private::RsaKeypair) -> Option<rsa::RsaPrivateKey> {
-    let uint = |m: &ssh_key::Mpint| m.as_positive_bytes().map(rsa::BigUint::from_bytes_be);
-    rsa::RsaPrivateKey::from_components(
-        uint(&keypair.public.n)?,
-        uint(&keypair.public.e)?,
-        uint(&keypair.private.d)?,
-        vec![uint(&keypair.private.p)?, uint(&keypair.private.q)?],
+/// The OpenSSH RSA components through the same checks as PKCS#1 (not `rsa::RsaPrivateKey::try_from(&RsaKeypair)`:
+/// ssh-key 0.6.7 passes `p` twice instead of `p, q` there, so every real key fails validation).
+fn openssh_rsa_public(keypair: &ssh_key::private::RsaKeypair) -> Option<PublicKeyMaterial> {
+    rsa_public_checked(
+        keypair.public.n.as_positive_bytes()?,
+        keypair.public.e.as_positive_bytes()?,
+        keypair.private.d.as_positive_bytes()?,
+        keypair.private.p.as_positive_bytes()?,
+        keypair.private.q.as_positive_bytes()?,
     )
-    .ok()
 }
 
 fn openssh_ecdsa_public(keypair: &EcdsaKeypair) -> Option<PublicKeyMaterial> {
@@ -319,6 +351,55 @@ mod tests {
             assert!(private.check_matches(&public).is_ok(), "{name}");
             assert_eq!(private.algorithm(), public.algorithm, "{name}");
         }
+    }
+
+    /// The RSA consistency checks that replace `RsaPrivateKey::from_components`: each component that does
+    /// not belong to the key makes the file unusable for custody.
+    #[test]
+    fn rsa_components_must_be_one_consistent_key() {
+        use rsa::BigUint;
+        use rsa::traits::PrivateKeyParts;
+        let key = rsa::RsaPrivateKey::from_pkcs1_pem(RSA_PKCS1).expect("fixture");
+        let bytes = |v: &BigUint| v.to_bytes_be();
+        let (n, e, d) = (bytes(key.n()), bytes(key.e()), bytes(key.d()));
+        let (p, q) = (bytes(&key.primes()[0]), bytes(&key.primes()[1]));
+        let good = rsa_public_checked(&n, &e, &d, &p, &q).expect("the fixture is consistent");
+        assert_eq!(good, ssh_public(RSA_PUB).material);
+        let plus_two = |v: &BigUint| bytes(&(v + BigUint::from(2u8)));
+        assert!(rsa_public_checked(&n, &e, &plus_two(key.d()), &p, &q).is_none(), "wrong d");
+        assert!(rsa_public_checked(&n, &e, &d, &plus_two(&key.primes()[0]), &q).is_none(), "wrong p");
+        assert!(rsa_public_checked(&n, &[3], &d, &p, &q).is_none(), "wrong e");
+        assert!(rsa_public_checked(&n, &e, &d, &[1], &n).is_none(), "trivial factorisation");
+        assert!(rsa_public_checked(&n, &e, &d, &q, &p).is_some(), "the order of the primes does not matter");
+    }
+
+    /// An OpenSSH Ed25519 file whose embedded public halves were swapped for another key's public key
+    /// (the attack a "read the public key from the file" shortcut would fall for) does not parse, so it can
+    /// match neither key.
+    #[test]
+    fn an_openssh_ed25519_file_with_a_foreign_public_half_is_refused() {
+        let own = ssh_public(ED25519_PUB);
+        let foreign = ssh_public(SPEC_ED25519_PUB);
+        let (PublicKeyMaterial::Ed25519(own_bytes), PublicKeyMaterial::Ed25519(foreign_bytes)) =
+            (&own.material, &foreign.material)
+        else {
+            panic!("both fixtures are Ed25519 keys");
+        };
+        let binary = openssh_binary(include_str!("testdata/ed25519_openssh.key")).expect("binary");
+        let mut swapped = binary.to_vec();
+        let mut replaced = 0;
+        for at in 0..=swapped.len() - 32 {
+            if swapped[at..at + 32] == own_bytes[..] {
+                swapped[at..at + 32].copy_from_slice(foreign_bytes);
+                replaced += 1;
+            }
+        }
+        assert_eq!(replaced, 3, "the public key appears in the public section and twice in the private one");
+        let pem = format!(
+            "-----BEGIN OPENSSH PRIVATE KEY-----\n{}\n-----END OPENSSH PRIVATE KEY-----\n",
+            STANDARD.encode(&swapped)
+        );
+        assert!(matches!(parse_private_key(&pem), Err(KeypairError::PrivateKeyUnparsable)));
     }
 
     #[test]

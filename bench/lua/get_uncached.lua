@@ -1,0 +1,24 @@
+-- GET one path over and over, each request with a different Host header, so that no two requests share a
+-- cached list page (the page cache keys on the link base, which comes from Host): the cache-miss path of a
+-- list, including rendering and inserting the page. Environment as get.lua.
+dofile(os.getenv("BENCH_DIR") .. "/lua/common.lua")
+
+local path = os.getenv("BENCH_PATH") or "/"
+local headers = {}
+local token = os.getenv("BENCH_TOKEN")
+if token and token ~= "" then headers["X-Auth-Token"] = token end
+local version = os.getenv("BENCH_API_VERSION")
+if version and version ~= "" then headers["OpenStack-API-Version"] = "compute " .. version end
+
+local threads = 0
+function setup(thread)
+  threads = threads + 1
+  thread:set("tid", threads)
+end
+
+local counter = 0
+function request()
+  counter = counter + 1
+  headers["Host"] = string.format("h%d-%d.bench", tid or 0, counter)
+  return wrk.format("GET", path, headers)
+end
