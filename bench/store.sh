@@ -103,9 +103,11 @@ done
 cat "$OUT/machine.txt" >&2
 
 start_kps() { # NAME DATA_DIR -> sets KPS_PID, KPS_URL. No RSA pool: nothing may use CPU in the background.
+  # No list page cache either: these runs measure the store (a repeated marker would be a cache hit, and
+  # the small store repeats markers far more often than the big one).
   local name=$1 data=$2 port
   port=$($PY free-port)
-  printf '[keygen]\nrsa_pool_size = 0\n' >"$TMP/$name.toml"
+  printf '[keygen]\nrsa_pool_size = 0\n[cache]\nlist_pages_mb = 0\n' >"$TMP/$name.toml"
   KPS_LOG=warn KPS_QUOTA_KEY_PAIRS=-1 "$KPS" serve --config "$TMP/$name.toml" \
     --listen "127.0.0.1:$port" --data-dir "$data" >>"$OUT/$name.server.log" 2>&1 &
   KPS_PID=$!
