@@ -106,6 +106,12 @@ struct ServeArgs {
     auth: Option<AuthMode>,
 }
 
+/// mimalloc instead of glibc's malloc: per-request allocations from two tokio workers and the store's
+/// committer thread made glibc's arena bookkeeping (`_int_malloc`, `malloc_consolidate`, `unlink_chunk`) a
+/// quarter of an import's CPU (BENCHMARKS.md).
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let command = cli.command.unwrap_or(Command::Serve(ServeArgs::default()));

@@ -15,6 +15,7 @@ import json
 import os
 import statistics
 import sys
+import time
 import urllib.parse
 
 LIST_TARGET = 1.2  # big-store p50 ÷ small-store p50, at most
@@ -79,6 +80,30 @@ def check_page(base, token, marker, first, limit):
     print(f"{path}: status {r.status}, {len(names)} items, first {names[0] if names else '-'}, "
           f"{len(body)} bytes: {'ok' if ok else 'UNEXPECTED'}")
     return 0 if ok else 1
+
+
+def walk(base, token, expected):
+    """Pages through every key pair of the caller once (limit=1000, markers from the next links), so that
+    every page of the store has been read since start, as in a long-running server; prints the time."""
+    u = urllib.parse.urlsplit(base)
+    c = http.client.HTTPConnection(u.hostname, u.port, timeout=60)
+    headers = {"X-Auth-Token": token, "OpenStack-API-Version": "compute 2.35"}
+    started, seen, marker = time.monotonic(), 0, None
+    while True:
+        path = "/v2.1/os-keypairs?limit=1000" + (f"&marker={marker}" if marker else "")
+        c.request("GET", path, headers=headers)
+        r = c.getresponse()
+        body = json.loads(r.read())
+        if r.status != 200:
+            print(f"walk: {path} answered {r.status}", file=sys.stderr)
+            return 1
+        names = [k["keypair"]["name"] for k in body["keypairs"]]
+        seen += len(names)
+        if not body.get("keypairs_links") or not names:
+            break
+        marker = names[-1]
+    print(f"walked {seen} key pairs in {time.monotonic() - started:.1f} s")
+    return 0 if seen == int(expected) else 1
 
 
 def perf_counts(path):
@@ -216,7 +241,7 @@ def report(path):
 
 
 def main(argv):
-    commands = {"wrk": wrk, "sled": sled, "check-page": check_page, "report": report}
+    commands = {"wrk": wrk, "sled": sled, "check-page": check_page, "walk": walk, "report": report}
     if len(argv) < 2 or argv[1] not in commands:
         print(__doc__, file=sys.stderr)
         return 2
