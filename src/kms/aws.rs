@@ -116,14 +116,7 @@ impl AwsKms {
 
     /// DescribeKey on the id or alias (no list call is needed at AWS), cached; then the state and spec checks.
     pub async fn resolve(&self, key: &KeyRef) -> Result<ResolvedKey, KmsError> {
-        let found = match self.cache.get(key) {
-            Some(found) => found,
-            None => {
-                let found = self.describe_key(key).await?;
-                self.cache.insert(key.clone(), found.clone());
-                found
-            }
-        };
+        let found = self.cache.get_or_resolve(key, || self.describe_key(key)).await?;
         check_usable(key.as_str(), &found)?;
         Ok(found)
     }
@@ -233,12 +226,7 @@ impl AwsKms {
     {
         self.call(operation, attempt).await.map_err(|failure| {
             let error = failure.into_error(key_id);
-            if matches!(
-                error,
-                KmsError::KeyNotFound { .. } | KmsError::KeyDisabled { .. } | KmsError::KeyUnusable { .. }
-            ) {
-                self.cache.evict_key_id(key_id);
-            }
+            self.cache.forget_if_unusable(key_id, &error);
             error
         })
     }

@@ -6,7 +6,7 @@ use std::collections::HashMap;
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
-use super::{KeyRef, ResolvedKey};
+use super::{KeyRef, KmsError, ResolvedKey};
 
 pub const DEFAULT_TTL: Duration = Duration::from_secs(60);
 pub const DEFAULT_CAPACITY: usize = 1024;
@@ -68,6 +68,27 @@ impl KeyCache {
             }
         }
         entries.map.insert(key, Entry { key: resolved, stored_at: Instant::now(), last_used: now });
+    }
+
+    /// The cached resolution of `key`, else `lookup`'s answer, which is cached if it found the key.
+    pub async fn get_or_resolve<F>(&self, key: &KeyRef, lookup: impl FnOnce() -> F) -> Result<ResolvedKey, KmsError>
+    where
+        F: Future<Output = Result<ResolvedKey, KmsError>>,
+    {
+        if let Some(found) = self.get(key) {
+            return Ok(found);
+        }
+        let found = lookup().await?;
+        self.insert(key.clone(), found.clone());
+        Ok(found)
+    }
+
+    /// After a data-key call under `key_id` failed with `error`: an answer saying the key is gone, disabled
+    /// or unusable makes every cached resolution of that key stale (§3 step 7).
+    pub fn forget_if_unusable(&self, key_id: &str, error: &KmsError) {
+        if matches!(error, KmsError::KeyNotFound { .. } | KmsError::KeyDisabled { .. } | KmsError::KeyUnusable { .. }) {
+            self.evict_key_id(key_id);
+        }
     }
 
     /// Drops every entry resolving to `key_id` (its id entry and every alias pointing to it).

@@ -128,17 +128,15 @@ impl HuaweiKms {
     }
 
     pub async fn resolve(&self, key: &KeyRef) -> Result<ResolvedKey, KmsError> {
-        let found = match self.cache.get(key) {
-            Some(found) => found,
-            None => {
-                let found = match key {
-                    KeyRef::Alias(alias) => self.find_alias(alias).await?,
-                    KeyRef::Id(key_id) => self.describe_key(key_id).await?,
-                };
-                self.cache.insert(key.clone(), found.clone());
-                found
-            }
-        };
+        let found = self
+            .cache
+            .get_or_resolve(key, || async {
+                match key {
+                    KeyRef::Alias(alias) => self.find_alias(alias).await,
+                    KeyRef::Id(key_id) => self.describe_key(key_id).await,
+                }
+            })
+            .await?;
         check_usable(key.as_str(), &found)?;
         Ok(found)
     }
@@ -237,12 +235,7 @@ impl HuaweiKms {
     ) -> Result<T, KmsError> {
         self.call(action, body).await.map_err(|failure| {
             let error = failure.into_error(key_id);
-            if matches!(
-                error,
-                KmsError::KeyNotFound { .. } | KmsError::KeyDisabled { .. } | KmsError::KeyUnusable { .. }
-            ) {
-                self.cache.evict_key_id(key_id);
-            }
+            self.cache.forget_if_unusable(key_id, &error);
             error
         })
     }
