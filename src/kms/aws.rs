@@ -95,7 +95,7 @@ impl AwsKms {
             client: aws_sdk_kms::Client::from_conf(config.build()),
             transport,
             cache: KeyCache::new(DEFAULT_TTL, DEFAULT_CAPACITY),
-            stats: KmsCallStats::default(),
+            stats: KmsCallStats::new(super::stats::AWS_OPERATIONS),
         })
     }
 

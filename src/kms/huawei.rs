@@ -107,7 +107,7 @@ impl HuaweiKms {
             credentials,
             transport,
             cache: KeyCache::new(DEFAULT_TTL, DEFAULT_CAPACITY),
-            stats: KmsCallStats::default(),
+            stats: KmsCallStats::new(super::stats::HUAWEI_OPERATIONS),
         })
     }
 
