@@ -59,6 +59,15 @@ struct Entry {
     body: Bytes,
 }
 
+/// What one entry costs beyond its body and key (map slot, queue slot, `Bytes` header), charged to the
+/// budget so that many tiny pages (empty lists) cannot grow the cache past it.
+const ENTRY_OVERHEAD: usize = 128;
+
+/// The budget an entry uses.
+fn cost(key: &str, body: &Bytes) -> usize {
+    2 * key.len() + body.len() + ENTRY_OVERHEAD
+}
+
 #[derive(Default)]
 struct Pages {
     map: HashMap<String, Entry>,
@@ -97,29 +106,29 @@ impl PageCache {
         pages.map.get(key).filter(|entry| entry.stamp == stamp).map(|entry| entry.body.clone())
     }
 
-    /// Stores a page computed at `stamp` (read before the page was computed). Pages larger than an eighth
-    /// of the budget are not kept.
+    /// Stores a page computed at `stamp` (read before the page was computed). Pages costing more than an
+    /// eighth of the budget are not kept.
     pub fn insert(&self, key: String, stamp: Stamp, body: Bytes) {
-        if !self.enabled() || body.len() > self.max_bytes / 8 {
+        let added = cost(&key, &body);
+        if !self.enabled() || added > self.max_bytes / 8 {
             return;
         }
         let mut pages = self.lock();
         let pages = &mut *pages;
-        pages.bytes += body.len();
-        if let Some(old) = pages.map.insert(key.clone(), Entry { stamp, body }) {
-            pages.bytes -= old.body.len();
-        } else {
-            pages.order.push_back(key);
+        pages.bytes += added;
+        match pages.map.insert(key.clone(), Entry { stamp, body }) {
+            Some(old) => pages.bytes -= cost(&key, &old.body),
+            None => pages.order.push_back(key),
         }
         while pages.bytes > self.max_bytes {
             let Some(oldest) = pages.order.pop_front() else { break };
             if let Some(evicted) = pages.map.remove(&oldest) {
-                pages.bytes -= evicted.body.len();
+                pages.bytes -= cost(&oldest, &evicted.body);
             }
         }
     }
 
-    /// Bytes of bodies held (tests, metrics).
+    /// Budget in use: bodies, keys (counted twice: map and eviction queue) and per-entry overhead.
     pub fn bytes(&self) -> usize {
         self.lock().bytes
     }
@@ -150,17 +159,28 @@ mod tests {
 
     #[test]
     fn the_cache_stays_within_its_byte_budget_oldest_first() {
-        let cache = PageCache::new(800);
+        let entry = cost("page-0", &Bytes::from(vec![b'x'; 100]));
+        let cache = PageCache::new(8 * entry);
         for page in 0..10 {
             cache.insert(format!("page-{page}"), (0, 0), Bytes::from(vec![b'x'; 100]));
         }
-        assert!(cache.bytes() <= 800, "{}", cache.bytes());
+        assert!(cache.bytes() <= 8 * entry, "{}", cache.bytes());
         assert_eq!(cache.get("page-0", (0, 0)), None, "the oldest pages are evicted first");
         assert!(cache.get("page-9", (0, 0)).is_some());
         cache.insert("page-9".into(), (1, 0), Bytes::from(vec![b'y'; 50]));
         assert_eq!(cache.get("page-9", (1, 0)).as_deref(), Some(&[b'y'; 50][..]), "replaced in place");
-        cache.insert("huge".into(), (0, 0), Bytes::from(vec![b'z'; 101]));
+        cache.insert("huge".into(), (0, 0), Bytes::from(vec![b'z'; 200]));
         assert_eq!(cache.get("huge", (0, 0)), None, "pages over an eighth of the budget are not kept");
+    }
+
+    #[test]
+    fn tiny_pages_are_charged_their_overhead() {
+        let cache = PageCache::new(64 * 1024);
+        for page in 0..100_000 {
+            cache.insert(format!("an-empty-list-{page}"), (0, 0), Bytes::from_static(b"{\"keypairs\":[]}"));
+        }
+        assert!(cache.bytes() <= 64 * 1024);
+        assert!(cache.lock().map.len() < 64 * 1024 / ENTRY_OVERHEAD, "{} entries", cache.lock().map.len());
     }
 
     #[test]
