@@ -244,6 +244,9 @@ sled_run batch after
 # round (the whole group in one transaction).
 sled_run kps-tx info
 sled_run kps-group info
+# What sled makes durable per second of the writes one import makes (record + name-index entry, with the
+# committer's precondition reads), in kps's one-tree layout: the store's share of an import.
+sled_run import-writes info
 
 echo "loadavg_end: $(cut -d' ' -f1-3 /proc/loadavg)" >>"$OUT/machine.txt"
 echo "elapsed_s: $(($(date +%s) - STARTED))" >>"$OUT/machine.txt"

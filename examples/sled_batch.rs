@@ -18,8 +18,11 @@
 //!   `--batch` transactions per durable round.
 //! * `kps-group` (diagnosis): the same reads and writes as `kps-tx`, but all records of a round in ONE
 //!   transaction over the two trees (what a committer that merged its group into one transaction would do).
+//! * `import-writes` (diagnosis): the writes an import makes since store format 2, as its committer makes
+//!   them: per record, a precondition read of the record key and of its name-index key, then the record and
+//!   the name-index entry in ONE `sled::Batch` per round, all in one tree (keys tagged `K`/`N`).
 //!
-//! Usage: `cargo run --release --example sled_batch -- [--mode batch|kps-tx|kps-group] [--batch 64] [--seconds 10]
+//! Usage: `cargo run --release --example sled_batch -- [--mode batch|kps-tx|kps-group|import-writes] [--batch 64] [--seconds 10]
 //! [--dir PARENT]`. Prints `key=value` lines; `records_per_s` is the figure.
 
 use std::fs::File;
@@ -41,6 +44,7 @@ enum Mode {
     Batch,
     KpsTx,
     KpsGroup,
+    ImportWrites,
 }
 
 struct Args {
@@ -61,6 +65,7 @@ fn parse_args() -> Result<Args, String> {
                     "batch" => Mode::Batch,
                     "kps-tx" => Mode::KpsTx,
                     "kps-group" => Mode::KpsGroup,
+                    "import-writes" => Mode::ImportWrites,
                     other => return Err(format!("unknown mode {other}")),
                 }
             }
@@ -115,6 +120,7 @@ fn main() {
     let db = sled::Config::new().path(tmp.path()).flush_every_ms(None).open().unwrap_or_else(|e| fail(e));
     let keypairs = db.open_tree("keypairs").unwrap_or_else(|e| fail(e));
     let name_index = db.open_tree("name_index").unwrap_or_else(|e| fail(e));
+    let data = db.open_tree("data").unwrap_or_else(|e| fail(e));
     let log_file = File::open(tmp.path().join("db")).unwrap_or_else(|e| fail(format!("open db file: {e}")));
     File::open(tmp.path()).and_then(|d| d.sync_all()).unwrap_or_else(|e| fail(format!("sync dir: {e}")));
 
@@ -161,6 +167,20 @@ fn main() {
                     result.unwrap_or_else(|e| fail(format!("transaction: {e:?}")));
                 }
             }
+            Mode::ImportWrites => {
+                let tagged = |tag: u8, key: &[u8]| [&[tag][..], key].concat();
+                let mut batch = sled::Batch::default();
+                for (key, value, index_key) in &items {
+                    let (key, index_key) = (tagged(b'K', key), tagged(b'N', index_key));
+                    if data.get(&key).unwrap_or_else(|e| fail(e)).is_some() {
+                        fail("record exists");
+                    }
+                    let _ = data.get(&index_key).unwrap_or_else(|e| fail(e));
+                    batch.insert(key, value.as_slice());
+                    batch.insert(index_key, entry.as_slice());
+                }
+                data.apply_batch(batch).unwrap_or_else(|e| fail(e));
+            }
             Mode::KpsGroup => {
                 let result = (&keypairs, &name_index).transaction(|(kp, ni)| {
                     for (key, value, index_key) in &items {
@@ -190,7 +210,7 @@ fn main() {
     }
     let elapsed = started.elapsed().as_secs_f64();
     round_ms.sort_by(f64::total_cmp);
-    let stored = keypairs.len();
+    let stored = if args.mode == Mode::ImportWrites { data.len() / 2 } else { keypairs.len() };
     if stored as u64 != n {
         fail(format!("{stored} records in the tree, {n} written"));
     }
@@ -198,6 +218,7 @@ fn main() {
         Mode::Batch => "batch",
         Mode::KpsTx => "kps-tx",
         Mode::KpsGroup => "kps-group",
+        Mode::ImportWrites => "import-writes",
     };
     println!("mode={mode} batch={} seconds={elapsed:.3}", args.batch);
     println!("record_bytes={} key_bytes={} name_index_value_bytes={}", sample.len(), sample_key.len(), entry.len());
