@@ -385,7 +385,8 @@ mod tests {
         else {
             panic!("both fixtures are Ed25519 keys");
         };
-        let binary = openssh_binary(include_str!("testdata/ed25519_openssh.key")).expect("binary");
+        let fixture = include_str!("testdata/ed25519_openssh.key");
+        let binary = openssh_binary(fixture).expect("binary");
         let mut swapped = binary.to_vec();
         let mut replaced = 0;
         for at in 0..=swapped.len() - 32 {
@@ -395,10 +396,9 @@ mod tests {
             }
         }
         assert_eq!(replaced, 3, "the public key appears in the public section and twice in the private one");
-        let pem = format!(
-            "-----BEGIN OPENSSH PRIVATE KEY-----\n{}\n-----END OPENSSH PRIVATE KEY-----\n",
-            STANDARD.encode(&swapped)
-        );
+        // The fixture's own armour lines around the altered body.
+        let armour: Vec<&str> = fixture.lines().collect();
+        let pem = format!("{}\n{}\n{}\n", armour[0], STANDARD.encode(&swapped), armour[armour.len() - 1]);
         assert!(matches!(parse_private_key(&pem), Err(KeypairError::PrivateKeyUnparsable)));
     }
 
