@@ -9,8 +9,6 @@
 //! Plaintext data keys are moved out of the SDK's output into `Zeroizing` buffers; the SDK's transient
 //! response buffers are outside kps's control.
 
-use std::time::Duration;
-
 use aws_sdk_kms::config::retry::RetryConfig;
 use aws_sdk_kms::config::timeout::TimeoutConfig;
 use aws_sdk_kms::config::{BehaviorVersion, Credentials, Region};
@@ -97,13 +95,6 @@ impl AwsKms {
             cache: KeyCache::new(DEFAULT_TTL, DEFAULT_CAPACITY),
             stats: KmsCallStats::new(super::stats::AWS_OPERATIONS),
         })
-    }
-
-    /// Replaces the resolution cache (tests shorten the TTL).
-    #[must_use]
-    pub fn with_cache(mut self, ttl: Duration, capacity: usize) -> Self {
-        self.cache = KeyCache::new(ttl, capacity);
-        self
     }
 
     pub fn clear_cache(&self) {
@@ -224,11 +215,7 @@ impl AwsKms {
         F: FnMut() -> Fut,
         Fut: Future<Output = Result<T, FailureKind>>,
     {
-        self.call(operation, attempt).await.map_err(|failure| {
-            let error = failure.into_error(key_id);
-            self.cache.forget_if_unusable(key_id, &error);
-            error
-        })
+        self.call(operation, attempt).await.map_err(|failure| self.cache.data_key_error(key_id, failure))
     }
 
     async fn call<T, F, Fut>(&self, operation: &'static str, attempt: F) -> Result<T, Failure>

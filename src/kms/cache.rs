@@ -6,6 +6,7 @@ use std::collections::HashMap;
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
+use super::transport::Failure;
 use super::{KeyRef, KmsError, ResolvedKey};
 
 pub const DEFAULT_TTL: Duration = Duration::from_secs(60);
@@ -83,12 +84,14 @@ impl KeyCache {
         Ok(found)
     }
 
-    /// After a data-key call under `key_id` failed with `error`: an answer saying the key is gone, disabled
-    /// or unusable makes every cached resolution of that key stale (§3 step 7).
-    pub fn forget_if_unusable(&self, key_id: &str, error: &KmsError) {
+    /// The error of a failed data-key call under `key_id`; an answer saying the key is gone, disabled or
+    /// unusable also makes every cached resolution of that key stale (§3 step 7).
+    pub(super) fn data_key_error(&self, key_id: &str, failure: Failure) -> KmsError {
+        let error = failure.into_error(key_id);
         if matches!(error, KmsError::KeyNotFound { .. } | KmsError::KeyDisabled { .. } | KmsError::KeyUnusable { .. }) {
             self.evict_key_id(key_id);
         }
+        error
     }
 
     /// Drops every entry resolving to `key_id` (its id entry and every alias pointing to it).

@@ -233,11 +233,7 @@ impl HuaweiKms {
         key_id: &str,
         body: &[u8],
     ) -> Result<T, KmsError> {
-        self.call(action, body).await.map_err(|failure| {
-            let error = failure.into_error(key_id);
-            self.cache.forget_if_unusable(key_id, &error);
-            error
-        })
+        self.call(action, body).await.map_err(|failure| self.cache.data_key_error(key_id, failure))
     }
 
     /// One KMS call under the transport rules, counted in `stats`.
