@@ -4,7 +4,4 @@ dofile(os.getenv("BENCH_DIR") .. "/lua/common.lua")
 
 wrk.method = "GET"
 wrk.path = os.getenv("BENCH_PATH") or "/"
-local token = os.getenv("BENCH_TOKEN")
-if token and token ~= "" then wrk.headers["X-Auth-Token"] = token end
-local version = os.getenv("BENCH_API_VERSION")
-if version and version ~= "" then wrk.headers["OpenStack-API-Version"] = "compute " .. version end
+bench_headers(wrk.headers)

@@ -4,17 +4,7 @@
 dofile(os.getenv("BENCH_DIR") .. "/lua/common.lua")
 
 local path = os.getenv("BENCH_PATH") or "/"
-local headers = {}
-local token = os.getenv("BENCH_TOKEN")
-if token and token ~= "" then headers["X-Auth-Token"] = token end
-local version = os.getenv("BENCH_API_VERSION")
-if version and version ~= "" then headers["OpenStack-API-Version"] = "compute " .. version end
-
-local threads = 0
-function setup(thread)
-  threads = threads + 1
-  thread:set("tid", threads)
-end
+local headers = bench_headers()
 
 local counter = 0
 function request()

@@ -7,16 +7,7 @@ dofile(os.getenv("BENCH_DIR") .. "/lua/common.lua")
 local public_key = "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIAOhB7/zzhC+HXDdGOdLwJln5NYwm6UNXx3chmQSVTG4 bench"
 local path = os.getenv("BENCH_PATH") or "/v2.1/os-keypairs"
 local tag = (os.getenv("BENCH_TAG") or "imp") .. (os.getenv("BENCH_PHASE") or "")
-local headers = {
-  ["X-Auth-Token"] = os.getenv("BENCH_TOKEN"),
-  ["Content-Type"] = "application/json",
-}
-
-local threads = 0
-function setup(thread)
-  threads = threads + 1
-  thread:set("tid", threads)
-end
+local headers = bench_headers({["Content-Type"] = "application/json"})
 
 local counter = 0
 function request()

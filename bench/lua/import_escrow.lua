@@ -21,16 +21,7 @@ local private_key = fixture:gsub("\n", "\\n")
 local encryption = os.getenv("BENCH_ENCRYPTION")
 local path = os.getenv("BENCH_PATH") or "/v2.1/os-keypairs"
 local tag = (os.getenv("BENCH_TAG") or "esc") .. (os.getenv("BENCH_PHASE") or "")
-local headers = {
-  ["X-Auth-Token"] = os.getenv("BENCH_TOKEN"),
-  ["Content-Type"] = "application/json",
-}
-
-local threads = 0
-function setup(thread)
-  threads = threads + 1
-  thread:set("tid", threads)
-end
+local headers = bench_headers({["Content-Type"] = "application/json"})
 
 local counter = 0
 function request()

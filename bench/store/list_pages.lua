@@ -16,10 +16,7 @@ for m in ((os.getenv("BENCH_MARKERS") or "") .. ","):gmatch("([^,]*),") do marke
 if #markers == 0 then markers[1] = "" end
 
 wrk.method = "GET"
-local token = os.getenv("BENCH_TOKEN")
-if token and token ~= "" then wrk.headers["X-Auth-Token"] = token end
-local version = os.getenv("BENCH_API_VERSION")
-if version and version ~= "" then wrk.headers["OpenStack-API-Version"] = "compute " .. version end
+bench_headers(wrk.headers)
 
 math.randomseed(tonumber(os.getenv("BENCH_SEED") or "1"))
 local sent, received = 0, 0
