@@ -5,7 +5,9 @@
 use zeroize::Zeroizing;
 
 use super::envelope::SymmetricKey;
-use super::{Aad, CustodyError, EncryptorKind, PrivateKeyText, SEALED_FORMAT_VERSION, SealedKey};
+use super::{
+    Aad, CustodyError, EncryptorKind, PrivateKeyText, SEALED_FORMAT_VERSION, SealedKey, field_bytes, field_text,
+};
 use crate::kms::{KeyRef, KmsClient};
 
 pub struct KmsEncryptor {
@@ -38,21 +40,22 @@ impl KmsEncryptor {
             key_name,
             salt: None,
             wrapped_dek: data_key.cipher_text().to_owned(),
-            nonce: hex::encode(nonce),
-            ciphertext: hex::encode(ciphertext),
+            nonce: field_text(&nonce),
+            ciphertext: field_text(&ciphertext),
         })
     }
 
     /// Unwraps the data key through the KMS (the key id stored at escrow time) and decrypts.
     pub async fn open(&self, aad: &Aad, sealed: &SealedKey) -> Result<PrivateKeyText, CustodyError> {
-        if sealed.encryptor != EncryptorKind::Kms || sealed.format_version != SEALED_FORMAT_VERSION {
-            return Err(CustodyError::Malformed("not a kms envelope of a known version".into()));
+        if sealed.encryptor != EncryptorKind::Kms {
+            return Err(CustodyError::Malformed("not a kms envelope".into()));
         }
+        // The fields are decoded first: a malformed record makes no KMS call.
+        let nonce = field_bytes(sealed, "nonce", &sealed.nonce)?;
+        let ciphertext = field_bytes(sealed, "ciphertext", &sealed.ciphertext)?;
         let dek = self.client.decrypt_data_key(&sealed.key_ref, &sealed.wrapped_dek, aad).await?;
         let dek = SymmetricKey::from_bytes(dek.as_ref())?;
-        let unhex = |field: &str, text: &str| hex::decode(text).map_err(|_| CustodyError::Malformed(field.into()));
-        let plaintext =
-            dek.decrypt(&unhex("nonce", &sealed.nonce)?, &unhex("ciphertext", &sealed.ciphertext)?, &aad.bytes())?;
+        let plaintext = dek.decrypt(&nonce, &ciphertext, &aad.bytes())?;
         let text = String::from_utf8(plaintext.to_vec()).map_err(|_| CustodyError::Integrity)?;
         Ok(PrivateKeyText::new(Zeroizing::new(text)))
     }

@@ -7,7 +7,10 @@ use sha2::Sha256;
 use zeroize::Zeroizing;
 
 use super::envelope::{KEY_LEN, NONCE_LEN, SymmetricKey};
-use super::{Aad, CustodyError, EncryptorKind, MasterKeyring, PrivateKeyText, SEALED_FORMAT_VERSION, SealedKey};
+use super::{
+    Aad, CustodyError, EncryptorKind, MasterKeyring, PrivateKeyText, SEALED_FORMAT_VERSION, SealedKey, field_bytes,
+    field_text,
+};
 
 pub struct LocalEncryptor {
     keyring: MasterKeyring,
@@ -46,20 +49,20 @@ impl LocalEncryptor {
             encryptor: EncryptorKind::Default,
             key_ref: key_id,
             key_name: None,
-            salt: Some(hex::encode(salt)),
-            wrapped_dek: hex::encode(wrapped_dek),
-            nonce: hex::encode(nonce),
-            ciphertext: hex::encode(ciphertext),
+            salt: Some(field_text(&salt)),
+            wrapped_dek: field_text(&wrapped_dek),
+            nonce: field_text(&nonce),
+            ciphertext: field_text(&ciphertext),
         })
     }
 
     pub fn open(&self, aad: &Aad, sealed: &SealedKey) -> Result<PrivateKeyText, CustodyError> {
-        if sealed.encryptor != EncryptorKind::Default || sealed.format_version != SEALED_FORMAT_VERSION {
-            return Err(CustodyError::Malformed("not a default-encryptor envelope of a known version".into()));
+        if sealed.encryptor != EncryptorKind::Default {
+            return Err(CustodyError::Malformed("not a default-encryptor envelope".into()));
         }
-        let unhex = |field: &str, text: &str| hex::decode(text).map_err(|_| CustodyError::Malformed(field.into()));
-        let salt = unhex("salt", sealed.salt.as_deref().unwrap_or_default())?;
-        let wrapped = unhex("wrapped_dek", &sealed.wrapped_dek)?;
+        let bytes = |field: &str, text: &str| field_bytes(sealed, field, text);
+        let salt = bytes("salt", sealed.salt.as_deref().unwrap_or_default())?;
+        let wrapped = bytes("wrapped_dek", &sealed.wrapped_dek)?;
         if wrapped.len() <= NONCE_LEN {
             return Err(CustodyError::Malformed("wrapped_dek".into()));
         }
@@ -68,7 +71,7 @@ impl LocalEncryptor {
         let dek = self.kek(&sealed.key_ref, &salt)?.decrypt(wrap_nonce, wrapped, &aad)?;
         let dek = SymmetricKey::from_bytes(&dek)?;
         let plaintext =
-            dek.decrypt(&unhex("nonce", &sealed.nonce)?, &unhex("ciphertext", &sealed.ciphertext)?, &aad)?;
+            dek.decrypt(&bytes("nonce", &sealed.nonce)?, &bytes("ciphertext", &sealed.ciphertext)?, &aad)?;
         let text = String::from_utf8(plaintext.to_vec()).map_err(|_| CustodyError::Integrity)?;
         Ok(PrivateKeyText::new(Zeroizing::new(text)))
     }
@@ -127,5 +130,41 @@ mod tests {
         let mut sealed_same_id = sealed.clone();
         sealed_same_id.key_ref = encryptor(b.path()).current_key_id().to_owned();
         assert!(encryptor(b.path()).open(&aad("k", 1), &sealed_same_id).is_err());
+    }
+
+    /// The same envelope with its binary fields re-encoded as format 1 wrote them (hex).
+    fn as_format_1(sealed: &SealedKey) -> SealedKey {
+        use base64::Engine;
+        let hex_of = |text: &str| hex::encode(base64::engine::general_purpose::STANDARD.decode(text).expect("base64"));
+        SealedKey {
+            format_version: 1,
+            salt: sealed.salt.as_deref().map(hex_of),
+            wrapped_dek: hex_of(&sealed.wrapped_dek),
+            nonce: hex_of(&sealed.nonce),
+            ciphertext: hex_of(&sealed.ciphertext),
+            ..sealed.clone()
+        }
+    }
+
+    #[test]
+    fn format_1_envelopes_still_open_and_unknown_formats_are_refused() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let local = encryptor(dir.path());
+        let sealed = local.seal(&aad("k", 1), &secret()).expect("seal");
+        assert_eq!(sealed.format_version, SEALED_FORMAT_VERSION);
+        let old = as_format_1(&sealed);
+        assert!(old.ciphertext.len() > sealed.ciphertext.len(), "base64 is denser than hex");
+        assert_eq!(local.open(&aad("k", 1), &old).expect("format 1 opens").expose(), secret().expose());
+        assert!(matches!(local.open(&aad("k", 2), &old), Err(CustodyError::Integrity)));
+        // Fields read in the wrong encoding never open (hex text is also valid base64, of other bytes).
+        let mislabelled = SealedKey { format_version: 2, ..old.clone() };
+        assert!(local.open(&aad("k", 1), &mislabelled).is_err());
+        let newer = SealedKey { format_version: SEALED_FORMAT_VERSION + 1, ..sealed };
+        match local.open(&aad("k", 1), &newer) {
+            Err(CustodyError::Malformed(message)) => {
+                assert!(message.contains("unknown sealed key format"), "{message}")
+            }
+            other => panic!("newer format opened: {other:?}"),
+        }
     }
 }

@@ -11,6 +11,8 @@ pub mod keyring;
 pub mod kms;
 pub mod local;
 
+use base64::Engine;
+use base64::engine::general_purpose::STANDARD;
 use zeroize::Zeroizing;
 
 pub use crate::store::record::{EncryptorKind, SealedKey};
@@ -19,8 +21,26 @@ pub use keyring::{KeyringError, MasterKeyring};
 pub use kms::KmsEncryptor;
 pub use local::LocalEncryptor;
 
-/// Format of `SealedKey`.
-pub const SEALED_FORMAT_VERSION: u8 = 1;
+/// Format of the `SealedKey`s written now: 2 = the binary fields (`salt`, a `default` envelope's
+/// `wrapped_dek`, `nonce`, `ciphertext`) in standard base64. Format 1 (the same fields in hex, twice the
+/// size of the bytes) is still read; `kps rewrap` moves such records to format 2.
+pub const SEALED_FORMAT_VERSION: u8 = 2;
+
+/// A binary field of a sealed key as stored text (current format).
+fn field_text(bytes: &[u8]) -> String {
+    STANDARD.encode(bytes)
+}
+
+/// A binary field of `sealed` back to bytes, by the format it was written in. A field that does not decode,
+/// or a format this build does not know, is `Malformed` (never guessed at).
+fn field_bytes(sealed: &SealedKey, field: &str, text: &str) -> Result<Vec<u8>, CustodyError> {
+    let decoded = match sealed.format_version {
+        1 => hex::decode(text).ok(),
+        2 => STANDARD.decode(text).ok(),
+        newer => return Err(CustodyError::Malformed(format!("unknown sealed key format {newer}"))),
+    };
+    decoded.ok_or_else(|| CustodyError::Malformed(field.into()))
+}
 
 /// A private key in plaintext: zeroized on drop, never printed.
 pub struct PrivateKeyText(Zeroizing<String>);

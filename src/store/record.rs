@@ -56,6 +56,7 @@ pub enum EncryptorKind {
 }
 
 /// A sealed private key as stored: ciphertext and what is needed to unwrap its data key. Nothing secret.
+/// Binary fields are text in the encoding of `format_version` (custody: 1 = hex, 2 = base64).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct SealedKey {
     pub format_version: u8,
@@ -65,14 +66,14 @@ pub struct SealedKey {
     /// KMS key alias as given or resolved, for display only.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub key_name: Option<String>,
-    /// HKDF salt, 32 random bytes per record (`default` only), hex.
+    /// HKDF salt, 32 random bytes per record (`default` only).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub salt: Option<String>,
-    /// The wrapped data key, hex.
+    /// The wrapped data key: `default`: nonce + AES-GCM ciphertext; `kms`: the KMS's own text form of it.
     pub wrapped_dek: String,
-    /// Nonce of the private-key ciphertext, hex.
+    /// Nonce of the private-key ciphertext.
     pub nonce: String,
-    /// AES-256-GCM ciphertext (with tag) of the private key text, hex.
+    /// AES-256-GCM ciphertext (with tag) of the private key text.
     pub ciphertext: String,
 }
 
