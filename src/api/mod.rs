@@ -27,7 +27,7 @@ use axum::http::{HeaderMap, HeaderValue, Method, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use http_body_util::{BodyExt, Limited};
 use serde_json::{Map, Value};
-use zeroize::Zeroizing;
+use zeroize::{Zeroize, Zeroizing};
 
 use self::auth::{Authenticator, Caller};
 use self::error::ApiError;
@@ -372,7 +372,7 @@ async fn handle(state: &AppState, request: Request, request_id: &str, listener: 
     let (parts, body) = request.into_parts();
     // 1. Body size, whoever is asking.
     let body = match read_body(body, &parts.headers, state.max_body_bytes).await {
-        Ok(body) => body,
+        Ok(body) => RequestBody(body),
         Err(error) => return error.into_response(),
     };
     let path = parts.uri.path();
@@ -510,7 +510,7 @@ async fn v3_dispatch(
     };
     check_project(Some(project), caller)?;
     let request = v3::V3Request { caller, query: parse_query(parts.uri.query()), request_id };
-    let json = json.unwrap_or(Value::Null);
+    let json = json.unwrap_or(RequestJson(Value::Null));
     match (route, &parts.method) {
         (v3::V3Route::Keypairs, &Method::POST) => v3::create(state, &request, &json).await,
         (v3::V3Route::Keypairs, _) => v3::list(state, &request).await,
@@ -673,15 +673,59 @@ fn is_json_content_type(headers: &HeaderMap) -> bool {
     matches!(media_type.as_str(), "" | "text/plain" | "application/json" | "application/vnd.openstack.compute+json")
 }
 
+/// A request body as read: it may carry a private key (`key_protection.private_key`, batch items), so its
+/// bytes are wiped when the request is done, if kps holds the only reference to them (a body that is a view
+/// into hyper's read buffer is not kps's to wipe; design.md §5).
+struct RequestBody(Bytes);
+
+impl std::ops::Deref for RequestBody {
+    type Target = Bytes;
+    fn deref(&self) -> &Bytes {
+        &self.0
+    }
+}
+
+impl Drop for RequestBody {
+    fn drop(&mut self) {
+        if let Ok(mut bytes) = std::mem::take(&mut self.0).try_into_mut() {
+            Zeroize::zeroize(bytes.as_mut());
+        }
+    }
+}
+
+/// A parsed JSON request body whose strings are wiped when it is dropped (it may carry a private key).
+struct RequestJson(Value);
+
+impl std::ops::Deref for RequestJson {
+    type Target = Value;
+    fn deref(&self) -> &Value {
+        &self.0
+    }
+}
+
+impl Drop for RequestJson {
+    fn drop(&mut self) {
+        fn wipe(value: &mut Value) {
+            match value {
+                Value::String(text) => text.zeroize(),
+                Value::Array(items) => items.iter_mut().for_each(wipe),
+                Value::Object(fields) => fields.values_mut().for_each(wipe),
+                Value::Null | Value::Bool(_) | Value::Number(_) => {}
+            }
+        }
+        wipe(&mut self.0);
+    }
+}
+
 /// KPS.1009 for a foreign content type, KPS.1002 for text that is not JSON; an empty body is JSON `null`.
-fn parse_json_body(headers: &HeaderMap, body: &Bytes) -> Result<Value, ApiError> {
+fn parse_json_body(headers: &HeaderMap, body: &Bytes) -> Result<RequestJson, ApiError> {
     if !is_json_content_type(headers) {
         return Err(ApiError::unsupported_media_type());
     }
     if body.is_empty() {
-        return Ok(Value::Null);
+        return Ok(RequestJson(Value::Null));
     }
-    serde_json::from_slice(body).map_err(|_| ApiError::malformed_body())
+    serde_json::from_slice(body).map(RequestJson).map_err(|_| ApiError::malformed_body())
 }
 
 fn parse_query(query: Option<&str>) -> Vec<(String, String)> {

@@ -136,13 +136,24 @@ pub struct CreateBody {
     pub algorithm: Option<Algorithm>,
 }
 
-/// A copy of `value` safe to show in a message: `key_protection.private_key` replaced by `'***'`.
-pub(super) fn masked(value: &Value) -> Value {
-    let mut copy = value.clone();
-    if let Some(secret) = copy.get_mut("key_protection").and_then(|kp| kp.get_mut("private_key")) {
-        *secret = Value::from("***");
-    }
-    copy
+/// A copy of a `keypair` object safe to show in a message: `key_protection.private_key` replaced by `'***'`.
+/// The private key itself is never copied. Only built for an error message.
+pub(super) fn masked(fields: &Map<String, Value>) -> Value {
+    let copy = fields.iter().map(|(name, value)| {
+        let value = if name == "key_protection" { masked_protection(value) } else { value.clone() };
+        (name.clone(), value)
+    });
+    Value::Object(copy.collect())
+}
+
+/// A `key_protection` value safe to show: its `private_key` replaced by `'***'`, never copied.
+fn masked_protection(value: &Value) -> Value {
+    let Value::Object(fields) = value else { return value.clone() };
+    let copy = fields.iter().map(|(name, value)| {
+        let value = if name == "private_key" { Value::from("***") } else { value.clone() };
+        (name.clone(), value)
+    });
+    Value::Object(copy.collect())
 }
 
 const KEYPAIR_PROPERTIES: [&str; 6] = ["name", "public_key", "key_protection", "algorithm", "type", "user_id"];
@@ -169,8 +180,7 @@ fn validate_keypair(api: NovaApi, keypair: &Value) -> Result<CreateBody, ApiErro
     let Value::Object(fields) = keypair else {
         return Err(ApiError::schema(field_message("keypair", keypair, &not_of_type(keypair, "object"))));
     };
-    let shown = masked(keypair);
-    let keypair_error = |reason: String| ApiError::schema(field_message("keypair", &shown, &reason));
+    let keypair_error = |reason: String| ApiError::schema(field_message("keypair", &masked(fields), &reason));
     let allowed = &KEYPAIR_PROPERTIES[..4 + usize::from(api.at_least(2)) + usize::from(api.at_least(10))];
     let field = |name: &str| if allowed.contains(&name) { fields.get(name) } else { None };
 
@@ -213,7 +223,7 @@ fn validate_keypair(api: NovaApi, keypair: &Value) -> Result<CreateBody, ApiErro
 
     // Cross-property rules of the `algorithm` extension.
     if let Some(algorithm) = algorithm {
-        check_algorithm_use(algorithm, key_type, public_key.is_some(), &shown)?;
+        check_algorithm_use(algorithm, key_type, public_key.is_some(), fields)?;
     }
     let name = name.unwrap_or_default();
     Ok(CreateBody { name, key_type, public_key, user_id, key_protection, algorithm })
@@ -232,12 +242,12 @@ pub(super) fn check_algorithm_use(
     algorithm: Algorithm,
     key_type: KeyType,
     importing: bool,
-    shown: &Value,
+    keypair: &Map<String, Value>,
 ) -> Result<(), ApiError> {
     if importing {
         return Err(ApiError::schema(field_message(
             "keypair",
-            shown,
+            &masked(keypair),
             "'algorithm' is only allowed when the key pair is generated (without 'public_key')",
         )));
     }
@@ -265,14 +275,14 @@ fn is_kms_key_id(id: &str) -> bool {
 pub fn validate_key_protection(value: &Value) -> Result<ProtectionRequest, ApiError> {
     let invalid =
         |detail: &str| ApiError::new(StatusCode::BAD_REQUEST, "KPS.1401", format!("Invalid key_protection: {detail}"));
-    let shown = masked(&json!({ "key_protection": value }))["key_protection"].clone();
+    let shown = || masked_protection(value);
     let Value::Object(fields) = value else {
-        return Err(ApiError::schema(field_message("key_protection", &shown, &not_of_type(value, "object"))));
+        return Err(ApiError::schema(field_message("key_protection", &shown(), &not_of_type(value, "object"))));
     };
     let extras: Vec<&str> =
         fields.keys().map(String::as_str).filter(|k| !["private_key", "encryption"].contains(k)).collect();
     if !extras.is_empty() {
-        return Err(ApiError::schema(field_message("key_protection", &shown, &additional_properties(&extras))));
+        return Err(ApiError::schema(field_message("key_protection", &shown(), &additional_properties(&extras))));
     }
     let private_key = match fields.get("private_key") {
         None => None,

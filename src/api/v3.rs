@@ -183,13 +183,16 @@ fn keypair_object<'v>(
     let Value::Object(fields) = keypair else {
         return Err(ApiError::schema(field_message("keypair", keypair, &not_of_type(keypair, "object"))));
     };
-    let shown = masked(keypair);
     if let Some(missing) = required.iter().find(|p| !fields.contains_key(**p)) {
-        return Err(ApiError::schema(field_message("keypair", &shown, &format!("'{missing}' is a required property"))));
+        return Err(ApiError::schema(field_message(
+            "keypair",
+            &masked(fields),
+            &format!("'{missing}' is a required property"),
+        )));
     }
     let extras: Vec<&str> = fields.keys().map(String::as_str).filter(|k| !allowed.contains(k)).collect();
     if !extras.is_empty() {
-        return Err(ApiError::schema(field_message("keypair", &shown, &additional_properties(&extras))));
+        return Err(ApiError::schema(field_message("keypair", &masked(fields), &additional_properties(&extras))));
     }
     let extras: Vec<&str> = root.keys().map(String::as_str).filter(|k| *k != "keypair").collect();
     if !extras.is_empty() {
@@ -266,7 +269,7 @@ fn validate_create(body: &Value, require_public_key: bool) -> Result<V3Create, A
     let fields = keypair_object(body, &CREATE_PROPERTIES, required)?;
     let parsed = check_create_properties(fields)?;
     if let Some(algorithm) = parsed.algorithm {
-        check_algorithm_use(algorithm, parsed.key_type, parsed.public_key.is_some(), &masked(&fields.clone().into()))?;
+        check_algorithm_use(algorithm, parsed.key_type, parsed.public_key.is_some(), fields)?;
     }
     Ok(parsed)
 }
