@@ -561,13 +561,20 @@ impl KeypairService {
                 (SealWith::Kms(KeyRef::Id(resolved.key_id.clone())), Some(resolved.key_id))
             }
         };
-        let needs_rewrap = |sealed: &crate::custody::SealedKey| match target {
-            RewrapTarget::CurrentMasterKey => {
-                sealed.encryptor == EncryptorKind::Default && sealed.key_ref != current_master
-            }
-            RewrapTarget::Default => sealed.encryptor != EncryptorKind::Default || sealed.key_ref != current_master,
-            RewrapTarget::Kms(_) => {
-                sealed.encryptor != EncryptorKind::Kms || Some(&sealed.key_ref) != kms_key_id.as_ref()
+        // A record sealed in an older sealed format is re-sealed (in the current one) by any run that would
+        // keep it under the same encryptor.
+        let needs_rewrap = |sealed: &crate::custody::SealedKey| {
+            let outdated = sealed.format_version < crate::custody::SEALED_FORMAT_VERSION;
+            match target {
+                RewrapTarget::CurrentMasterKey => {
+                    sealed.encryptor == EncryptorKind::Default && (sealed.key_ref != current_master || outdated)
+                }
+                RewrapTarget::Default => {
+                    sealed.encryptor != EncryptorKind::Default || sealed.key_ref != current_master || outdated
+                }
+                RewrapTarget::Kms(_) => {
+                    sealed.encryptor != EncryptorKind::Kms || Some(&sealed.key_ref) != kms_key_id.as_ref() || outdated
+                }
             }
         };
         let mut report = RewrapReport::default();

@@ -86,6 +86,63 @@ fn rewrap_moves_old_master_key_records_to_the_current_key_offline_and_online() {
     assert!(server.stop().success());
 }
 
+/// A backup line's sealed key with its binary fields re-encoded as sealed format 1 wrote them (hex).
+fn as_sealed_format_1(line: &str) -> String {
+    use base64::Engine;
+    let mut record: Value = serde_json::from_str(line).expect("backup line");
+    let sealed = record.pointer_mut("/record/sealed").expect("an escrow record");
+    assert_eq!(sealed["format_version"], 2);
+    sealed["format_version"] = json!(1);
+    for field in ["salt", "wrapped_dek", "nonce", "ciphertext"] {
+        let text = sealed[field].as_str().expect("field");
+        let bytes = base64::engine::general_purpose::STANDARD.decode(text).expect("base64");
+        sealed[field] = json!(hex::encode(bytes));
+    }
+    record.to_string()
+}
+
+#[test]
+fn records_sealed_in_format_1_still_export_and_rewrap_moves_them_to_format_2() {
+    let parent = tempfile::tempdir().expect("tempdir");
+    let data = parent.path().join("data");
+    let server = Server::start(&data);
+    let response = reqwest::blocking::Client::new()
+        .post(format!("{}/v3/p/keypairs", server.url))
+        .header("x-auth-token", "u:p")
+        .header("content-type", "application/json")
+        .body(escrow_body("ed", ED25519_PUBLIC_KEY, ED25519_PRIVATE_KEY))
+        .send()
+        .expect("create");
+    assert_eq!(response.status(), 200);
+    assert!(server.stop().success());
+
+    // The store as a kps that wrote format 1 would have left it (same master key, same record id).
+    let backup = parent.path().join("backup.jsonl");
+    kps_cli(&["backup", "export", backup.to_str().expect("utf8")], &data);
+    let text = std::fs::read_to_string(&backup).expect("backup");
+    let old: Vec<String> = text
+        .lines()
+        .map(|line| if line.contains("\"sealed\"") { as_sealed_format_1(line) } else { line.into() })
+        .collect();
+    assert_eq!(old.iter().filter(|line| line.contains("\"format_version\":1")).count(), 2, "header + the record");
+    std::fs::write(&backup, old.join("\n") + "\n").expect("write");
+    kps_cli(&["backup", "import", backup.to_str().expect("utf8"), "--force"], &data);
+
+    let server = Server::start(&data);
+    assert_eq!(export(&server.url, "ed")["keypair"]["private_key"], ED25519_PRIVATE_KEY);
+    assert!(server.stop().success());
+    assert_eq!(kps_cli(&["rewrap"], &data).trim(), "re-sealed 1 of 1 escrowed private keys");
+    assert_eq!(kps_cli(&["rewrap"], &data).trim(), "re-sealed 0 of 1 escrowed private keys");
+    kps_cli(&["backup", "export", backup.to_str().expect("utf8")], &data);
+    let text = std::fs::read_to_string(&backup).expect("backup");
+    let record: Value =
+        serde_json::from_str(text.lines().find(|l| l.contains("\"sealed\"")).expect("record")).expect("json");
+    assert_eq!(record["record"]["sealed"]["format_version"], 2);
+    let server = Server::start(&data);
+    assert_eq!(export(&server.url, "ed")["keypair"]["private_key"], ED25519_PRIVATE_KEY);
+    assert!(server.stop().success());
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn rewrap_onto_a_kms_key_and_back() {
     let kms = KmsMock::start();
