@@ -22,8 +22,11 @@
 //!   them: per record, a precondition read of the record key and of its name-index key, then the record and
 //!   the name-index entry in ONE `sled::Batch` per round, all in one tree (keys tagged `K`/`N`).
 //!
+//! `--extra-bytes N` makes each record N bytes larger (in its description), e.g. to see what an escrow
+//! record's sealed private key costs sled.
+//!
 //! Usage: `cargo run --release --example sled_batch -- [--mode batch|kps-tx|kps-group|import-writes] [--batch 64] [--seconds 10]
-//! [--dir PARENT]`. Prints `key=value` lines; `records_per_s` is the figure.
+//! [--extra-bytes 0] [--dir PARENT]`. Prints `key=value` lines; `records_per_s` is the figure.
 
 use std::fs::File;
 use std::path::PathBuf;
@@ -51,11 +54,12 @@ struct Args {
     mode: Mode,
     batch: usize,
     seconds: f64,
+    extra_bytes: usize,
     dir: Option<PathBuf>,
 }
 
 fn parse_args() -> Result<Args, String> {
-    let mut args = Args { mode: Mode::Batch, batch: 64, seconds: 10.0, dir: None };
+    let mut args = Args { mode: Mode::Batch, batch: 64, seconds: 10.0, extra_bytes: 0, dir: None };
     let mut it = std::env::args().skip(1);
     while let Some(flag) = it.next() {
         let mut value = || it.next().ok_or_else(|| format!("{flag} needs a value"));
@@ -71,6 +75,7 @@ fn parse_args() -> Result<Args, String> {
             }
             "--batch" => args.batch = value()?.parse().map_err(|e| format!("--batch: {e}"))?,
             "--seconds" => args.seconds = value()?.parse().map_err(|e| format!("--seconds: {e}"))?,
+            "--extra-bytes" => args.extra_bytes = value()?.parse().map_err(|e| format!("--extra-bytes: {e}"))?,
             "--dir" => args.dir = Some(PathBuf::from(value()?)),
             other => return Err(format!("unknown argument {other}")),
         }
@@ -82,7 +87,7 @@ fn parse_args() -> Result<Args, String> {
 }
 
 /// The record kps stores for import.lua's request number `n` (name shaped like `impm-1-12345`).
-fn record(n: u64) -> KeypairRecord {
+fn record(n: u64, extra_bytes: usize) -> KeypairRecord {
     KeypairRecord {
         id: n + 1,
         name: format!("impm-{}-{}", n % 2 + 1, n / 2 + 1),
@@ -93,7 +98,7 @@ fn record(n: u64) -> KeypairRecord {
         user_id: USER.into(),
         project_id: PROJECT.into(),
         scope: Scope::User,
-        description: String::new(),
+        description: "x".repeat(extra_bytes),
         created_at_us: 1_790_000_000_000_000 + i64::try_from(n).unwrap_or_default(),
         updated_at_us: None,
         sealed: None,
@@ -124,8 +129,8 @@ fn main() {
     let log_file = File::open(tmp.path().join("db")).unwrap_or_else(|e| fail(format!("open db file: {e}")));
     File::open(tmp.path()).and_then(|d| d.sync_all()).unwrap_or_else(|e| fail(format!("sync dir: {e}")));
 
-    let sample = record::encode(&record(12_345)).unwrap_or_else(|e| fail(e));
-    let sample_key = record::keypair_key(&record(12_345));
+    let sample = record::encode(&record(12_345, args.extra_bytes)).unwrap_or_else(|e| fail(e));
+    let sample_key = record::keypair_key(&record(12_345, args.extra_bytes));
     let entry =
         record::encode(&NameIndexEntry { users: vec![USER.into()], domain_key: None }).unwrap_or_else(|e| fail(e));
 
@@ -139,7 +144,7 @@ fn main() {
         // Build the round's records first: encoding is not sled's cost.
         let items: Vec<(Vec<u8>, Vec<u8>, Vec<u8>)> = (0..args.batch as u64)
             .map(|i| {
-                let r = record(n + i);
+                let r = record(n + i, args.extra_bytes);
                 let value = record::encode(&r).unwrap_or_else(|e| fail(e));
                 (record::keypair_key(&r), value, record::name_index_key(PROJECT, &r.name))
             })
