@@ -158,10 +158,11 @@ pub struct KeypairService {
     custody: Option<Custody>,
     /// `custody.allow_default`: new seals may use the `default` encryptor.
     allow_default: bool,
-    /// How many `domain` key pairs each project has (only projects with some). Lists skip the domain-key
-    /// scan for projects not in here: most deployments have none, and every sled range scan costs a node
-    /// copy. All domain-key writes go through this service, which keeps the map exact.
-    domain_projects: std::sync::Mutex<std::collections::HashMap<String, u64>>,
+    /// How many `domain` key pairs each project has (only projects with some), once counted at startup
+    /// (`load_domain_projects`; until then `None`: every project may have some). Lookups and lists skip the
+    /// domain-key read or scan for projects not in here: most deployments have none. All domain-key writes
+    /// go through this service, which keeps the map exact.
+    domain_projects: std::sync::Mutex<Option<std::collections::HashMap<String, u64>>>,
     /// Write generations per key owner, for the list page cache (`page_cache`).
     generations: Generations,
 }
@@ -211,7 +212,7 @@ impl KeypairService {
                 *counts.entry(found.project_id).or_insert(0) += 1;
             }
         }
-        *self.domain_projects.lock().map_err(|_| StoreError::Backend("domain map poisoned".into()))? = counts;
+        *self.domain_projects.lock().map_err(|_| StoreError::Backend("domain map poisoned".into()))? = Some(counts);
         Ok(())
     }
 
@@ -241,12 +242,18 @@ impl KeypairService {
     }
 
     fn has_domain_keys(&self, project_id: &str) -> bool {
-        // A poisoned lock only means a panic elsewhere: scan, to stay correct.
-        self.domain_projects.lock().map_or(true, |map| map.contains_key(project_id))
+        // Not counted yet, or a poisoned lock (a panic elsewhere): look, to stay correct.
+        self.domain_projects
+            .lock()
+            .ok()
+            .and_then(|map| map.as_ref().map(|map| map.contains_key(project_id)))
+            .unwrap_or(true)
     }
 
     fn count_domain_key(&self, project_id: &str, delta: i64) {
-        if let Ok(mut map) = self.domain_projects.lock() {
+        if let Ok(mut map) = self.domain_projects.lock()
+            && let Some(map) = map.as_mut()
+        {
             let count = map.entry(project_id.to_owned()).or_insert(0);
             *count = count.saturating_add_signed(delta);
             if *count == 0 {
@@ -681,7 +688,7 @@ impl KeypairService {
         name: &str,
         scope: Scope,
     ) -> Result<(), ServiceError> {
-        if self.find(user_id, project_id, name).await?.is_some() {
+        if self.is_visible(user_id, project_id, name).await? {
             return Err(ServiceError::Duplicate(name.to_owned()));
         }
         if scope == Scope::Domain
@@ -777,31 +784,41 @@ impl KeypairService {
         }))
     }
 
-    /// Looks `name` up as the user's own key, then as a `domain` key of the project. Returns the store key,
-    /// the raw value (for conditional writes) and the decoded record.
-    /// Whether [`KeypairService::find`] would find `name`, without decoding it (and without looking for a domain key
-    /// in a project that has none).
-    async fn is_visible(&self, user_id: &str, project_id: &str, name: &str) -> Result<bool, ServiceError> {
-        if self.store.get(Space::KeyPairs, &record::user_key(user_id, name)).await?.is_some() {
-            return Ok(true);
+    /// Looks `name` up as the user's own key, then as a `domain` key of the project (not read for a project
+    /// without any). Returns the store key and the raw value, undecoded.
+    async fn find_stored(
+        &self,
+        user_id: &str,
+        project_id: &str,
+        name: &str,
+    ) -> Result<Option<(Vec<u8>, Vec<u8>)>, ServiceError> {
+        let own = record::user_key(user_id, name);
+        if let Some(value) = self.store.get(Space::KeyPairs, &own).await? {
+            return Ok(Some((own, value)));
         }
-        Ok(self.has_domain_keys(project_id)
-            && self.store.get(Space::KeyPairs, &record::domain_key(project_id, name)).await?.is_some())
+        if !self.has_domain_keys(project_id) {
+            return Ok(None);
+        }
+        let shared = record::domain_key(project_id, name);
+        Ok(self.store.get(Space::KeyPairs, &shared).await?.map(|value| (shared, value)))
     }
 
+    /// Whether `name` is visible to the user (see [`KeypairService::find_stored`]), without decoding it.
+    async fn is_visible(&self, user_id: &str, project_id: &str, name: &str) -> Result<bool, ServiceError> {
+        Ok(self.find_stored(user_id, project_id, name).await?.is_some())
+    }
+
+    /// [`KeypairService::find_stored`] with the record decoded: the store key, the raw value (for conditional
+    /// writes) and the record.
     async fn find(
         &self,
         user_id: &str,
         project_id: &str,
         name: &str,
     ) -> Result<Option<(Vec<u8>, Vec<u8>, KeypairRecord)>, ServiceError> {
-        for key in [record::user_key(user_id, name), record::domain_key(project_id, name)] {
-            if let Some(value) = self.store.get(Space::KeyPairs, &key).await? {
-                let found = record::decode(&value)?;
-                return Ok(Some((key, value, found)));
-            }
-        }
-        Ok(None)
+        let Some((key, value)) = self.find_stored(user_id, project_id, name).await? else { return Ok(None) };
+        let found = record::decode(&value)?;
+        Ok(Some((key, value, found)))
     }
 }
 
@@ -925,7 +942,11 @@ mod tests {
         let first = KeypairService::new(Arc::clone(&store), None, RsaKeyPool::disabled());
         first.create(import("bob", "p", "team", Scope::Domain)).await.expect("domain key");
         let restarted = KeypairService::new(store, None, RsaKeyPool::disabled());
+        // Before the startup count, every project may have domain keys: lookups still find them.
+        assert!(restarted.has_domain_keys("p") && restarted.has_domain_keys("q"));
+        assert_eq!(restarted.get("alice", "p", "team").await.expect("found before the count").name, "team");
         restarted.load_domain_projects().await.expect("load");
+        assert!(restarted.has_domain_keys("p") && !restarted.has_domain_keys("q"), "counted: only p has some");
         let names: Vec<String> = restarted
             .list::<KeypairRecord>("alice", "p", None, 10)
             .await
