@@ -533,7 +533,7 @@ pub async fn list(state: &AppState, request: &NovaRequest<'_>) -> Result<Respons
         .enabled()
         .then(|| format!("{:?}", (api, project_id, &user, &request.base_url, request.url_project, &request.query)));
     if let Some(body) = cache_key.as_deref().and_then(|key| state.list_pages.get(key, stamp)) {
-        return Ok(json_bytes_ok(body));
+        return Ok(json_bytes(StatusCode::OK, body));
     }
 
     let page_size = limit.unwrap_or(MAX_LIST_LIMIT).min(MAX_LIST_LIMIT);
@@ -570,12 +570,12 @@ pub async fn list(state: &AppState, request: &NovaRequest<'_>) -> Result<Respons
     if let Some(key) = cache_key {
         state.list_pages.insert(key, stamp, body.clone());
     }
-    Ok(json_bytes_ok(body))
+    Ok(json_bytes(StatusCode::OK, body))
 }
 
-/// A 200 JSON response from an already serialized body.
-fn json_bytes_ok(body: Bytes) -> Response {
-    let mut response = (StatusCode::OK, body).into_response();
+/// A JSON response from an already serialized body.
+fn json_bytes(status: StatusCode, body: Bytes) -> Response {
+    let mut response = (status, body).into_response();
     response.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
     response
 }
@@ -612,10 +612,7 @@ struct ListBody<'a> {
 /// A JSON response serialized straight from borrowed data (no intermediate `Value`).
 pub fn json_ok<T: Serialize>(status: StatusCode, body: &T) -> Response {
     // Serializing plain structs of strings and numbers cannot fail.
-    let bytes = serde_json::to_vec(body).unwrap_or_default();
-    let mut response = (status, bytes).into_response();
-    response.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
-    response
+    json_bytes(status, Bytes::from(serde_json::to_vec(body).unwrap_or_default()))
 }
 
 /// Every `limit` value must be digits only; the last one is used.
