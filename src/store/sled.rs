@@ -352,8 +352,9 @@ struct Committer {
     stats: Arc<CommitStats>,
 }
 
-/// The writes staged so far in one group, by `data` key: `Some(value)` written, `None` removed.
-type Staged = std::collections::HashMap<Vec<u8>, Option<Vec<u8>>>;
+/// The writes staged so far in one group, by `data` key: `Some(value)` written, `None` removed. Values are
+/// the batch's own `IVec`s (shared, not copied again).
+type Staged = std::collections::HashMap<Vec<u8>, Option<sled::IVec>>;
 
 impl Committer {
     fn run(&self, queue: &mpsc::Receiver<Commit>) {
@@ -426,8 +427,9 @@ impl Committer {
         for (op, key) in ops.iter().zip(keys) {
             match op {
                 WriteOp::PutIfAbsent { value, .. } | WriteOp::Replace { value, .. } => {
-                    batch.insert(key.as_slice(), value.as_slice());
-                    staged.insert(key, Some(value.clone()));
+                    let value = sled::IVec::from(value.as_slice());
+                    batch.insert(key.as_slice(), value.clone());
+                    staged.insert(key, Some(value));
                 }
                 WriteOp::Delete { .. } => {
                     batch.remove(key.as_slice());
