@@ -133,7 +133,7 @@ pub async fn rewrap(config: &Config, options: &RewrapOptions, remote: &Remote) -
                     config.data_dir.display()
                 ))
             })?;
-            let base = remote.url.clone().unwrap_or_else(|| format!("http://{}", config.listen));
+            let base = remote.url.clone().unwrap_or_else(|| config.admin_base_url());
             let url = format!("{}/admin/v1/rewrap", base.trim_end_matches('/'));
             let remote_error = |e: reqwest::Error| CommandError::Remote(format!("{url}: {e}"));
             let response = reqwest::Client::new()
@@ -190,7 +190,7 @@ async fn export_remote(config: &Config, file: &Path, remote: &Remote) -> Result<
             config.data_dir.display()
         ))
     })?;
-    let base = remote.url.clone().unwrap_or_else(|| format!("http://{}", config.listen));
+    let base = remote.url.clone().unwrap_or_else(|| config.admin_base_url());
     let url = format!("{}/admin/v1/backup", base.trim_end_matches('/'));
     let remote_error = |e: reqwest::Error| CommandError::Remote(format!("{url}: {e}"));
     let mut response =

@@ -148,11 +148,22 @@ pub struct LimitsConfig {
     pub per_caller_concurrency: u32,
     pub per_caller_rps: u32,
     pub request_timeout_s: u64,
+    /// Seconds a connection may take to send complete request headers (also the idle keep-alive time).
+    pub header_timeout_s: u64,
+    /// Open client connections per listener; more wait in the kernel backlog.
+    pub max_connections: usize,
 }
 
 impl Default for LimitsConfig {
     fn default() -> Self {
-        Self { max_body_bytes: 114_688, per_caller_concurrency: 0, per_caller_rps: 0, request_timeout_s: 60 }
+        Self {
+            max_body_bytes: 114_688,
+            per_caller_concurrency: 0,
+            per_caller_rps: 0,
+            request_timeout_s: 60,
+            header_timeout_s: 10,
+            max_connections: 10_000,
+        }
     }
 }
 
@@ -374,6 +385,14 @@ const ENV_VARS: &[(&str, Setter)] = &[
         c.limits.request_timeout_s = parse(v)?;
         Ok(())
     }),
+    ("KPS_LIMITS_HEADER_TIMEOUT_S", |c, v| {
+        c.limits.header_timeout_s = parse(v)?;
+        Ok(())
+    }),
+    ("KPS_LIMITS_MAX_CONNECTIONS", |c, v| {
+        c.limits.max_connections = parse(v)?;
+        Ok(())
+    }),
     ("KPS_LOG_FORMAT", |c, v| {
         c.log.format = match v {
             "text" => LogFormat::Text,
@@ -431,6 +450,12 @@ impl Config {
     }
 
     /// The address of the operations endpoints, when they are not served on `listen`.
+    /// Where the CLI reaches a running server's admin API by default: `admin_listen` when set (the admin API
+    /// is served there alone), else `listen`.
+    pub fn admin_base_url(&self) -> String {
+        format!("http://{}", self.admin_listen.as_deref().unwrap_or(&self.listen))
+    }
+
     pub fn admin_listen_addr(&self) -> Result<Option<SocketAddr>, ConfigError> {
         self.admin_listen.as_deref().map(|addr| parse_addr("admin_listen", addr)).transpose()
     }
@@ -452,6 +477,12 @@ impl Config {
         }
         if self.limits.request_timeout_s == 0 {
             return Err(invalid("limits.request_timeout_s", "0", "must be positive"));
+        }
+        if self.limits.header_timeout_s == 0 {
+            return Err(invalid("limits.header_timeout_s", "0", "must be positive"));
+        }
+        if self.limits.max_connections == 0 {
+            return Err(invalid("limits.max_connections", "0", "must be positive"));
         }
         if let Some(url) = &self.public_url
             && !(url.starts_with("http://") || url.starts_with("https://"))

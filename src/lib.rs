@@ -10,6 +10,7 @@ pub mod api;
 pub mod backup;
 pub mod commands;
 pub mod config;
+pub mod connections;
 pub mod custody;
 pub mod datadir;
 pub mod keypair;
@@ -124,36 +125,35 @@ pub async fn serve(config: Config) -> Result<(), ServeError> {
     let listener = tokio::net::TcpListener::bind(addr)
         .await
         .map_err(|source| ServeError::Bind { addr: addr.to_string(), source })?;
+    let limits = connections::ConnectionLimits {
+        header_timeout: Duration::from_secs(config.limits.header_timeout_s),
+        max_connections: config.limits.max_connections,
+    };
     // admin_listen: the operations endpoints on their own listener, stopped together with the main one.
     let (stop_admin, admin_stop) = tokio::sync::watch::channel(());
     if let Some(addr) = config.admin_listen_addr()? {
         let admin_listener = tokio::net::TcpListener::bind(addr)
             .await
             .map_err(|source| ServeError::Bind { addr: addr.to_string(), source })?;
-        tracing::info!(admin_listen = %admin_listener.local_addr()?, "serving /healthz, /metrics, /openapi.json");
+        tracing::info!(admin_listen = %admin_listener.local_addr()?, "serving /healthz, /metrics, /openapi.json, /admin/v1");
         let mut admin_stop = admin_stop;
-        let admin = axum::serve(admin_listener, admin_app(Arc::clone(&state))).with_graceful_shutdown(async move {
+        let stopped = async move {
             let _ = admin_stop.changed().await;
-        });
-        tokio::spawn(async move {
-            if let Err(error) = admin.await {
-                tracing::error!(%error, "admin listener failed");
-            }
-        });
+        };
+        tokio::spawn(connections::serve(admin_listener, None, admin_app(Arc::clone(&state)), limits, stopped));
     }
     tracing::info!(listen = %listener.local_addr()?, data_dir = %config.data_dir.display(), "kps is ready");
     // In-flight requests get the request deadline plus a margin to finish; a request stuck past that (a
     // blocked store thread cannot be cancelled) must not keep the process from stopping.
     let grace = Duration::from_secs(config.limits.request_timeout_s + 5);
-    let app = app(state);
-    match (&config.tls.cert_file, &config.tls.key_file) {
+    let tls = match (&config.tls.cert_file, &config.tls.key_file) {
         (Some(cert), Some(key)) => {
-            let tls = tls::server_config(cert, key, config.secrets.allow_group_readable)?;
             tracing::info!("serving HTTPS");
-            run_until_stopped(tls::TlsListener::new(listener, tls)?, app, grace, stop_admin).await?;
+            Some(tls::server_config(cert, key, config.secrets.allow_group_readable)?)
         }
-        _ => run_until_stopped(listener, app, grace, stop_admin).await?,
-    }
+        _ => None,
+    };
+    run_until_stopped(listener, tls, app(state), limits, grace, stop_admin).await;
     store.flush().await?;
     tracing::info!("kps stopped");
     drop(data_dir);
@@ -161,30 +161,27 @@ pub async fn serve(config: Config) -> Result<(), ServeError> {
 }
 
 /// Serves until SIGTERM/SIGINT, then lets in-flight requests finish for at most `grace`.
-async fn run_until_stopped<L>(
-    listener: L,
+async fn run_until_stopped(
+    listener: tokio::net::TcpListener,
+    tls: Option<Arc<tokio_rustls::rustls::ServerConfig>>,
     app: axum::Router,
+    limits: connections::ConnectionLimits,
     grace: Duration,
     stop_admin: tokio::sync::watch::Sender<()>,
-) -> Result<(), ServeError>
-where
-    L: axum::serve::Listener,
-    L::Addr: std::fmt::Debug,
-{
+) {
     let (stopping, stopped) = tokio::sync::oneshot::channel::<()>();
-    let server = axum::serve(listener, app).with_graceful_shutdown(async move {
+    let server = connections::serve(listener, tls, app, limits, async move {
         shutdown_signal().await;
         let _ = stop_admin.send(());
         let _ = stopping.send(());
     });
     tokio::select! {
-        served = server => served?,
+        () = server => {}
         () = async move {
             let _ = stopped.await;
             tokio::time::sleep(grace).await;
         } => tracing::warn!(grace_s = grace.as_secs(), "in-flight requests did not finish in time; stopping anyway"),
     }
-    Ok(())
 }
 
 async fn shutdown_signal() {

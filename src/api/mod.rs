@@ -208,9 +208,10 @@ impl Route {
         }
     }
 
-    /// `/healthz`, `/metrics`, `/openapi.json`: served on `admin_listen` when that is set.
+    /// `/healthz`, `/metrics`, `/openapi.json` and the admin API `/admin/v1/*`: served on `admin_listen`
+    /// alone when that is set (interface.md), so that a tenant-facing listener cannot reach backup or rewrap.
     fn is_operations_endpoint(&self) -> bool {
-        matches!(self, Route::Health | Route::Metrics | Route::OpenApi)
+        matches!(self, Route::Health | Route::Metrics | Route::OpenApi | Route::AdminBackup | Route::AdminRewrap)
     }
 
     fn needs_auth(&self) -> bool {

@@ -1,5 +1,5 @@
-//! `admin_listen`: `/healthz`, `/metrics` and `/openapi.json` move to their own listener (and answer 404 on
-//! `listen`), while the APIs stay on `listen` only. Router-level checks, then the real binary.
+//! `admin_listen`: `/healthz`, `/metrics`, `/openapi.json` and `/admin/v1/*` move to their own listener (and
+//! answer 404 on `listen`), while the APIs stay on `listen` only. Router-level checks, then the real binary.
 
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
@@ -17,6 +17,21 @@ async fn with_admin_listen_the_api_listener_hides_the_operations_endpoints() {
     }
     assert_eq!(kps.call("GET", "/", &[], None).await.status, 200, "version documents stay");
     assert_eq!(kps.nova("GET", "/v2.1/os-keypairs", "u:p", None, None).await.status, 200);
+}
+
+#[tokio::test]
+async fn with_admin_listen_the_admin_api_is_answered_there_only() {
+    let kps = Kps::with_config(|c| c.admin_listen = Some("127.0.0.1:0".into()));
+    let admin = [("x-auth-token", "root:p:admin"), ("content-type", "application/json")];
+    for path in ["/admin/v1/backup", "/admin/v1/rewrap"] {
+        let body = path.ends_with("rewrap").then_some(r#"{"dry_run": true}"#);
+        kps.call("POST", path, &admin, body).await.assert_error(404, "KPS.1010", "The resource could not be found.");
+        let there = kps.call_admin("POST", path, &admin, body).await;
+        assert_eq!(there.status, 200, "{path}: {}", String::from_utf8_lossy(&there.body));
+    }
+    // Without admin_listen the admin API stays on listen.
+    let kps = Kps::new();
+    assert_eq!(kps.call("POST", "/admin/v1/backup", &admin, None).await.status, 200);
 }
 
 fn get(url: &str) -> (u16, String) {

@@ -17,19 +17,25 @@ pub struct Server {
 
 impl Server {
     pub fn start(data_dir: &Path) -> Self {
-        Self::spawn(data_dir, None)
+        Self::spawn(data_dir, None, &[])
     }
 
     pub fn start_with_config(data_dir: &Path, config: &Path) -> Self {
-        Self::spawn(data_dir, Some(config))
+        Self::spawn(data_dir, Some(config), &[])
     }
 
-    fn spawn(data_dir: &Path, config: Option<&Path>) -> Self {
+    /// With extra `KPS_*` environment variables.
+    pub fn start_with_env(data_dir: &Path, env: &[(&str, &str)]) -> Self {
+        Self::spawn(data_dir, None, env)
+    }
+
+    fn spawn(data_dir: &Path, config: Option<&Path>, env: &[(&str, &str)]) -> Self {
         let port = free_port();
         let mut command = Command::new(env!("CARGO_BIN_EXE_kps"));
         if let Some(config) = config {
             command.env("KPS_CONFIG", config);
         }
+        command.envs(env.iter().copied());
         let child = command
             .args(["serve", "--listen", &format!("127.0.0.1:{port}"), "--data-dir"])
             .arg(data_dir)

@@ -6,6 +6,7 @@ mod aksk;
 mod audit_log;
 mod auth;
 mod binary;
+mod connections;
 mod custody;
 mod deploy;
 mod durability;
@@ -46,6 +47,8 @@ pub const ED25519_VECTOR_FINGERPRINT: &str = "f1:02:17:de:ef:c1:30:83:11:8b:82:a
 /// A kps application over a fresh store.
 pub struct Kps {
     router: Router,
+    /// The `admin_listen` application over the same state.
+    admin_router: Router,
     pub dir: tempfile::TempDir,
 }
 
@@ -102,21 +105,17 @@ impl Kps {
         config.data_dir = dir.path().to_path_buf();
         adjust(&mut config);
         let store = kps::store::sled::SledStore::open(&dir.path().join("db")).expect("store");
-        let state = kps::state(&config, Arc::new(store)).expect("state");
-        Self { router: kps::app(Arc::new(state)), dir }
+        let state = Arc::new(kps::state(&config, Arc::new(store)).expect("state"));
+        Self { router: kps::app(Arc::clone(&state)), admin_router: kps::admin_app(state), dir }
     }
 
     pub async fn call(&self, method: &str, path: &str, headers: &[(&str, &str)], body: Option<&str>) -> Answer {
-        let mut request = Request::builder().method(method).uri(path).header("host", "kps.test:8774");
-        for (name, value) in headers {
-            request = request.header(*name, *value);
-        }
-        let request = request.body(body.map_or_else(Body::empty, |b| Body::from(b.to_owned()))).expect("request");
-        let response = self.router.clone().oneshot(request).await.expect("infallible");
-        let status = response.status();
-        let headers = response.headers().clone();
-        let body = response.into_body().collect().await.expect("body").to_bytes().to_vec();
-        Answer { status, headers, body }
+        send(&self.router, method, path, headers, body).await
+    }
+
+    /// A request to the `admin_listen` application over the same state.
+    pub async fn call_admin(&self, method: &str, path: &str, headers: &[(&str, &str)], body: Option<&str>) -> Answer {
+        send(&self.admin_router, method, path, headers, body).await
     }
 
     /// `method path` as `user:project` at microversion `version` (None = no header), JSON body.
@@ -143,4 +142,17 @@ impl Kps {
         let answer = self.nova("POST", "/v2.1/os-keypairs", token, None, Some(&body)).await;
         assert_eq!(answer.status, StatusCode::OK, "{}", String::from_utf8_lossy(&answer.body));
     }
+}
+
+async fn send(router: &Router, method: &str, path: &str, headers: &[(&str, &str)], body: Option<&str>) -> Answer {
+    let mut request = Request::builder().method(method).uri(path).header("host", "kps.test:8774");
+    for (name, value) in headers {
+        request = request.header(*name, *value);
+    }
+    let request = request.body(body.map_or_else(Body::empty, |b| Body::from(b.to_owned()))).expect("request");
+    let response = router.clone().oneshot(request).await.expect("infallible");
+    let status = response.status();
+    let headers = response.headers().clone();
+    let body = response.into_body().collect().await.expect("body").to_bytes().to_vec();
+    Answer { status, headers, body }
 }
