@@ -62,7 +62,7 @@ pub enum Authenticator {
     NoAuth,
     Static(StaticTokens),
     Keystone {
-        keystone: Keystone,
+        keystone: Box<Keystone>,
         /// `Keystone uri="<auth.keystone_url>"`, sent on every 401.
         challenge: HeaderValue,
     },
@@ -91,7 +91,7 @@ impl Authenticator {
                 let keystone = Keystone::new(url, Duration::from_secs(auth.keystone_cache_ttl_s)).map_err(invalid)?;
                 let challenge = HeaderValue::from_str(&format!("Keystone uri=\"{url}\""))
                     .map_err(|_| invalid("not usable in a WWW-Authenticate header".into()))?;
-                Ok(Self::Keystone { keystone, challenge })
+                Ok(Self::Keystone { keystone: Box::new(keystone), challenge })
             }
             AuthMode::Aksk => {
                 let path = auth.credentials_file.as_deref().ok_or(AuthError::Missing {

@@ -202,6 +202,10 @@ async fn validate(State(calls): State<Arc<AtomicUsize>>, headers: HeaderMap) -> 
     let later = "2999-01-01T00:00:00.000000Z";
     let body = match subject.as_str() {
         "ks-alice" => token_body("u-alice", Some("p-42"), &["member", "reader"], later),
+        "ks-slow" => {
+            tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+            token_body("u-slow", Some("p-42"), &["member"], later)
+        }
         "ks-bob" => token_body("u-bob", Some("p-42"), &["member"], later),
         "ks-admin" => token_body("u-root", Some("p-0"), &["admin", "member"], later),
         "ks-expired-body" => token_body("u-alice", Some("p-42"), &["member"], "2001-01-01T00:00:00.000000Z"),
@@ -273,6 +277,22 @@ async fn keystone_results_are_cached_for_the_ttl() {
         assert_eq!(uncached.nova("GET", "/v2.1/os-keypairs", "ks-alice", None, None).await.status, 200);
     }
     assert_eq!(keystone.calls(), 5, "keystone_cache_ttl_s = 0 validates every request");
+}
+
+#[tokio::test]
+async fn concurrent_requests_with_one_new_token_make_one_keystone_call() {
+    let keystone = FakeKeystone::start().await;
+    let kps = Arc::new(keystone.kps(60));
+    let requests: Vec<_> = (0..16)
+        .map(|_| {
+            let kps = Arc::clone(&kps);
+            tokio::spawn(async move { kps.nova("GET", "/v2.1/os-keypairs", "ks-slow", None, None).await.status })
+        })
+        .collect();
+    for request in requests {
+        assert_eq!(request.await.expect("request"), 200);
+    }
+    assert_eq!(keystone.calls(), 1, "one validation shared by every waiting request");
 }
 
 #[tokio::test]

@@ -6,11 +6,10 @@
 //! the caller; any other 4xx, an expired token or a token without a project → 401 KPS.2002; a 5xx, a
 //! connection failure, a timeout or an unparsable answer (after one retry) → 503 KPS.2005 "The Keystone
 //! service is temporarily unavailable.". Valid and invalid results are cached by SHA-256 of the token (the
-//! token itself is never kept) for `auth.keystone_cache_ttl_s`, never past the token's `expires_at`, in a
-//! bounded map; "unavailable" is never cached.
+//! token itself is never kept) for `auth.keystone_cache_ttl_s`, never past the token's `expires_at`, valid and
+//! invalid tokens in two bounded caches (a flood of bad tokens cannot push out good ones); concurrent first
+//! validations of one token make one Keystone call; "unavailable" is never cached.
 
-use std::collections::HashMap;
-use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 use axum::http::{HeaderValue, StatusCode};
@@ -20,8 +19,8 @@ use sha2::{Digest, Sha256};
 use super::Caller;
 use crate::api::error::ApiError;
 
-/// Cached tokens at most; beyond that the entries closest to expiry make room.
-const CACHE_CAPACITY: usize = 10_000;
+/// Cached valid tokens at most, and as many invalid ones in a cache of their own.
+const CACHE_CAPACITY: u64 = 10_000;
 /// Attempts per validation when Keystone fails (connection error, timeout, 5xx).
 const ATTEMPTS: u32 = 2;
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(3);
@@ -68,15 +67,10 @@ impl Keystone {
 
     pub async fn validate(&self, token: &str) -> Result<Caller, ApiError> {
         let key: [u8; 32] = Sha256::digest(token.as_bytes()).into();
-        if let Some(cached) = self.cache.get(&key, Instant::now()) {
-            return cached.ok_or_else(ApiError::invalid_credentials);
-        }
-        let (caller, lifetime) = match self.fetch(token).await? {
-            Some((caller, lifetime)) => (Some(caller), lifetime),
-            None => (None, None),
-        };
-        self.cache.insert(key, caller.clone(), lifetime, Instant::now());
-        caller.ok_or_else(ApiError::invalid_credentials)
+        self.cache.get_or_fetch(key, self.fetch(token)).await.map_err(|rejected| match rejected {
+            Rejected::Invalid => ApiError::invalid_credentials(),
+            Rejected::Unavailable => keystone_unavailable(),
+        })
     }
 
     /// `Some((caller, time left until expires_at))` for a valid token, `None` for an invalid one.
@@ -171,51 +165,91 @@ impl TokenInfo {
     }
 }
 
-/// A validation result (`Some(caller)` valid, `None` invalid) and when it stops being used.
-type CachedResult = (Option<Caller>, Instant);
-
-/// Validation results by token hash.
+/// Validation results by token hash: valid and invalid tokens in caches of their own, so that a flood of
+/// bad tokens can only push out other bad tokens, never a valid one. Both are bounded (moka: TinyLFU
+/// admission, O(1) eviction, no global lock), and concurrent first validations of one token share one
+/// Keystone call.
 struct TokenCache {
     ttl: Duration,
-    capacity: usize,
-    entries: Mutex<HashMap<[u8; 32], CachedResult>>,
+    valid: moka::future::Cache<[u8; 32], ValidToken>,
+    invalid: moka::future::Cache<[u8; 32], ()>,
+}
+
+/// A valid token's caller and how long it may be used: the TTL, never past the token's `expires_at`.
+#[derive(Clone)]
+struct ValidToken {
+    caller: Caller,
+    keep: Duration,
+}
+
+/// Each valid token expires after its own `keep`.
+struct KeepFor;
+
+impl moka::Expiry<[u8; 32], ValidToken> for KeepFor {
+    fn expire_after_create(&self, _: &[u8; 32], token: &ValidToken, _: Instant) -> Option<Duration> {
+        Some(token.keep)
+    }
+}
+
+/// Why a validation produced no caller.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Rejected {
+    /// Keystone said the token is not valid (cached in `invalid`).
+    Invalid,
+    /// Keystone could not answer (never cached).
+    Unavailable,
 }
 
 impl TokenCache {
-    fn new(ttl: Duration, capacity: usize) -> Self {
-        Self { ttl, capacity, entries: Mutex::new(HashMap::new()) }
-    }
-
-    fn get(&self, key: &[u8; 32], now: Instant) -> Option<Option<Caller>> {
-        let entries = self.entries.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
-        entries.get(key).filter(|(_, until)| now < *until).map(|(caller, _)| caller.clone())
-    }
-
-    fn insert(&self, key: [u8; 32], caller: Option<Caller>, lifetime: Option<Duration>, now: Instant) {
-        let keep = lifetime.map_or(self.ttl, |left| left.min(self.ttl));
-        if keep.is_zero() || self.capacity == 0 {
-            return;
+    fn new(ttl: Duration, capacity: u64) -> Self {
+        Self {
+            ttl,
+            valid: moka::future::Cache::builder().max_capacity(capacity).expire_after(KeepFor).build(),
+            invalid: moka::future::Cache::builder()
+                .max_capacity(capacity)
+                .time_to_live(ttl.max(Duration::from_millis(1)))
+                .build(),
         }
-        let mut entries = self.entries.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
-        if entries.len() >= self.capacity && !entries.contains_key(&key) {
-            entries.retain(|_, (_, until)| now < *until);
-            if entries.len() >= self.capacity
-                && let Some(soonest) = entries.iter().min_by_key(|(_, (_, until))| *until).map(|(k, _)| *k)
-            {
-                entries.remove(&soonest);
+    }
+
+    /// The cached result for `key`, or the result of `fetch`, run once for all concurrent callers of one key.
+    /// `fetch` answers `Ok(Some((caller, time left until expires_at)))` for a valid token, `Ok(None)` for an
+    /// invalid one.
+    async fn get_or_fetch<F>(&self, key: [u8; 32], fetch: F) -> Result<Caller, Rejected>
+    where
+        F: Future<Output = Result<Option<(Caller, Option<Duration>)>, ApiError>>,
+    {
+        if self.ttl.is_zero() {
+            return match fetch.await {
+                Ok(Some((caller, _))) => Ok(caller),
+                Ok(None) => Err(Rejected::Invalid),
+                Err(_) => Err(Rejected::Unavailable),
+            };
+        }
+        if self.invalid.contains_key(&key) {
+            return Err(Rejected::Invalid);
+        }
+        let fetched = self.valid.try_get_with(key, async {
+            match fetch.await {
+                Ok(Some((caller, lifetime))) => {
+                    let keep = lifetime.map_or(self.ttl, |left| left.min(self.ttl));
+                    Ok(ValidToken { caller, keep })
+                }
+                Ok(None) => {
+                    self.invalid.insert(key, ()).await;
+                    Err(Rejected::Invalid)
+                }
+                Err(_) => Err(Rejected::Unavailable),
             }
-        }
-        entries.insert(key, (caller, now + keep));
-    }
-
-    #[cfg(test)]
-    fn len(&self) -> usize {
-        self.entries.lock().expect("lock").len()
+        });
+        fetched.await.map(|token| token.caller).map_err(|rejected| *rejected)
     }
 }
 
 #[cfg(test)]
 mod tests {
+    use std::sync::Arc;
+
     use super::*;
 
     fn caller(user: &str) -> Caller {
@@ -259,35 +293,75 @@ mod tests {
         assert_eq!(lifetime, None, "no expires_at: the cache TTL alone applies");
     }
 
-    #[test]
-    fn cache_entries_expire_with_the_ttl_or_the_token() {
-        let cache = TokenCache::new(Duration::from_secs(60), 10);
-        let now = Instant::now();
-        cache.insert([1; 32], Some(caller("a")), None, now);
-        cache.insert([2; 32], Some(caller("b")), Some(Duration::from_secs(5)), now);
-        cache.insert([3; 32], None, None, now);
-        assert_eq!(cache.get(&[1; 32], now + Duration::from_secs(59)), Some(Some(caller("a"))));
-        assert_eq!(cache.get(&[1; 32], now + Duration::from_secs(60)), None);
-        assert_eq!(cache.get(&[2; 32], now + Duration::from_secs(4)), Some(Some(caller("b"))));
-        assert_eq!(cache.get(&[2; 32], now + Duration::from_secs(5)), None, "not past expires_at");
-        assert_eq!(cache.get(&[3; 32], now), Some(None), "invalid tokens are remembered too");
-        assert_eq!(cache.get(&[4; 32], now), None);
-        let off = TokenCache::new(Duration::ZERO, 10);
-        off.insert([1; 32], Some(caller("a")), None, now);
-        assert_eq!(off.len(), 0, "TTL 0 disables the cache");
+    type Fetched = Result<Option<(Caller, Option<Duration>)>, ApiError>;
+
+    /// A fetch that must not run: the answer has to come from the cache.
+    async fn not_fetched() -> Fetched {
+        panic!("the cache should have answered")
     }
 
-    #[test]
-    fn the_cache_is_bounded() {
-        let cache = TokenCache::new(Duration::from_secs(60), 3);
-        let now = Instant::now();
-        for i in 0..10u8 {
-            cache.insert([i; 32], Some(caller("a")), Some(Duration::from_secs(10 + u64::from(i))), now);
-            assert!(cache.len() <= 3);
+    async fn valid(user: &str, lifetime: Option<Duration>) -> Fetched {
+        Ok(Some((caller(user), lifetime)))
+    }
+
+    #[tokio::test]
+    async fn cache_entries_expire_with_the_ttl_or_the_token() {
+        let cache = TokenCache::new(Duration::from_secs(60), 10);
+        assert_eq!(cache.get_or_fetch([1; 32], valid("a", None)).await, Ok(caller("a")));
+        assert_eq!(cache.get_or_fetch([1; 32], not_fetched()).await, Ok(caller("a")));
+        // A token that expires before the TTL is used until its expires_at only.
+        let short = Some(Duration::from_millis(100));
+        assert_eq!(cache.get_or_fetch([2; 32], valid("b", short)).await, Ok(caller("b")));
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        assert_eq!(cache.get_or_fetch([2; 32], valid("b2", None)).await, Ok(caller("b2")), "fetched again");
+        // Invalid tokens are remembered, unavailability is not.
+        assert_eq!(cache.get_or_fetch([3; 32], async { Ok(None) }).await, Err(Rejected::Invalid));
+        assert_eq!(cache.get_or_fetch([3; 32], not_fetched()).await, Err(Rejected::Invalid));
+        let down = async { Err(keystone_unavailable()) };
+        assert_eq!(cache.get_or_fetch([4; 32], down).await, Err(Rejected::Unavailable));
+        assert_eq!(cache.get_or_fetch([4; 32], valid("d", None)).await, Ok(caller("d")), "not cached");
+
+        let off = TokenCache::new(Duration::ZERO, 10);
+        assert_eq!(off.get_or_fetch([1; 32], valid("a", None)).await, Ok(caller("a")));
+        assert_eq!(off.get_or_fetch([1; 32], valid("a2", None)).await, Ok(caller("a2")), "TTL 0: no cache");
+    }
+
+    #[tokio::test]
+    async fn a_flood_of_invalid_tokens_never_evicts_a_valid_one() {
+        let cache = TokenCache::new(Duration::from_secs(60), 50);
+        assert_eq!(cache.get_or_fetch([0; 32], valid("a", None)).await, Ok(caller("a")));
+        for i in 1..=2000u32 {
+            let mut key = [0xff; 32];
+            key[..4].copy_from_slice(&i.to_be_bytes());
+            assert_eq!(cache.get_or_fetch(key, async { Ok(None) }).await, Err(Rejected::Invalid));
         }
-        // The entries closest to expiry made room: the newest (longest-lived) ones stay.
-        assert!(cache.get(&[9; 32], now).is_some());
-        assert!(cache.get(&[0; 32], now).is_none());
+        cache.valid.run_pending_tasks().await;
+        cache.invalid.run_pending_tasks().await;
+        assert!(cache.invalid.entry_count() <= 50, "bounded: {}", cache.invalid.entry_count());
+        assert_eq!(cache.get_or_fetch([0; 32], not_fetched()).await, Ok(caller("a")), "the valid token stayed");
+    }
+
+    #[tokio::test]
+    async fn concurrent_first_validations_of_one_token_make_one_call() {
+        let cache = Arc::new(TokenCache::new(Duration::from_secs(60), 10));
+        let calls = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let tasks: Vec<_> = (0..20)
+            .map(|_| {
+                let (cache, calls) = (Arc::clone(&cache), Arc::clone(&calls));
+                tokio::spawn(async move {
+                    let fetch = async {
+                        calls.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                        tokio::time::sleep(Duration::from_millis(100)).await;
+                        valid("a", None).await
+                    };
+                    cache.get_or_fetch([7; 32], fetch).await
+                })
+            })
+            .collect();
+        for task in tasks {
+            assert_eq!(task.await.expect("task"), Ok(caller("a")));
+        }
+        assert_eq!(calls.load(std::sync::atomic::Ordering::SeqCst), 1);
     }
 
     #[test]
