@@ -648,9 +648,12 @@ fn authenticate(
             Err(unauthorized("KMS.0301", "Missing or malformed authentication information."))
         }
         Err(VerifyError::Date) => Err(unauthorized("KMS.0303", "Invalid X-Sdk-Date.")),
-        Err(VerifyError::UnknownAccessKey | VerifyError::SignedHeaderAbsent | VerifyError::Mismatch) => {
-            Err(unauthorized("KMS.0302", "Signature verification failed."))
-        }
+        Err(
+            VerifyError::UnknownAccessKey
+            | VerifyError::SignedHeaderAbsent
+            | VerifyError::PayloadHashMismatch
+            | VerifyError::Mismatch,
+        ) => Err(unauthorized("KMS.0302", "Signature verification failed.")),
     }
 }
 
