@@ -16,7 +16,7 @@ use serde_json::json;
 use sha2::{Digest, Sha256};
 use zeroize::Zeroizing;
 
-use super::cache::{DEFAULT_CAPACITY, DEFAULT_TTL, KeyCache};
+use super::cache::{DEFAULT_CAPACITY, DEFAULT_TTL, KeyCache, Listing, MISS_TTL};
 use super::stats::KmsCallStats;
 use super::transport::{Failure, FailureKind, Transport, plausible_code};
 use super::{DATA_KEY_LEN, DataKey, KeyRef, KmsConfigError, KmsError, ResolvedKey};
@@ -30,9 +30,10 @@ const SPEC_AES_256: &str = "AES_256";
 const CONTENT_TYPE: &str = "application/json;charset=UTF-8";
 /// Responses are small JSON documents; anything larger is not a KMS answer.
 const MAX_RESPONSE_BYTES: usize = 4 << 20;
-/// list-keys page size, and a bound on the number of pages one resolution may walk.
+/// list-keys page size, and the most pages one alias listing reads (§3: 1,000 keys; an account with more is
+/// better named by `kms_key_id`).
 const LIST_PAGE_SIZE: &str = "100";
-const MAX_LIST_PAGES: usize = 10_000;
+pub const MAX_LIST_PAGES: usize = 10;
 
 /// What the Huawei client is built from (`kms.*`, interface.md).
 #[derive(Debug)]
@@ -106,15 +107,15 @@ impl HuaweiKms {
             project_id,
             credentials,
             transport,
-            cache: KeyCache::new(DEFAULT_TTL, DEFAULT_CAPACITY),
+            cache: KeyCache::new(DEFAULT_TTL, MISS_TTL, DEFAULT_CAPACITY),
             stats: KmsCallStats::new(super::stats::HUAWEI_OPERATIONS),
         })
     }
 
-    /// Replaces the resolution cache (tests shorten the TTL).
+    /// Replaces the resolution cache (tests shorten the TTLs).
     #[must_use]
-    pub fn with_cache(mut self, ttl: Duration, capacity: usize) -> Self {
-        self.cache = KeyCache::new(ttl, capacity);
+    pub fn with_cache(mut self, ttl: Duration, miss_ttl: Duration, capacity: u64) -> Self {
+        self.cache = KeyCache::new(ttl, miss_ttl, capacity);
         self
     }
 
@@ -127,22 +128,23 @@ impl HuaweiKms {
         &self.stats
     }
 
+    /// Cached, else (once for concurrent lookups) list-keys for an alias or describe-key for an id; misses
+    /// are remembered for 10 s (`cache`). Then the state and spec checks.
     pub async fn resolve(&self, key: &KeyRef) -> Result<ResolvedKey, KmsError> {
-        let found = self
-            .cache
-            .get_or_resolve(key, || async {
-                match key {
-                    KeyRef::Alias(alias) => self.find_alias(alias).await,
-                    KeyRef::Id(key_id) => self.describe_key(key_id).await,
-                }
-            })
-            .await?;
+        let found = match key {
+            KeyRef::Alias(alias) => self.cache.resolve_alias(alias, || self.list_keys_until(alias)).await?,
+            KeyRef::Id(key_id) => self.cache.get_or_resolve(key, || self.describe_key(key_id)).await?,
+        };
         check_usable(key.as_str(), &found)?;
         Ok(found)
     }
 
-    /// Pages through list-keys until an entry's alias equals `alias` exactly.
-    async fn find_alias(&self, alias: &str) -> Result<ResolvedKey, KmsError> {
+    /// Pages through list-keys until an entry's alias equals `alias` exactly, the last page, or
+    /// [`MAX_LIST_PAGES`] pages; every key seen is returned (they are all cached).
+    async fn list_keys_until(&self, alias: &str) -> Result<Listing, KmsError> {
+        const ACTION: &str = "list-keys";
+        let malformed = || Failure::unusable(ACTION).into_error(alias);
+        let mut listing = Listing::default();
         let mut marker: Option<String> = None;
         for _ in 0..MAX_LIST_PAGES {
             let body = match &marker {
@@ -150,21 +152,38 @@ impl HuaweiKms {
                 Some(marker) => json!({"limit": LIST_PAGE_SIZE, "marker": marker, "key_spec": "ALL"}),
             };
             let page: ListKeysResponse =
-                self.call("list-keys", &body_bytes(&body)).await.map_err(|f| f.into_error(alias))?;
-            if let Some(found) = page.key_details.into_iter().find(|k| k.key_alias.as_deref() == Some(alias)) {
-                return Ok(found.into());
+                self.call(ACTION, &body_bytes(&body)).await.map_err(|f| f.into_error(alias))?;
+            if page.key_details.iter().any(|key| key.key_id.is_empty()) {
+                return Err(malformed());
             }
-            match page.next_marker.filter(|m| !m.is_empty()) {
-                Some(next) if page.truncated.as_deref() == Some("true") => marker = Some(next),
-                _ => break,
+            let matched = page.key_details.iter().any(|key| key.key_alias == alias);
+            listing.keys.extend(page.key_details.into_iter().map(ResolvedKey::from));
+            if matched {
+                return Ok(listing);
             }
+            if page.truncated.as_deref() != Some("true") {
+                listing.complete = true;
+                return Ok(listing);
+            }
+            // More pages without a marker to reach them: not an answer kps can use, and never "not found".
+            marker = Some(page.next_marker.filter(|next| !next.is_empty()).ok_or_else(malformed)?);
         }
-        Err(KmsError::KeyNotFound { key: alias.to_owned() })
+        tracing::warn!(
+            pages = MAX_LIST_PAGES,
+            "list-keys has more keys than one alias listing reads; aliases past them are reported as not found: \
+             name such a KMS key by kms_key_id"
+        );
+        listing.complete = true;
+        Ok(listing)
     }
 
     async fn describe_key(&self, key_id: &str) -> Result<ResolvedKey, KmsError> {
+        const ACTION: &str = "describe-key";
         let body = body_bytes(&json!({"key_id": key_id}));
-        let answer: DescribeKeyResponse = self.call("describe-key", &body).await.map_err(|f| f.into_error(key_id))?;
+        let answer: DescribeKeyResponse = self.call(ACTION, &body).await.map_err(|f| f.into_error(key_id))?;
+        if answer.key_info.key_id.is_empty() {
+            return Err(Failure::unusable(ACTION).into_error(key_id));
+        }
         Ok(answer.key_info.into())
     }
 
@@ -233,7 +252,10 @@ impl HuaweiKms {
         key_id: &str,
         body: &[u8],
     ) -> Result<T, KmsError> {
-        self.call(action, body).await.map_err(|failure| self.cache.data_key_error(key_id, failure))
+        match self.call(action, body).await {
+            Ok(answer) => Ok(answer),
+            Err(failure) => Err(self.cache.data_key_error(key_id, failure).await),
+        }
     }
 
     /// One KMS call under the transport rules, counted in `stats`.
@@ -318,11 +340,12 @@ fn error_code(body: &[u8]) -> Option<String> {
     plausible_code(value.pointer("/error/error_code").or_else(|| value.get("error_code"))?.as_str()?)
 }
 
+/// The fields kps reads of a KMS key. All are required: a 200 answer without them is malformed (KPS.1801),
+/// never a missing key.
 #[derive(Deserialize)]
 struct KeyDetails {
     key_id: String,
-    #[serde(default)]
-    key_alias: Option<String>,
+    key_alias: String,
     key_state: String,
     key_spec: String,
 }
@@ -331,7 +354,7 @@ impl From<KeyDetails> for ResolvedKey {
     fn from(details: KeyDetails) -> Self {
         Self {
             key_id: details.key_id,
-            alias: details.key_alias.filter(|a| !a.is_empty()),
+            alias: Some(details.key_alias).filter(|a| !a.is_empty()),
             state: details.key_state,
             spec: details.key_spec,
         }
@@ -340,7 +363,6 @@ impl From<KeyDetails> for ResolvedKey {
 
 #[derive(Deserialize)]
 struct ListKeysResponse {
-    #[serde(default)]
     key_details: Vec<KeyDetails>,
     #[serde(default)]
     next_marker: Option<String>,
@@ -364,7 +386,6 @@ struct DecryptDatakeyResponse {
     data_key: String,
     #[serde(default)]
     datakey_length: Option<String>,
-    #[serde(default)]
     datakey_dgst: String,
 }
 

@@ -267,7 +267,7 @@ async fn list_keys_pages_by_offset_markers() {
 #[tokio::test]
 async fn faults_answer_the_next_calls_then_clear() {
     let mock = signed_mock().await;
-    mock.inject_fault(Fault { status: Some(503), delay_ms: None, count: 1 });
+    mock.inject_fault(Fault { status: Some(503), count: 1, ..Fault::default() });
     let answer = call(&mock, "list-keys", &json!({})).await;
     assert_eq!(code(&answer), (503, "KMS.0101"));
     assert_eq!(answer.1["error"]["error_msg"], "injected fault");
@@ -283,6 +283,12 @@ async fn faults_answer_the_next_calls_then_clear() {
     let calls: Value =
         client.get(format!("{}/_mock/calls", mock.endpoint())).send().await.expect("calls").json().await.expect("json");
     assert_eq!(calls["list-keys"], 4);
+
+    // A malformed success: 200 with the given document, e.g. `{}`.
+    let set = client.post(&fault_url).body(r#"{"answer": {}, "count": 1}"#).send().await.expect("set");
+    assert_eq!(set.status().as_u16(), 204);
+    assert_eq!(call(&mock, "create-datakey", &json!({"key_id": KEY_ID})).await, (200, json!({})));
+    assert_eq!(call(&mock, "create-datakey", &json!({"key_id": KEY_ID})).await.1["key_id"], KEY_ID);
 }
 
 #[tokio::test]
