@@ -191,9 +191,10 @@ impl HuaweiKms {
         const ACTION: &str = "create-datakey";
         let body = body_bytes(&json!({"key_id": key_id, "datakey_length": "256"}));
         let answer: CreateDatakeyResponse = self.data_key_call(ACTION, key_id, &body).await?;
-        let plain_text = Zeroizing::new(answer.plain_text);
         let mut plaintext = Zeroizing::new([0u8; DATA_KEY_LEN]);
-        if hex::decode_to_slice(plain_text.as_bytes(), plaintext.as_mut()).is_err() || answer.cipher_text.is_empty() {
+        if hex::decode_to_slice(answer.plain_text.as_bytes(), plaintext.as_mut()).is_err()
+            || answer.cipher_text.is_empty()
+        {
             return Err(Failure::unusable(ACTION).into_error(key_id));
         }
         Ok(DataKey::new(key_id.to_owned(), plaintext, answer.cipher_text))
@@ -211,10 +212,9 @@ impl HuaweiKms {
             "datakey_cipher_length": DATA_KEY_LEN.to_string(),
         }));
         let answer: DecryptDatakeyResponse = self.data_key_call(ACTION, key_id, &body).await?;
-        let data_key = Zeroizing::new(answer.data_key);
         let mut plaintext = Zeroizing::new([0u8; DATA_KEY_LEN]);
         let undecryptable = |detail: &str| KmsError::Undecryptable { detail: format!("{ACTION} answered {detail}") };
-        if hex::decode_to_slice(data_key.as_bytes(), plaintext.as_mut()).is_err() {
+        if hex::decode_to_slice(answer.data_key.as_bytes(), plaintext.as_mut()).is_err() {
             return Err(undecryptable("a data key that is not 32 bytes of hex"));
         }
         if answer.datakey_length.as_deref().is_some_and(|len| len != DATA_KEY_LEN.to_string()) {
@@ -229,14 +229,19 @@ impl HuaweiKms {
 
     pub async fn encrypt_data_key(&self, key_id: &str, plaintext: &[u8; DATA_KEY_LEN]) -> Result<String, KmsError> {
         const ACTION: &str = "encrypt-datakey";
-        // plain_text = hex(DEK) ‖ hex(SHA-256(DEK)) (§4.3).
-        let mut plain_text = Zeroizing::new(hex::encode(plaintext));
-        plain_text.push_str(&hex::encode(Sha256::digest(plaintext)));
-        let body = body_bytes(&json!({
-            "key_id": key_id,
-            "plain_text": plain_text.as_str(),
-            "datakey_plain_length": DATA_KEY_LEN.to_string(),
-        }));
+        // plain_text = hex(DEK) ‖ hex(SHA-256(DEK)) (§4.3), written straight into a zeroized buffer (a `String`
+        // built by `hex::encode` and grown by `push_str` would leave copies of the DEK in freed memory).
+        let mut hex_text = Zeroizing::new([0u8; 4 * DATA_KEY_LEN]);
+        let (dek_hex, digest_hex) = hex_text.split_at_mut(2 * DATA_KEY_LEN);
+        // Each half is exactly twice its input's length and hex is ASCII: neither step can fail (were it to, the
+        // KMS would refuse the empty plain_text).
+        let plain_text = hex::encode_to_slice(plaintext, dek_hex)
+            .and_then(|()| hex::encode_to_slice(Sha256::digest(plaintext), digest_hex))
+            .ok()
+            .and_then(|()| std::str::from_utf8(hex_text.as_ref()).ok())
+            .unwrap_or_default();
+        let length = DATA_KEY_LEN.to_string();
+        let body = body_bytes(&EncryptDatakeyRequest { key_id, plain_text, datakey_plain_length: &length });
         let answer: EncryptDatakeyResponse = self.data_key_call(ACTION, key_id, &body).await?;
         if answer.cipher_text.is_empty() {
             return Err(Failure::unusable(ACTION).into_error(key_id));
@@ -260,6 +265,7 @@ impl HuaweiKms {
 
     /// One KMS call under the transport rules, counted in `stats`.
     async fn call<T: DeserializeOwned>(&self, action: &'static str, body: &[u8]) -> Result<T, Failure> {
+        // `bytes` is zeroized on drop: create-datakey and decrypt-datakey answers hold a plaintext data key.
         let result = self
             .transport
             .run(action, || self.attempt(action, body))
@@ -270,7 +276,7 @@ impl HuaweiKms {
     }
 
     /// One signed attempt: the 2xx body, or why it failed.
-    async fn attempt(&self, action: &str, body: &[u8]) -> Result<Vec<u8>, FailureKind> {
+    async fn attempt(&self, action: &str, body: &[u8]) -> Result<Zeroizing<Vec<u8>>, FailureKind> {
         let mut url = self.base.clone();
         url.set_path(&format!("{}{action}", self.base.path()));
         let headers = vec![
@@ -287,7 +293,9 @@ impl HuaweiKms {
         let response = builder
             .header(signing::DATE_HEADER, signature.sdk_date)
             .header("Authorization", signature.authorization)
-            .body(body.to_vec())
+            // The HTTP client owns the body until it is written; its copy is zeroized when dropped (an
+            // encrypt-datakey body holds a data key).
+            .body(bytes::Bytes::from_owner(Zeroizing::new(body.to_vec())))
             .send()
             .await
             .map_err(|e| if e.is_timeout() { FailureKind::Timeout } else { FailureKind::Connection })?;
@@ -300,8 +308,12 @@ impl HuaweiKms {
     }
 }
 
-async fn read_limited(mut response: reqwest::Response) -> Result<Vec<u8>, FailureKind> {
-    let mut bytes = Vec::new();
+/// The response body, at most [`MAX_RESPONSE_BYTES`], in a buffer that is zeroized when dropped and never
+/// leaves an unzeroized copy behind when it grows. (The HTTP client's own transient read buffers are outside
+/// kps's control.)
+async fn read_limited(mut response: reqwest::Response) -> Result<Zeroizing<Vec<u8>>, FailureKind> {
+    let expected = response.content_length().and_then(|len| usize::try_from(len).ok()).unwrap_or(4096);
+    let mut bytes = Zeroizing::new(Vec::with_capacity(expected.min(MAX_RESPONSE_BYTES)));
     while let Some(chunk) = response
         .chunk()
         .await
@@ -310,14 +322,47 @@ async fn read_limited(mut response: reqwest::Response) -> Result<Vec<u8>, Failur
         if bytes.len() + chunk.len() > MAX_RESPONSE_BYTES {
             return Err(FailureKind::UnusableBody);
         }
-        bytes.extend_from_slice(&chunk);
+        append_zeroizing(&mut bytes, &chunk);
     }
     Ok(bytes)
 }
 
-fn body_bytes(body: &serde_json::Value) -> Zeroizing<Vec<u8>> {
-    // Serializing a `Value` cannot fail.
-    Zeroizing::new(serde_json::to_vec(body).unwrap_or_default())
+/// Appends `chunk` to `buffer`. When the buffer must grow, its contents move to a new allocation and the old
+/// one is zeroized as it is dropped; `Vec`'s own growth would free the old allocation as it is.
+fn append_zeroizing(buffer: &mut Zeroizing<Vec<u8>>, chunk: &[u8]) {
+    let needed = buffer.len() + chunk.len();
+    if needed > buffer.capacity() {
+        let mut grown = Zeroizing::new(Vec::with_capacity(needed.max(2 * buffer.capacity())));
+        grown.extend_from_slice(buffer);
+        *buffer = grown;
+    }
+    buffer.extend_from_slice(chunk);
+}
+
+/// A request body in a zeroized buffer of exactly its size (serialized once to measure, once to write, so
+/// the buffer never grows and leaves a copy behind).
+fn body_bytes(body: &impl serde::Serialize) -> Zeroizing<Vec<u8>> {
+    struct Counter(usize);
+    impl std::io::Write for Counter {
+        fn write(&mut self, bytes: &[u8]) -> std::io::Result<usize> {
+            self.0 += bytes.len();
+            Ok(bytes.len())
+        }
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+    let mut counter = Counter(0);
+    // Serializing these request bodies (strings and `Value`s) cannot fail; an empty body would be refused by
+    // the KMS, never sent with a secret.
+    if serde_json::to_writer(&mut counter, body).is_err() {
+        return Zeroizing::new(Vec::new());
+    }
+    let mut bytes = Zeroizing::new(Vec::with_capacity(counter.0));
+    if serde_json::to_writer(&mut *bytes, body).is_err() {
+        bytes.clear();
+    }
+    bytes
 }
 
 /// The state and spec checks of §3 steps 4-5.
@@ -377,16 +422,23 @@ struct DescribeKeyResponse {
 
 #[derive(Deserialize)]
 struct CreateDatakeyResponse {
-    plain_text: String,
+    plain_text: Zeroizing<String>,
     cipher_text: String,
 }
 
 #[derive(Deserialize)]
 struct DecryptDatakeyResponse {
-    data_key: String,
+    data_key: Zeroizing<String>,
     #[serde(default)]
     datakey_length: Option<String>,
     datakey_dgst: String,
+}
+
+#[derive(serde::Serialize)]
+struct EncryptDatakeyRequest<'a> {
+    key_id: &'a str,
+    plain_text: &'a str,
+    datakey_plain_length: &'a str,
 }
 
 #[derive(Deserialize)]

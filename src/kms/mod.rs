@@ -24,7 +24,7 @@ pub mod transport;
 
 use std::path::{Path, PathBuf};
 
-use secrecy::SecretString;
+use secrecy::{ExposeSecret, SecretString};
 use zeroize::Zeroizing;
 
 use crate::config::KmsConfig;
@@ -302,7 +302,7 @@ pub fn from_config(kms: &KmsConfig, allow_group_readable: bool) -> Result<Option
     match provider {
         "huawei" => {
             let ak = secret_value("kms.ak", kms.ak.as_deref(), kms.ak_file.as_deref(), allow_group_readable)?;
-            let sk = secret_value("kms.sk", kms.sk.as_deref(), kms.sk_file.as_deref(), allow_group_readable)?;
+            let sk = secret_value("kms.sk", kms_sk(kms), kms.sk_file.as_deref(), allow_group_readable)?;
             let credentials = crate::signing::Credentials::new(ak.as_str(), SecretString::from(sk.as_str()));
             let huawei = HuaweiKms::new(huawei::HuaweiSettings {
                 endpoint: kms.endpoint.clone(),
@@ -315,7 +315,7 @@ pub fn from_config(kms: &KmsConfig, allow_group_readable: bool) -> Result<Option
         }
         "aws" => {
             let ak = secret_value("kms.ak", kms.ak.as_deref(), kms.ak_file.as_deref(), allow_group_readable)?;
-            let sk = secret_value("kms.sk", kms.sk.as_deref(), kms.sk_file.as_deref(), allow_group_readable)?;
+            let sk = secret_value("kms.sk", kms_sk(kms), kms.sk_file.as_deref(), allow_group_readable)?;
             let aws = AwsKms::new(aws::AwsSettings {
                 endpoint: kms.endpoint.clone(),
                 region: kms.region.clone().ok_or(KmsConfigError::Missing("kms.region"))?,
@@ -327,6 +327,10 @@ pub fn from_config(kms: &KmsConfig, allow_group_readable: bool) -> Result<Option
         }
         other => Err(KmsConfigError::UnknownProvider(other.to_owned())),
     }
+}
+
+fn kms_sk(kms: &KmsConfig) -> Option<&str> {
+    kms.sk.as_ref().map(ExposeSecret::expose_secret)
 }
 
 /// A credential from its value, else from its file (mode-checked). Surrounding whitespace (the trailing

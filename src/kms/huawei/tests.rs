@@ -420,3 +420,27 @@ fn the_default_endpoint_comes_from_the_region() {
     assert_eq!(default_port.host, "kms.internal", "no port on the scheme's default port");
     assert!(!format!("{explicit:?}").contains(SK), "Debug hides the SK");
 }
+
+#[test]
+fn a_growing_response_buffer_keeps_its_bytes() {
+    let mut buffer = Zeroizing::new(Vec::with_capacity(4));
+    let mut expected = Vec::new();
+    for chunk in [&b"{\"plain"[..], b"_text\":", b"\"00ff\"", b"}"] {
+        append_zeroizing(&mut buffer, chunk);
+        expected.extend_from_slice(chunk);
+        assert_eq!(*buffer, expected);
+    }
+    let before = buffer.as_ptr();
+    let room = buffer.capacity() - buffer.len();
+    append_zeroizing(&mut buffer, &vec![b' '; room]);
+    assert_eq!(buffer.as_ptr(), before, "no move while the bytes fit");
+}
+
+#[test]
+fn request_bodies_are_serialized_to_their_exact_size() {
+    let request = EncryptDatakeyRequest { key_id: ESCROW_ID, plain_text: "00ff", datakey_plain_length: "32" };
+    let body = body_bytes(&request);
+    assert_eq!(body.len(), body.capacity(), "no spare capacity: the buffer never grew");
+    let parsed: serde_json::Value = serde_json::from_slice(&body).expect("json");
+    assert_eq!(parsed, json!({"key_id": ESCROW_ID, "plain_text": "00ff", "datakey_plain_length": "32"}));
+}
