@@ -7,6 +7,7 @@
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 
+use secrecy::SecretString;
 use serde::Deserialize;
 
 #[derive(Debug, thiserror::Error)]
@@ -135,7 +136,8 @@ pub struct KmsConfig {
     pub project_id: Option<String>,
     pub region: Option<String>,
     pub ak: Option<String>,
-    pub sk: Option<String>,
+    /// A secret: `Debug` shows `[REDACTED]`, the value is zeroized when dropped.
+    pub sk: Option<SecretString>,
     pub ak_file: Option<PathBuf>,
     pub sk_file: Option<PathBuf>,
     pub check_key: Option<String>,
@@ -354,7 +356,7 @@ const ENV_VARS: &[(&str, Setter)] = &[
         Ok(())
     }),
     ("KPS_KMS_SK", |c, v| {
-        c.kms.sk = Some(v.to_owned());
+        c.kms.sk = Some(SecretString::from(v));
         Ok(())
     }),
     ("KPS_KMS_AK_FILE", |c, v| {
@@ -543,6 +545,29 @@ mod tests {
         assert_eq!(config.limits.request_timeout_s, 60);
         assert!(config.custody.enabled && config.custody.allow_default);
         config.validate().expect("defaults are valid");
+    }
+
+    /// Issue 11.12: the KMS secret key never shows in `Debug` (a config printed in a log or a panic), whether
+    /// it came from the file or the environment, and still reaches the KMS client.
+    #[test]
+    fn the_kms_secret_key_is_redacted_in_debug() {
+        use secrecy::ExposeSecret;
+        const FILE_SK: &str = "sk-from-the-file-0123456789";
+        const ENV_SK: &str = "sk-from-the-environment-9876543210";
+        let dir = tempfile::tempdir().expect("tempdir");
+        let file = dir.path().join("kps.toml");
+        std::fs::write(&file, format!("[kms]\nprovider = \"huawei\"\nak = \"AK\"\nsk = \"{FILE_SK}\"\n"))
+            .expect("write");
+        let overrides = Overrides { config: Some(file), ..Overrides::default() };
+        let from_file = load(&[], &overrides).expect("load");
+        let from_env = load(&[("KPS_KMS_SK", ENV_SK)], &overrides).expect("load");
+        for (config, sk) in [(&from_file, FILE_SK), (&from_env, ENV_SK)] {
+            assert_eq!(config.kms.sk.as_ref().map(|sk| sk.expose_secret()), Some(sk));
+            for shown in [format!("{:?}", config.kms), format!("{config:?}"), format!("{config:#?}")] {
+                assert!(!shown.contains(sk), "{shown}");
+                assert!(shown.contains("REDACTED"), "{shown}");
+            }
+        }
     }
 
     #[test]

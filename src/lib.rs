@@ -17,6 +17,7 @@ pub mod keypair;
 pub mod kms;
 pub mod metrics;
 pub mod page_cache;
+pub mod process;
 pub mod service;
 pub mod signing;
 pub mod store;

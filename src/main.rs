@@ -114,6 +114,11 @@ static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
+    // Before the configuration (and with it any secret) is read: no core dumps, no ptrace or /proc/<pid>/mem
+    // by other processes of the same user, for every command (serve, rewrap and master-key hold key material).
+    if let Err(error) = kps::process::make_non_dumpable() {
+        return fail(&format!("cannot mark the process non-dumpable (prctl PR_SET_DUMPABLE): {error}"));
+    }
     let command = cli.command.unwrap_or(Command::Serve(ServeArgs::default()));
     let (common, listen, auth) = match &command {
         Command::Serve(args) => (args.common.clone(), args.listen.clone(), args.auth),

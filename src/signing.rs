@@ -17,8 +17,11 @@ use time::{OffsetDateTime, PrimitiveDateTime, format_description::FormatItem, ma
 pub const ALGORITHM: &str = "SDK-HMAC-SHA256";
 /// Header carrying the signing time.
 pub const DATE_HEADER: &str = "X-Sdk-Date";
-/// Optional header that replaces the body hash (the SDK sends `UNSIGNED-PAYLOAD` for non-JSON bodies).
+/// Optional header that replaces the body hash when a client signs (the SDK sends `UNSIGNED-PAYLOAD` for
+/// non-JSON bodies). A verifier never takes it in place of the body's own hash (§2.2 step 4).
 pub const CONTENT_SHA256_HEADER: &str = "X-Sdk-Content-Sha256";
+/// The `X-Sdk-Content-Sha256` value a client sends for a body it did not hash.
+pub const UNSIGNED_PAYLOAD: &str = "UNSIGNED-PAYLOAD";
 /// How far `X-Sdk-Date` may be from the verifier's clock, either way.
 pub const MAX_CLOCK_SKEW: time::Duration = time::Duration::minutes(15);
 /// SHA-256 of the empty string: the payload hash of a request without a body.
@@ -82,6 +85,10 @@ pub enum VerifyError {
     UnknownAccessKey,
     #[error("a signed header is absent from the request")]
     SignedHeaderAbsent,
+    /// `X-Sdk-Content-Sha256` is present and is not the hash of the received body (`UNSIGNED-PAYLOAD` for a
+    /// non-empty body included): the signature would not cover the body, so it is refused outright.
+    #[error("X-Sdk-Content-Sha256 does not match the body")]
+    PayloadHashMismatch,
     #[error("signature mismatch")]
     Mismatch,
 }
@@ -125,7 +132,7 @@ pub fn sign(request: &SignedRequest<'_>, credentials: &Credentials, now: OffsetD
     signed.dedup();
     let with_date = SignedRequest { headers: &headers, ..*request };
     // Every signed name comes from `headers`, so canonicalisation cannot miss one.
-    let canonical = canonical_request(&with_date, &signed).unwrap_or_default();
+    let canonical = canonical_request(&with_date, &signed, &client_payload_hash(&with_date)).unwrap_or_default();
     let signature = hex::encode(hmac_sha256(&credentials.secret_key, &string_to_sign(&sdk_date, &canonical)));
     let authorization = format!(
         "{ALGORITHM} Access={}, SignedHeaders={}, Signature={signature}",
@@ -136,6 +143,10 @@ pub fn sign(request: &SignedRequest<'_>, credentials: &Credentials, now: OffsetD
 }
 
 /// Verifies a received request (server side, §2.2). `lookup` maps an access key to its secret key.
+///
+/// The payload hash is always computed here from the received body: a client's `X-Sdk-Content-Sha256` is
+/// only compared with it, never used in its place, whether or not the client signed that header. Otherwise
+/// one captured signature would carry any body for as long as its date is accepted.
 pub fn verify<'k>(
     request: &SignedRequest<'_>,
     now: OffsetDateTime,
@@ -152,7 +163,9 @@ pub fn verify<'k>(
         return Err(VerifyError::Date);
     }
     let secret_key = lookup(&parsed.access_key).ok_or(VerifyError::UnknownAccessKey)?;
-    let canonical = canonical_request(request, &parsed.signed_headers).ok_or(VerifyError::SignedHeaderAbsent)?;
+    let payload_hash = received_payload_hash(request)?;
+    let canonical =
+        canonical_request(request, &parsed.signed_headers, &payload_hash).ok_or(VerifyError::SignedHeaderAbsent)?;
     let Ok(received) = hex::decode(&parsed.signature) else {
         return Err(VerifyError::Mismatch);
     };
@@ -198,9 +211,9 @@ fn parse_authorization(value: &str) -> Result<Authorization, VerifyError> {
     Ok(Authorization { access_key, signed_headers, signature })
 }
 
-/// The canonical request of §2.1 step 3 over the given (lowercase) signed header names, in that order.
-/// `None` if a signed header is absent from the request.
-pub fn canonical_request(request: &SignedRequest<'_>, signed_headers: &[String]) -> Option<String> {
+/// The canonical request of §2.1 step 3 over the given (lowercase) signed header names, in that order, with
+/// `payload_hash` as part 6. `None` if a signed header is absent from the request.
+pub fn canonical_request(request: &SignedRequest<'_>, signed_headers: &[String], payload_hash: &str) -> Option<String> {
     let mut out = String::with_capacity(256 + request.path.len() + request.query.len());
     out.push_str(&request.method.to_ascii_uppercase());
     out.push('\n');
@@ -218,7 +231,7 @@ pub fn canonical_request(request: &SignedRequest<'_>, signed_headers: &[String])
     out.push('\n');
     out.push_str(&signed_headers.join(";"));
     out.push('\n');
-    out.push_str(&payload_hash(request));
+    out.push_str(payload_hash);
     Some(out)
 }
 
@@ -253,14 +266,37 @@ fn canonical_query(query: &str) -> String {
     pairs.iter().map(|(k, v)| format!("{}={}", encode(k), encode(v))).collect::<Vec<_>>().join("&")
 }
 
-fn payload_hash(request: &SignedRequest<'_>) -> String {
-    if request.body.is_empty() {
-        return EMPTY_BODY_SHA256.to_owned();
-    }
-    if let Some(value) = header_values(request.headers, CONTENT_SHA256_HEADER) {
+/// Lowercase hex SHA-256 of `body` (the empty-body constant for an empty body).
+fn body_sha256(body: &[u8]) -> String {
+    if body.is_empty() { EMPTY_BODY_SHA256.to_owned() } else { hex::encode(Sha256::digest(body)) }
+}
+
+/// Part 6 as a client signs it (§2.1 step 3.6): the empty-body constant, else `X-Sdk-Content-Sha256` when
+/// the client set it, else the body's hash.
+fn client_payload_hash(request: &SignedRequest<'_>) -> String {
+    if !request.body.is_empty()
+        && let Some(value) = header_values(request.headers, CONTENT_SHA256_HEADER)
+    {
         return value.trim().to_owned();
     }
-    hex::encode(Sha256::digest(request.body))
+    body_sha256(request.body)
+}
+
+/// Part 6 as a verifier rebuilds it (§2.2 step 4): always the hash of the received body. A
+/// `X-Sdk-Content-Sha256` that says otherwise refuses the request. The one value tolerated besides the hash
+/// (either case) is `UNSIGNED-PAYLOAD` on an empty body, where the client rule signs the empty-body constant
+/// anyway and there is no body to substitute.
+fn received_payload_hash(request: &SignedRequest<'_>) -> Result<String, VerifyError> {
+    let computed = body_sha256(request.body);
+    if let Some(claimed) = header_values(request.headers, CONTENT_SHA256_HEADER) {
+        let claimed = claimed.trim();
+        let agrees =
+            claimed.eq_ignore_ascii_case(&computed) || (request.body.is_empty() && claimed == UNSIGNED_PAYLOAD);
+        if !agrees {
+            return Err(VerifyError::PayloadHashMismatch);
+        }
+    }
+    Ok(computed)
 }
 
 /// All values of header `name` (case-insensitive) joined with `,`; `None` if absent.
@@ -353,7 +389,8 @@ mod tests {
             hex::encode(Sha256::digest(BODY_1)),
             "5ed60521cc8a9bc63e9b8e01452f04d5ccd26440f288cc14405610bcac234328"
         );
-        let canonical = canonical_request(&request, &signed_list()).expect("all headers present");
+        let canonical =
+            canonical_request(&request, &signed_list(), &body_sha256(request.body)).expect("all headers present");
         let expected = format!(
             "POST\n/v1.0/{PROJECT}/kms/create-datakey/\n\ncontent-type:application/json;charset=UTF-8\n\
              host:kms.example.internal:8443\nuser-agent:huaweicloud-usdk-python/3.0\nx-project-id:{PROJECT}\n\
@@ -380,7 +417,8 @@ mod tests {
         let path = format!("/v3/{PROJECT}/keypairs");
         let request =
             SignedRequest { method: "GET", path: &path, query: "limit=2&marker=key%20b", headers: &headers, body: b"" };
-        let canonical = canonical_request(&request, &signed_list()).expect("all headers present");
+        let canonical =
+            canonical_request(&request, &signed_list(), &body_sha256(request.body)).expect("all headers present");
         let expected = format!(
             "GET\n/v3/{PROJECT}/keypairs/\nlimit=2&marker=key%20b\ncontent-type:application/json\n\
              host:kps.example.internal:8774\nuser-agent:huaweicloud-usdk-python/3.0\nx-project-id:{PROJECT}\n\
@@ -465,6 +503,58 @@ mod tests {
             verify_example_1(&with_authorization(without_agent, AUTH_1), BODY_1, now),
             Err(VerifyError::SignedHeaderAbsent)
         );
+    }
+
+    /// Example 1's captured request (signed over `BODY_1`, without `X-Sdk-Content-Sha256`) with `extra`
+    /// headers added on the way.
+    fn captured_example_1(extra: &[(&str, &str)]) -> Vec<(String, String)> {
+        let mut captured = with_authorization(example_1_headers(), AUTH_1);
+        captured.extend(headers(extra));
+        captured
+    }
+
+    #[test]
+    fn a_captured_signature_does_not_carry_another_body() {
+        let now = example_time();
+        let other: &[u8] = br#"{"keypair":{"name":"someone-elses-key"}}"#;
+        let body_1_hash = "5ed60521cc8a9bc63e9b8e01452f04d5ccd26440f288cc14405610bcac234328";
+        // Replayed as captured, with another body: the body's own hash breaks the signature.
+        assert_eq!(verify_example_1(&captured_example_1(&[]), other, now), Err(VerifyError::Mismatch));
+        // ...and a forged header claiming the captured body's hash does not stand in for the body's hash.
+        let forged = captured_example_1(&[(CONTENT_SHA256_HEADER, body_1_hash)]);
+        assert_eq!(verify_example_1(&forged, other, now), Err(VerifyError::PayloadHashMismatch));
+        let unsigned = captured_example_1(&[(CONTENT_SHA256_HEADER, UNSIGNED_PAYLOAD)]);
+        assert_eq!(verify_example_1(&unsigned, other, now), Err(VerifyError::PayloadHashMismatch));
+        assert_eq!(verify_example_1(&unsigned, BODY_1, now), Err(VerifyError::PayloadHashMismatch));
+        // A header that tells the truth (in either case) is fine.
+        let truthful = captured_example_1(&[(CONTENT_SHA256_HEADER, &body_1_hash.to_ascii_uppercase())]);
+        assert!(verify_example_1(&truthful, BODY_1, now).is_ok());
+    }
+
+    /// Signs a POST carrying `X-Sdk-Content-Sha256: UNSIGNED-PAYLOAD` (a signed header) over `signed_body`,
+    /// then verifies it as received with `received_body`.
+    fn verify_unsigned_payload(signed_body: &[u8], received_body: &[u8]) -> Result<Verified, VerifyError> {
+        let now = OffsetDateTime::now_utc();
+        let mut sent = headers(&[("Host", "kps.test"), (CONTENT_SHA256_HEADER, UNSIGNED_PAYLOAD)]);
+        let path = "/v3/p/keypairs";
+        let request = SignedRequest { method: "POST", path, query: "", headers: &sent, body: signed_body };
+        let signature = sign(&request, &credentials(), now);
+        assert!(signature.authorization.contains("SignedHeaders=host;x-sdk-content-sha256;x-sdk-date,"));
+        sent.push(("X-Sdk-Date".into(), signature.sdk_date));
+        sent.push(("Authorization".into(), signature.authorization));
+        let secret = SecretString::from(SK);
+        let received = SignedRequest { method: "POST", path, query: "", headers: &sent, body: received_body };
+        verify(&received, now, |_| Some(&secret))
+    }
+
+    #[test]
+    fn a_signed_unsigned_payload_header_is_refused_for_a_body() {
+        // Such a signature covers no body at all: the verifier refuses it rather than accept any body.
+        assert_eq!(verify_unsigned_payload(b"{}", b"{}"), Err(VerifyError::PayloadHashMismatch));
+        assert_eq!(verify_unsigned_payload(b"{}", b"{\"x\":1}"), Err(VerifyError::PayloadHashMismatch));
+        // Without a body the client rule signs the empty-body hash, which is what the verifier computes.
+        assert!(verify_unsigned_payload(b"", b"").is_ok(), "UNSIGNED-PAYLOAD on an empty body");
+        assert_eq!(verify_unsigned_payload(b"", b"{}"), Err(VerifyError::PayloadHashMismatch));
     }
 
     #[test]

@@ -20,7 +20,7 @@ use base64::Engine;
 use base64::engine::general_purpose::STANDARD as BASE64;
 use zeroize::Zeroizing;
 
-use super::cache::{DEFAULT_CAPACITY, DEFAULT_TTL, KeyCache};
+use super::cache::{DEFAULT_CAPACITY, DEFAULT_TTL, KeyCache, MISS_TTL};
 use super::stats::KmsCallStats;
 use super::transport::{Failure, FailureKind, Transport, plausible_code};
 use super::{DATA_KEY_LEN, DataKey, KeyRef, KmsConfigError, KmsError, ResolvedKey};
@@ -92,7 +92,7 @@ impl AwsKms {
         Ok(Self {
             client: aws_sdk_kms::Client::from_conf(config.build()),
             transport,
-            cache: KeyCache::new(DEFAULT_TTL, DEFAULT_CAPACITY),
+            cache: KeyCache::new(DEFAULT_TTL, MISS_TTL, DEFAULT_CAPACITY),
             stats: KmsCallStats::new(super::stats::AWS_OPERATIONS),
         })
     }
@@ -121,12 +121,20 @@ impl AwsKms {
             })
             .await
             .map_err(|failure| failure.into_error(key.as_str()))?;
-        let metadata = output.key_metadata().ok_or_else(|| Failure::unusable(OPERATION).into_error(key.as_str()))?;
+        // A 200 answer without the id, state or spec is malformed (KPS.1801), never an unusable key.
+        let malformed = || Failure::unusable(OPERATION).into_error(key.as_str());
+        let metadata = output.key_metadata().ok_or_else(malformed)?;
+        let (Some(state), Some(spec)) = (metadata.key_state(), metadata.key_spec()) else {
+            return Err(malformed());
+        };
+        if metadata.key_id().is_empty() {
+            return Err(malformed());
+        }
         Ok(ResolvedKey {
             key_id: metadata.key_id().to_owned(),
             alias: None,
-            state: metadata.key_state().map(|s| s.as_str().to_owned()).unwrap_or_default(),
-            spec: metadata.key_spec().map(|s| s.as_str().to_owned()).unwrap_or_default(),
+            state: state.as_str().to_owned(),
+            spec: spec.as_str().to_owned(),
         })
     }
 
@@ -215,7 +223,10 @@ impl AwsKms {
         F: FnMut() -> Fut,
         Fut: Future<Output = Result<T, FailureKind>>,
     {
-        self.call(operation, attempt).await.map_err(|failure| self.cache.data_key_error(key_id, failure))
+        match self.call(operation, attempt).await {
+            Ok(answer) => Ok(answer),
+            Err(failure) => Err(self.cache.data_key_error(key_id, failure).await),
+        }
     }
 
     async fn call<T, F, Fut>(&self, operation: &'static str, attempt: F) -> Result<T, Failure>

@@ -16,7 +16,7 @@ use serde_json::json;
 use sha2::{Digest, Sha256};
 use zeroize::Zeroizing;
 
-use super::cache::{DEFAULT_CAPACITY, DEFAULT_TTL, KeyCache};
+use super::cache::{DEFAULT_CAPACITY, DEFAULT_TTL, KeyCache, Listing, MISS_TTL};
 use super::stats::KmsCallStats;
 use super::transport::{Failure, FailureKind, Transport, plausible_code};
 use super::{DATA_KEY_LEN, DataKey, KeyRef, KmsConfigError, KmsError, ResolvedKey};
@@ -30,9 +30,10 @@ const SPEC_AES_256: &str = "AES_256";
 const CONTENT_TYPE: &str = "application/json;charset=UTF-8";
 /// Responses are small JSON documents; anything larger is not a KMS answer.
 const MAX_RESPONSE_BYTES: usize = 4 << 20;
-/// list-keys page size, and a bound on the number of pages one resolution may walk.
+/// list-keys page size, and the most pages one alias listing reads (§3: 1,000 keys; an account with more is
+/// better named by `kms_key_id`).
 const LIST_PAGE_SIZE: &str = "100";
-const MAX_LIST_PAGES: usize = 10_000;
+pub const MAX_LIST_PAGES: usize = 10;
 
 /// What the Huawei client is built from (`kms.*`, interface.md).
 #[derive(Debug)]
@@ -106,15 +107,15 @@ impl HuaweiKms {
             project_id,
             credentials,
             transport,
-            cache: KeyCache::new(DEFAULT_TTL, DEFAULT_CAPACITY),
+            cache: KeyCache::new(DEFAULT_TTL, MISS_TTL, DEFAULT_CAPACITY),
             stats: KmsCallStats::new(super::stats::HUAWEI_OPERATIONS),
         })
     }
 
-    /// Replaces the resolution cache (tests shorten the TTL).
+    /// Replaces the resolution cache (tests shorten the TTLs).
     #[must_use]
-    pub fn with_cache(mut self, ttl: Duration, capacity: usize) -> Self {
-        self.cache = KeyCache::new(ttl, capacity);
+    pub fn with_cache(mut self, ttl: Duration, miss_ttl: Duration, capacity: u64) -> Self {
+        self.cache = KeyCache::new(ttl, miss_ttl, capacity);
         self
     }
 
@@ -127,22 +128,23 @@ impl HuaweiKms {
         &self.stats
     }
 
+    /// Cached, else (once for concurrent lookups) list-keys for an alias or describe-key for an id; misses
+    /// are remembered for 10 s (`cache`). Then the state and spec checks.
     pub async fn resolve(&self, key: &KeyRef) -> Result<ResolvedKey, KmsError> {
-        let found = self
-            .cache
-            .get_or_resolve(key, || async {
-                match key {
-                    KeyRef::Alias(alias) => self.find_alias(alias).await,
-                    KeyRef::Id(key_id) => self.describe_key(key_id).await,
-                }
-            })
-            .await?;
+        let found = match key {
+            KeyRef::Alias(alias) => self.cache.resolve_alias(alias, || self.list_keys_until(alias)).await?,
+            KeyRef::Id(key_id) => self.cache.get_or_resolve(key, || self.describe_key(key_id)).await?,
+        };
         check_usable(key.as_str(), &found)?;
         Ok(found)
     }
 
-    /// Pages through list-keys until an entry's alias equals `alias` exactly.
-    async fn find_alias(&self, alias: &str) -> Result<ResolvedKey, KmsError> {
+    /// Pages through list-keys until an entry's alias equals `alias` exactly, the last page, or
+    /// [`MAX_LIST_PAGES`] pages; every key seen is returned (they are all cached).
+    async fn list_keys_until(&self, alias: &str) -> Result<Listing, KmsError> {
+        const ACTION: &str = "list-keys";
+        let malformed = || Failure::unusable(ACTION).into_error(alias);
+        let mut listing = Listing::default();
         let mut marker: Option<String> = None;
         for _ in 0..MAX_LIST_PAGES {
             let body = match &marker {
@@ -150,21 +152,38 @@ impl HuaweiKms {
                 Some(marker) => json!({"limit": LIST_PAGE_SIZE, "marker": marker, "key_spec": "ALL"}),
             };
             let page: ListKeysResponse =
-                self.call("list-keys", &body_bytes(&body)).await.map_err(|f| f.into_error(alias))?;
-            if let Some(found) = page.key_details.into_iter().find(|k| k.key_alias.as_deref() == Some(alias)) {
-                return Ok(found.into());
+                self.call(ACTION, &body_bytes(&body)).await.map_err(|f| f.into_error(alias))?;
+            if page.key_details.iter().any(|key| key.key_id.is_empty()) {
+                return Err(malformed());
             }
-            match page.next_marker.filter(|m| !m.is_empty()) {
-                Some(next) if page.truncated.as_deref() == Some("true") => marker = Some(next),
-                _ => break,
+            let matched = page.key_details.iter().any(|key| key.key_alias == alias);
+            listing.keys.extend(page.key_details.into_iter().map(ResolvedKey::from));
+            if matched {
+                return Ok(listing);
             }
+            if page.truncated.as_deref() != Some("true") {
+                listing.complete = true;
+                return Ok(listing);
+            }
+            // More pages without a marker to reach them: not an answer kps can use, and never "not found".
+            marker = Some(page.next_marker.filter(|next| !next.is_empty()).ok_or_else(malformed)?);
         }
-        Err(KmsError::KeyNotFound { key: alias.to_owned() })
+        tracing::warn!(
+            pages = MAX_LIST_PAGES,
+            "list-keys has more keys than one alias listing reads; aliases past them are reported as not found: \
+             name such a KMS key by kms_key_id"
+        );
+        listing.complete = true;
+        Ok(listing)
     }
 
     async fn describe_key(&self, key_id: &str) -> Result<ResolvedKey, KmsError> {
+        const ACTION: &str = "describe-key";
         let body = body_bytes(&json!({"key_id": key_id}));
-        let answer: DescribeKeyResponse = self.call("describe-key", &body).await.map_err(|f| f.into_error(key_id))?;
+        let answer: DescribeKeyResponse = self.call(ACTION, &body).await.map_err(|f| f.into_error(key_id))?;
+        if answer.key_info.key_id.is_empty() {
+            return Err(Failure::unusable(ACTION).into_error(key_id));
+        }
         Ok(answer.key_info.into())
     }
 
@@ -172,9 +191,10 @@ impl HuaweiKms {
         const ACTION: &str = "create-datakey";
         let body = body_bytes(&json!({"key_id": key_id, "datakey_length": "256"}));
         let answer: CreateDatakeyResponse = self.data_key_call(ACTION, key_id, &body).await?;
-        let plain_text = Zeroizing::new(answer.plain_text);
         let mut plaintext = Zeroizing::new([0u8; DATA_KEY_LEN]);
-        if hex::decode_to_slice(plain_text.as_bytes(), plaintext.as_mut()).is_err() || answer.cipher_text.is_empty() {
+        if hex::decode_to_slice(answer.plain_text.as_bytes(), plaintext.as_mut()).is_err()
+            || answer.cipher_text.is_empty()
+        {
             return Err(Failure::unusable(ACTION).into_error(key_id));
         }
         Ok(DataKey::new(key_id.to_owned(), plaintext, answer.cipher_text))
@@ -192,10 +212,9 @@ impl HuaweiKms {
             "datakey_cipher_length": DATA_KEY_LEN.to_string(),
         }));
         let answer: DecryptDatakeyResponse = self.data_key_call(ACTION, key_id, &body).await?;
-        let data_key = Zeroizing::new(answer.data_key);
         let mut plaintext = Zeroizing::new([0u8; DATA_KEY_LEN]);
         let undecryptable = |detail: &str| KmsError::Undecryptable { detail: format!("{ACTION} answered {detail}") };
-        if hex::decode_to_slice(data_key.as_bytes(), plaintext.as_mut()).is_err() {
+        if hex::decode_to_slice(answer.data_key.as_bytes(), plaintext.as_mut()).is_err() {
             return Err(undecryptable("a data key that is not 32 bytes of hex"));
         }
         if answer.datakey_length.as_deref().is_some_and(|len| len != DATA_KEY_LEN.to_string()) {
@@ -210,14 +229,19 @@ impl HuaweiKms {
 
     pub async fn encrypt_data_key(&self, key_id: &str, plaintext: &[u8; DATA_KEY_LEN]) -> Result<String, KmsError> {
         const ACTION: &str = "encrypt-datakey";
-        // plain_text = hex(DEK) ‖ hex(SHA-256(DEK)) (§4.3).
-        let mut plain_text = Zeroizing::new(hex::encode(plaintext));
-        plain_text.push_str(&hex::encode(Sha256::digest(plaintext)));
-        let body = body_bytes(&json!({
-            "key_id": key_id,
-            "plain_text": plain_text.as_str(),
-            "datakey_plain_length": DATA_KEY_LEN.to_string(),
-        }));
+        // plain_text = hex(DEK) ‖ hex(SHA-256(DEK)) (§4.3), written straight into a zeroized buffer (a `String`
+        // built by `hex::encode` and grown by `push_str` would leave copies of the DEK in freed memory).
+        let mut hex_text = Zeroizing::new([0u8; 4 * DATA_KEY_LEN]);
+        let (dek_hex, digest_hex) = hex_text.split_at_mut(2 * DATA_KEY_LEN);
+        // Each half is exactly twice its input's length and hex is ASCII: neither step can fail (were it to, the
+        // KMS would refuse the empty plain_text).
+        let plain_text = hex::encode_to_slice(plaintext, dek_hex)
+            .and_then(|()| hex::encode_to_slice(Sha256::digest(plaintext), digest_hex))
+            .ok()
+            .and_then(|()| std::str::from_utf8(hex_text.as_ref()).ok())
+            .unwrap_or_default();
+        let length = DATA_KEY_LEN.to_string();
+        let body = body_bytes(&EncryptDatakeyRequest { key_id, plain_text, datakey_plain_length: &length });
         let answer: EncryptDatakeyResponse = self.data_key_call(ACTION, key_id, &body).await?;
         if answer.cipher_text.is_empty() {
             return Err(Failure::unusable(ACTION).into_error(key_id));
@@ -233,11 +257,15 @@ impl HuaweiKms {
         key_id: &str,
         body: &[u8],
     ) -> Result<T, KmsError> {
-        self.call(action, body).await.map_err(|failure| self.cache.data_key_error(key_id, failure))
+        match self.call(action, body).await {
+            Ok(answer) => Ok(answer),
+            Err(failure) => Err(self.cache.data_key_error(key_id, failure).await),
+        }
     }
 
     /// One KMS call under the transport rules, counted in `stats`.
     async fn call<T: DeserializeOwned>(&self, action: &'static str, body: &[u8]) -> Result<T, Failure> {
+        // `bytes` is zeroized on drop: create-datakey and decrypt-datakey answers hold a plaintext data key.
         let result = self
             .transport
             .run(action, || self.attempt(action, body))
@@ -248,7 +276,7 @@ impl HuaweiKms {
     }
 
     /// One signed attempt: the 2xx body, or why it failed.
-    async fn attempt(&self, action: &str, body: &[u8]) -> Result<Vec<u8>, FailureKind> {
+    async fn attempt(&self, action: &str, body: &[u8]) -> Result<Zeroizing<Vec<u8>>, FailureKind> {
         let mut url = self.base.clone();
         url.set_path(&format!("{}{action}", self.base.path()));
         let headers = vec![
@@ -265,7 +293,9 @@ impl HuaweiKms {
         let response = builder
             .header(signing::DATE_HEADER, signature.sdk_date)
             .header("Authorization", signature.authorization)
-            .body(body.to_vec())
+            // The HTTP client owns the body until it is written; its copy is zeroized when dropped (an
+            // encrypt-datakey body holds a data key).
+            .body(bytes::Bytes::from_owner(Zeroizing::new(body.to_vec())))
             .send()
             .await
             .map_err(|e| if e.is_timeout() { FailureKind::Timeout } else { FailureKind::Connection })?;
@@ -278,8 +308,12 @@ impl HuaweiKms {
     }
 }
 
-async fn read_limited(mut response: reqwest::Response) -> Result<Vec<u8>, FailureKind> {
-    let mut bytes = Vec::new();
+/// The response body, at most [`MAX_RESPONSE_BYTES`], in a buffer that is zeroized when dropped and never
+/// leaves an unzeroized copy behind when it grows. (The HTTP client's own transient read buffers are outside
+/// kps's control.)
+async fn read_limited(mut response: reqwest::Response) -> Result<Zeroizing<Vec<u8>>, FailureKind> {
+    let expected = response.content_length().and_then(|len| usize::try_from(len).ok()).unwrap_or(4096);
+    let mut bytes = Zeroizing::new(Vec::with_capacity(expected.min(MAX_RESPONSE_BYTES)));
     while let Some(chunk) = response
         .chunk()
         .await
@@ -288,14 +322,47 @@ async fn read_limited(mut response: reqwest::Response) -> Result<Vec<u8>, Failur
         if bytes.len() + chunk.len() > MAX_RESPONSE_BYTES {
             return Err(FailureKind::UnusableBody);
         }
-        bytes.extend_from_slice(&chunk);
+        append_zeroizing(&mut bytes, &chunk);
     }
     Ok(bytes)
 }
 
-fn body_bytes(body: &serde_json::Value) -> Zeroizing<Vec<u8>> {
-    // Serializing a `Value` cannot fail.
-    Zeroizing::new(serde_json::to_vec(body).unwrap_or_default())
+/// Appends `chunk` to `buffer`. When the buffer must grow, its contents move to a new allocation and the old
+/// one is zeroized as it is dropped; `Vec`'s own growth would free the old allocation as it is.
+fn append_zeroizing(buffer: &mut Zeroizing<Vec<u8>>, chunk: &[u8]) {
+    let needed = buffer.len() + chunk.len();
+    if needed > buffer.capacity() {
+        let mut grown = Zeroizing::new(Vec::with_capacity(needed.max(2 * buffer.capacity())));
+        grown.extend_from_slice(buffer);
+        *buffer = grown;
+    }
+    buffer.extend_from_slice(chunk);
+}
+
+/// A request body in a zeroized buffer of exactly its size (serialized once to measure, once to write, so
+/// the buffer never grows and leaves a copy behind).
+fn body_bytes(body: &impl serde::Serialize) -> Zeroizing<Vec<u8>> {
+    struct Counter(usize);
+    impl std::io::Write for Counter {
+        fn write(&mut self, bytes: &[u8]) -> std::io::Result<usize> {
+            self.0 += bytes.len();
+            Ok(bytes.len())
+        }
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+    let mut counter = Counter(0);
+    // Serializing these request bodies (strings and `Value`s) cannot fail; an empty body would be refused by
+    // the KMS, never sent with a secret.
+    if serde_json::to_writer(&mut counter, body).is_err() {
+        return Zeroizing::new(Vec::new());
+    }
+    let mut bytes = Zeroizing::new(Vec::with_capacity(counter.0));
+    if serde_json::to_writer(&mut *bytes, body).is_err() {
+        bytes.clear();
+    }
+    bytes
 }
 
 /// The state and spec checks of §3 steps 4-5.
@@ -318,11 +385,12 @@ fn error_code(body: &[u8]) -> Option<String> {
     plausible_code(value.pointer("/error/error_code").or_else(|| value.get("error_code"))?.as_str()?)
 }
 
+/// The fields kps reads of a KMS key. All are required: a 200 answer without them is malformed (KPS.1801),
+/// never a missing key.
 #[derive(Deserialize)]
 struct KeyDetails {
     key_id: String,
-    #[serde(default)]
-    key_alias: Option<String>,
+    key_alias: String,
     key_state: String,
     key_spec: String,
 }
@@ -331,7 +399,7 @@ impl From<KeyDetails> for ResolvedKey {
     fn from(details: KeyDetails) -> Self {
         Self {
             key_id: details.key_id,
-            alias: details.key_alias.filter(|a| !a.is_empty()),
+            alias: Some(details.key_alias).filter(|a| !a.is_empty()),
             state: details.key_state,
             spec: details.key_spec,
         }
@@ -340,7 +408,6 @@ impl From<KeyDetails> for ResolvedKey {
 
 #[derive(Deserialize)]
 struct ListKeysResponse {
-    #[serde(default)]
     key_details: Vec<KeyDetails>,
     #[serde(default)]
     next_marker: Option<String>,
@@ -355,17 +422,23 @@ struct DescribeKeyResponse {
 
 #[derive(Deserialize)]
 struct CreateDatakeyResponse {
-    plain_text: String,
+    plain_text: Zeroizing<String>,
     cipher_text: String,
 }
 
 #[derive(Deserialize)]
 struct DecryptDatakeyResponse {
-    data_key: String,
+    data_key: Zeroizing<String>,
     #[serde(default)]
     datakey_length: Option<String>,
-    #[serde(default)]
     datakey_dgst: String,
+}
+
+#[derive(serde::Serialize)]
+struct EncryptDatakeyRequest<'a> {
+    key_id: &'a str,
+    plain_text: &'a str,
+    datakey_plain_length: &'a str,
 }
 
 #[derive(Deserialize)]

@@ -189,6 +189,9 @@ pub struct Fault {
     /// Sleep this long before serving (or failing).
     #[serde(default)]
     pub delay_ms: Option<u64>,
+    /// Answer 200 with this JSON document instead of serving (a malformed reply, e.g. `{}`).
+    #[serde(default)]
+    pub answer: Option<Value>,
     #[serde(default = "one")]
     pub count: u64,
 }
@@ -591,6 +594,9 @@ async fn kms_call(
             let status = StatusCode::from_u16(status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
             return Err(KmsFault::new(status, "KMS.0101", "injected fault"));
         }
+        if let Some(answer) = &fault.answer {
+            return Ok(json_response(StatusCode::OK, answer));
+        }
     }
     let Ok(body) = axum::body::to_bytes(body, MAX_BODY).await else {
         return Err(KmsFault::new(StatusCode::BAD_REQUEST, "KMS.0203", "Request body is too large."));
@@ -648,9 +654,12 @@ fn authenticate(
             Err(unauthorized("KMS.0301", "Missing or malformed authentication information."))
         }
         Err(VerifyError::Date) => Err(unauthorized("KMS.0303", "Invalid X-Sdk-Date.")),
-        Err(VerifyError::UnknownAccessKey | VerifyError::SignedHeaderAbsent | VerifyError::Mismatch) => {
-            Err(unauthorized("KMS.0302", "Signature verification failed."))
-        }
+        Err(
+            VerifyError::UnknownAccessKey
+            | VerifyError::SignedHeaderAbsent
+            | VerifyError::PayloadHashMismatch
+            | VerifyError::Mismatch,
+        ) => Err(unauthorized("KMS.0302", "Signature verification failed.")),
     }
 }
 

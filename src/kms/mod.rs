@@ -4,7 +4,8 @@
 //! [`KmsClient`] is an enum over the providers (Huawei KMS v1.0 in `huawei`, AWS KMS in `aws`). Its contract,
 //! the same for every provider:
 //! * [`KmsClient::resolve`] turns a key reference (alias or id) into the key id to store, checking the key's
-//!   state and spec **without** any data-key call; answers are cached 60 s (misses are not);
+//!   state and spec **without** any data-key call; found keys are cached 60 s, unknown ones 10 s, and
+//!   concurrent lookups share one KMS call (`cache`);
 //! * [`KmsClient::generate_data_key`] makes exactly one data-key call;
 //! * the data-key calls get the record identity ([`Aad`]); AWS binds it as the EncryptionContext (§7),
 //!   Huawei's API has no such field (the local AAD binds the record there);
@@ -23,7 +24,7 @@ pub mod transport;
 
 use std::path::{Path, PathBuf};
 
-use secrecy::SecretString;
+use secrecy::{ExposeSecret, SecretString};
 use zeroize::Zeroizing;
 
 use crate::config::KmsConfig;
@@ -196,8 +197,9 @@ pub enum KmsClient {
 }
 
 impl KmsClient {
-    /// Resolves `key` to a usable key (§3): cached alias/id → (id, state, spec) for 60 s, otherwise one paged
-    /// list-keys (alias) or one describe-key (id); then the state and spec checks, without a data-key call.
+    /// Resolves `key` to a usable key (§3): cached alias/id → (id, state, spec) for 60 s (a miss for 10 s),
+    /// otherwise one paged list-keys (alias, at most 10 pages) or one describe-key (id), shared by concurrent
+    /// lookups; then the state and spec checks, without a data-key call.
     pub async fn resolve(&self, key: &KeyRef) -> Result<ResolvedKey, KmsError> {
         match self {
             Self::Huawei(huawei) => huawei.resolve(key).await,
@@ -300,7 +302,7 @@ pub fn from_config(kms: &KmsConfig, allow_group_readable: bool) -> Result<Option
     match provider {
         "huawei" => {
             let ak = secret_value("kms.ak", kms.ak.as_deref(), kms.ak_file.as_deref(), allow_group_readable)?;
-            let sk = secret_value("kms.sk", kms.sk.as_deref(), kms.sk_file.as_deref(), allow_group_readable)?;
+            let sk = secret_value("kms.sk", kms_sk(kms), kms.sk_file.as_deref(), allow_group_readable)?;
             let credentials = crate::signing::Credentials::new(ak.as_str(), SecretString::from(sk.as_str()));
             let huawei = HuaweiKms::new(huawei::HuaweiSettings {
                 endpoint: kms.endpoint.clone(),
@@ -313,7 +315,7 @@ pub fn from_config(kms: &KmsConfig, allow_group_readable: bool) -> Result<Option
         }
         "aws" => {
             let ak = secret_value("kms.ak", kms.ak.as_deref(), kms.ak_file.as_deref(), allow_group_readable)?;
-            let sk = secret_value("kms.sk", kms.sk.as_deref(), kms.sk_file.as_deref(), allow_group_readable)?;
+            let sk = secret_value("kms.sk", kms_sk(kms), kms.sk_file.as_deref(), allow_group_readable)?;
             let aws = AwsKms::new(aws::AwsSettings {
                 endpoint: kms.endpoint.clone(),
                 region: kms.region.clone().ok_or(KmsConfigError::Missing("kms.region"))?,
@@ -325,6 +327,10 @@ pub fn from_config(kms: &KmsConfig, allow_group_readable: bool) -> Result<Option
         }
         other => Err(KmsConfigError::UnknownProvider(other.to_owned())),
     }
+}
+
+fn kms_sk(kms: &KmsConfig) -> Option<&str> {
+    kms.sk.as_ref().map(ExposeSecret::expose_secret)
 }
 
 /// A credential from its value, else from its file (mode-checked). Surrounding whitespace (the trailing

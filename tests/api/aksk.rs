@@ -206,6 +206,36 @@ async fn tampered_body_query_path_or_method_is_2002() {
     assert_eq!(send(&kps, "POST", &create, &sdk_headers("POST", &create, &body, AK, SK, now), &body).await.status, 200);
 }
 
+/// Issue 11.1: a captured signed request replayed with another body, with or without an
+/// `X-Sdk-Content-Sha256` header claiming the captured body's hash, is refused (kms-huawei.md §2.2 step 4).
+#[tokio::test]
+async fn a_captured_export_does_not_carry_another_body() {
+    let secrets = tempfile::tempdir().expect("tempdir");
+    let kps = aksk_kps(secrets.path());
+    let create = format!("/v3/{PROJECT}/keypairs");
+    for name in ["mine", "theirs"] {
+        let body = json!({"keypair": {"name": name, "key_protection": {"encryption": {"type": "default"}}}});
+        let created = signed(&kps, "POST", &create, &body.to_string()).await;
+        assert_eq!(created.status, 200, "{}", String::from_utf8_lossy(&created.body));
+    }
+    let export = format!("/v3/{PROJECT}/keypairs/private-key/export");
+    let captured_body = json!({"keypair": {"name": "mine"}}).to_string();
+    let captured = sdk_headers("POST", &export, &captured_body, AK, SK, OffsetDateTime::now_utc());
+    let replayed_body = json!({"keypair": {"name": "theirs"}}).to_string();
+    let captured_hash = hex::encode(<sha2::Sha256 as sha2::Digest>::digest(captured_body.as_bytes()));
+
+    send(&kps, "POST", &export, &captured, &replayed_body).await.assert_error(401, "KPS.2002", INVALID);
+    for claimed in [captured_hash.as_str(), signing::UNSIGNED_PAYLOAD] {
+        let mut forged = captured.clone();
+        forged.push((signing::CONTENT_SHA256_HEADER.to_owned(), claimed.to_owned()));
+        send(&kps, "POST", &export, &forged, &replayed_body).await.assert_error(401, "KPS.2002", INVALID);
+    }
+    // The captured request as it was is valid: only the body swap was refused.
+    let exported = send(&kps, "POST", &export, &captured, &captured_body).await;
+    assert_eq!(exported.status, 200, "{}", String::from_utf8_lossy(&exported.body));
+    assert!(exported.json()["keypair"]["private_key"].as_str().is_some_and(|k| k.contains("PRIVATE KEY")));
+}
+
 #[tokio::test]
 async fn a_missing_or_stale_x_sdk_date_is_2004() {
     let secrets = tempfile::tempdir().expect("tempdir");

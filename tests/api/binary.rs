@@ -179,3 +179,38 @@ fn master_key_generate_rotates_and_old_keys_stay() {
     let mode = std::fs::metadata(data.join("master.key")).expect("meta").permissions().mode() & 0o777;
     assert_eq!(mode, 0o600);
 }
+
+/// Issue 11.12: `kps serve` marks itself non-dumpable before reading any secret. Observed from outside: the
+/// kernel hands a non-dumpable process's `/proc/<pid>` entries to root instead of the process's user. So the
+/// server runs as a user other than root (`nobody` when the tests run as root) and its `/proc/<pid>` must
+/// be root's.
+#[test]
+fn the_server_process_is_not_dumpable() {
+    use std::os::unix::fs::MetadataExt;
+    use std::os::unix::process::CommandExt;
+    const NOBODY: u32 = 65534;
+    let parent = tempfile::tempdir().expect("tempdir");
+    let mut command = Command::new(env!("CARGO_BIN_EXE_kps"));
+    let me = std::fs::metadata("/proc/self").expect("/proc").uid();
+    let server_uid = if me == 0 {
+        std::os::unix::fs::chown(parent.path(), Some(NOBODY), Some(NOBODY)).expect("chown");
+        command.uid(NOBODY).gid(NOBODY);
+        NOBODY
+    } else {
+        me
+    };
+    let port = free_port();
+    let child = command
+        .args(["serve", "--listen", &format!("127.0.0.1:{port}"), "--data-dir"])
+        .arg(parent.path().join("data"))
+        .env("KPS_LOG", "warn")
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("spawn kps");
+    let server = Server { child, url: format!("http://127.0.0.1:{port}") };
+    server.wait_ready();
+    let status = std::fs::metadata(format!("/proc/{}/status", server.child.id())).expect("/proc/<pid>/status");
+    assert_eq!(status.uid(), 0, "a dumpable server's /proc entries would belong to uid {server_uid}");
+    assert!(server.stop().success());
+}

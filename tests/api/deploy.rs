@@ -19,3 +19,11 @@ fn the_example_config_is_valid() {
 fn the_example_policy_loads() {
     kps::api::policy::Policy::load(&deploy("policy.toml")).expect("deploy/policy.toml loads");
 }
+
+/// Issue 11.12: the unit forbids core dumps (kps also marks itself non-dumpable, `binary.rs`).
+#[test]
+fn the_systemd_unit_forbids_core_dumps() {
+    let unit = std::fs::read_to_string(deploy("kps.service")).expect("deploy/kps.service");
+    let service = unit.split("[Service]").nth(1).and_then(|rest| rest.split("\n[").next()).expect("[Service]");
+    assert!(service.lines().any(|line| line.trim() == "LimitCORE=0"), "{service}");
+}

@@ -102,3 +102,49 @@ async fn export_fails_cleanly_while_the_kms_is_down() {
     assert_eq!(export.json()["error_code"], "KPS.1801");
     assert!(!String::from_utf8_lossy(&export.body).contains("BEGIN"));
 }
+
+/// Issue 11.8: concurrent creates naming one alias make one resolve; an unknown alias asked for twice makes
+/// one KMS call (kms-huawei.md §3).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_and_repeated_resolves_do_not_multiply_kms_calls() {
+    let kms = KmsMock::start();
+    let kps = kps_with(&kms);
+    // Slow the first answers so that every create overlaps the first one's resolution.
+    kms.fault(json!({"delay_ms": 200, "count": 1})).await;
+    let by_alias = json!({"type": "kms", "kms_key_name": "kps-escrow"});
+    let bodies: Vec<Value> = (0..12).map(|i| escrow(&format!("k{i}"), by_alias.clone())).collect();
+    let creates = bodies.iter().map(|body| v3(&kps, "POST", "/v3/p/keypairs", Some(body)));
+    for answer in futures_util::future::join_all(creates).await {
+        assert_eq!(answer.status, 200, "{}", String::from_utf8_lossy(&answer.body));
+    }
+    assert_eq!(kms.calls("list-keys").await, 1, "one resolve for twelve concurrent creates");
+    assert_eq!(kms.calls("create-datakey").await, 12);
+
+    let unknown = json!({"type": "kms", "kms_key_name": "no-such-alias"});
+    for name in ["u1", "u2"] {
+        let answer = v3(&kps, "POST", "/v3/p/keypairs", Some(&escrow(name, unknown.clone()))).await;
+        answer.assert_error(400, "KPS.1802", "KMS key no-such-alias not found");
+    }
+    assert_eq!(kms.calls("list-keys").await, 2, "the unknown alias was listed for once");
+}
+
+/// Issue 11.8: a KMS answering `{}` makes kps say the KMS is unavailable (503 KPS.1801), never that the key
+/// does not exist, and nothing is stored.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_empty_kms_answer_is_503_1801_not_a_missing_key() {
+    let kms = KmsMock::start();
+    let kps = kps_with(&kms);
+    kms.fault(json!({"answer": {}, "count": 1})).await;
+    let by_alias = json!({"type": "kms", "kms_key_name": "kps-escrow"});
+    let answer = v3(&kps, "POST", "/v3/p/keypairs", Some(&escrow("k", by_alias.clone()))).await;
+    answer.assert_error(503, "KPS.1801", "KMS is unavailable: list-keys answered an unusable body");
+    kms.fault(json!({"answer": {}, "count": 1})).await;
+    let by_id = json!({"type": "kms", "kms_key_id": ESCROW_ID});
+    let answer = v3(&kps, "POST", "/v3/p/keypairs", Some(&escrow("k", by_id))).await;
+    answer.assert_error(503, "KPS.1801", "KMS is unavailable: describe-key answered an unusable body");
+    let list = v3(&kps, "GET", "/v3/p/keypairs", None).await;
+    assert_eq!(list.json()["keypairs"], json!([]), "nothing stored");
+    // The malformed answer was not remembered as "not found".
+    let answer = v3(&kps, "POST", "/v3/p/keypairs", Some(&escrow("k", by_alias))).await;
+    assert_eq!(answer.status, 200, "{}", String::from_utf8_lossy(&answer.body));
+}

@@ -115,6 +115,7 @@ impl AkskCredentials {
                     VerifyError::Malformed
                     | VerifyError::UnknownAccessKey
                     | VerifyError::SignedHeaderAbsent
+                    | VerifyError::PayloadHashMismatch
                     | VerifyError::Mismatch => ApiError::invalid_credentials(),
                 }
             })?;

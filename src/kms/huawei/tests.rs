@@ -69,7 +69,7 @@ async fn resolve_by_alias_lists_keys_only_on_a_miss() {
         let error = kms.resolve(&alias("missing")).await.expect_err("unknown alias");
         assert_eq!(error, KmsError::KeyNotFound { key: "missing".into() });
     }
-    assert_eq!(mock.calls("list-keys"), 3, "misses are not cached");
+    assert_eq!(mock.calls("list-keys"), 2, "an unknown alias is listed for once, then remembered");
 }
 
 #[tokio::test]
@@ -99,16 +99,121 @@ async fn alias_resolution_pages_through_list_keys() {
     let keys: Vec<String> = (0..250).map(|i| format!("key-{i:03}")).collect();
     let mock = mock_with(&keys, None).await;
     let kms = client_for(&mock.endpoint(), SK, quick_transport());
-    kms.resolve(&alias("key-249")).await.expect("found on the third page");
-    assert_eq!(mock.calls("list-keys"), 3);
+    kms.resolve(&alias("key-149")).await.expect("found on the second page");
+    assert_eq!(mock.calls("list-keys"), 2, "stops at the first match");
     kms.resolve(&alias("key-005")).await.expect("found on the first page");
-    assert_eq!(mock.calls("list-keys"), 4, "stops at the first match");
+    assert_eq!(mock.calls("list-keys"), 2, "every alias a listing saw is cached");
+    kms.resolve(&alias("key-249")).await.expect("found on the third page");
+    assert_eq!(mock.calls("list-keys"), 5, "a new listing starts from the first page");
+}
+
+#[tokio::test]
+async fn one_listing_reads_at_most_ten_pages() {
+    let keys: Vec<String> = (0..1_050).map(|i| format!("key-{i:04}")).collect();
+    let mock = mock_with(&keys, None).await;
+    let kms = client_for(&mock.endpoint(), SK, quick_transport());
+    kms.resolve(&alias("key-0999")).await.expect("on the tenth page");
+    assert_eq!(mock.calls("list-keys"), 10);
+    let error = kms.resolve(&alias("key-1000")).await.expect_err("past the page bound");
+    assert_eq!(error, KmsError::KeyNotFound { key: "key-1000".into() });
+    assert_eq!(mock.calls("list-keys"), 20, "the next listing stopped at ten pages as well");
+    assert!(kms.resolve(&alias("key-1049")).await.is_err());
+    assert_eq!(mock.calls("list-keys"), 20, "a miss right after a full listing is answered from its table");
+}
+
+#[tokio::test]
+async fn concurrent_resolves_of_one_reference_make_one_kms_call() {
+    let (mock, kms) = setup().await;
+    // Slow answers, so that all the lookups overlap the first one's call.
+    mock.inject_fault(Fault { delay_ms: Some(100), count: 2, ..Fault::default() });
+    let escrow = alias("kps-escrow");
+    let by_alias = (0..20).map(|_| kms.resolve(&escrow));
+    assert!(futures_util::future::join_all(by_alias).await.iter().all(Result::is_ok));
+    assert_eq!(mock.calls("list-keys"), 1);
+    let other = KeyRef::Id(OTHER_ID.into());
+    let by_id = (0..20).map(|_| kms.resolve(&other));
+    assert!(futures_util::future::join_all(by_id).await.iter().all(Result::is_ok));
+    assert_eq!(mock.calls("describe-key"), 1);
+}
+
+#[tokio::test]
+async fn a_flood_of_unknown_references_makes_one_call_per_miss_window() {
+    let (mock, kms) = setup().await;
+    let kms = kms.with_cache(DEFAULT_TTL, Duration::from_millis(300), DEFAULT_CAPACITY);
+    let names: Vec<KeyRef> = (0..50).map(|i| alias(&format!("nope-{i}"))).collect();
+    let answers = futures_util::future::join_all(names.iter().map(|name| kms.resolve(name))).await;
+    assert!(answers.iter().all(|answer| matches!(answer, Err(KmsError::KeyNotFound { .. }))));
+    assert_eq!(mock.calls("list-keys"), 1, "concurrent misses share one listing");
+    assert!(kms.resolve(&alias("nope-0")).await.is_err());
+    assert!(kms.resolve(&alias("never-asked")).await.is_err());
+    assert_eq!(mock.calls("list-keys"), 1, "later misses in the window are answered from the table");
+    let unknown_id = KeyRef::Id("00000000-0000-4000-8000-000000000000".into());
+    for _ in 0..3 {
+        assert!(matches!(kms.resolve(&unknown_id).await, Err(KmsError::KeyNotFound { .. })));
+    }
+    assert_eq!(mock.calls("describe-key"), 1, "an unknown key id is remembered too");
+    tokio::time::sleep(Duration::from_millis(350)).await;
+    assert!(kms.resolve(&alias("nope-0")).await.is_err());
+    assert!(kms.resolve(&unknown_id).await.is_err());
+    assert_eq!((mock.calls("list-keys"), mock.calls("describe-key")), (2, 2), "...for the miss window only");
+}
+
+#[tokio::test]
+async fn a_key_created_after_a_miss_is_found_once_the_window_ends() {
+    let (mock, kms) = setup().await;
+    let kms = kms.with_cache(DEFAULT_TTL, Duration::from_millis(100), DEFAULT_CAPACITY);
+    assert!(kms.resolve(&alias("late")).await.is_err());
+    call_mock(&mock, "create-key", &json!({"key_alias": "late"})).await;
+    tokio::time::sleep(Duration::from_millis(150)).await;
+    assert_eq!(kms.resolve(&alias("late")).await.expect("found").alias.as_deref(), Some("late"));
+}
+
+/// A raw signed call to the mock (what an operator's tooling would do).
+async fn call_mock(mock: &MockServer, action: &'static str, body: &serde_json::Value) {
+    let kms = client_for(&mock.endpoint(), SK, quick_transport());
+    let _: serde_json::Value = kms.call(action, body.to_string().as_bytes()).await.expect("mock call");
+}
+
+/// Issue 11.8: a 200 answer without its required fields is KPS.1801, never "not found" or "disabled".
+#[tokio::test]
+async fn a_success_without_its_required_fields_is_1801() {
+    let (mock, kms) = setup().await;
+    let unusable = |action: &str| KmsError::Unavailable { detail: format!("{action} answered an unusable body") };
+    let malformed = |answer: serde_json::Value| Fault { answer: Some(answer), count: 1, ..Fault::default() };
+    for answer in [
+        json!({}),
+        json!({"keys": [], "truncated": "false"}),
+        json!({"key_details": [{"key_id": ESCROW_ID, "key_state": "2", "key_spec": "AES_256"}]}),
+        json!({"key_details": [{"key_alias": "kps-escrow", "key_state": "2", "key_spec": "AES_256"}]}),
+        json!({"key_details": [{"key_id": "", "key_alias": "x", "key_state": "2", "key_spec": "AES_256"}]}),
+        json!({"key_details": [], "truncated": "true", "next_marker": ""}),
+    ] {
+        mock.inject_fault(malformed(answer.clone()));
+        assert_eq!(kms.resolve(&alias("kps-escrow")).await, Err(unusable("list-keys")), "{answer}");
+    }
+    for answer in [json!({}), json!({"key_info": {"key_id": OTHER_ID, "key_state": "2"}})] {
+        mock.inject_fault(malformed(answer.clone()));
+        assert_eq!(kms.resolve(&KeyRef::Id(OTHER_ID.into())).await, Err(unusable("describe-key")), "{answer}");
+    }
+    mock.inject_fault(malformed(json!({})));
+    assert_eq!(kms.generate_data_key(ESCROW_ID).await.expect_err("{}"), unusable("create-datakey"));
+    let data_key = kms.generate_data_key(ESCROW_ID).await.expect("data key");
+    for answer in [json!({}), json!({"data_key": hex::encode(data_key.plaintext()), "datakey_length": "32"})] {
+        mock.inject_fault(malformed(answer.clone()));
+        let error = kms.decrypt_data_key(ESCROW_ID, data_key.cipher_text()).await.expect_err("malformed");
+        assert_eq!(error, unusable("decrypt-datakey"), "{answer}");
+    }
+    mock.inject_fault(malformed(json!({})));
+    assert_eq!(kms.encrypt_data_key(OTHER_ID, data_key.plaintext()).await, Err(unusable("encrypt-datakey")));
+    // None of these were taken for a missing key: both references still resolve, from the KMS.
+    assert!(kms.resolve(&alias("kps-escrow")).await.is_ok());
+    assert!(kms.resolve(&KeyRef::Id(OTHER_ID.into())).await.is_ok());
 }
 
 #[tokio::test]
 async fn cache_entries_expire_after_the_ttl() {
     let (mock, kms) = setup().await;
-    let kms = kms.with_cache(Duration::from_millis(50), 1024);
+    let kms = kms.with_cache(Duration::from_millis(50), MISS_TTL, 1024);
     kms.resolve(&alias("kps-escrow")).await.expect("resolves");
     tokio::time::sleep(Duration::from_millis(80)).await;
     kms.resolve(&alias("kps-escrow")).await.expect("resolves");
@@ -203,11 +308,11 @@ async fn a_wrong_secret_key_is_1805_without_retries() {
 #[tokio::test]
 async fn server_errors_are_retried_then_1801() {
     let (mock, kms) = setup().await;
-    mock.inject_fault(Fault { status: Some(503), delay_ms: None, count: 2 });
+    mock.inject_fault(Fault { status: Some(503), count: 2, ..Fault::default() });
     kms.generate_data_key(ESCROW_ID).await.expect("the third attempt succeeds");
     assert_eq!(mock.calls("create-datakey"), 3);
 
-    mock.inject_fault(Fault { status: Some(500), delay_ms: None, count: 3 });
+    mock.inject_fault(Fault { status: Some(500), count: 3, ..Fault::default() });
     let error = kms.generate_data_key(ESCROW_ID).await.expect_err("three failures");
     assert_eq!(
         error,
@@ -219,7 +324,7 @@ async fn server_errors_are_retried_then_1801() {
 #[tokio::test]
 async fn slow_answers_time_out_per_attempt_then_1801() {
     let (mock, kms) = setup().await;
-    mock.inject_fault(Fault { status: None, delay_ms: Some(1_000), count: 3 });
+    mock.inject_fault(Fault { delay_ms: Some(1_000), count: 3, ..Fault::default() });
     let error = kms.generate_data_key(ESCROW_ID).await.expect_err("timeouts");
     assert_eq!(error, KmsError::Unavailable { detail: "timeout after 3 attempts calling create-datakey".into() });
 }
@@ -230,7 +335,7 @@ async fn the_overall_budget_cuts_a_running_attempt() {
     let transport =
         Transport { attempt_timeout: Duration::from_secs(10), budget: Duration::from_millis(300), ..quick_transport() };
     let kms = client_for(&mock.endpoint(), SK, transport);
-    mock.inject_fault(Fault { status: None, delay_ms: Some(2_000), count: 3 });
+    mock.inject_fault(Fault { delay_ms: Some(2_000), count: 3, ..Fault::default() });
     let started = Instant::now();
     let error = kms.generate_data_key(ESCROW_ID).await.expect_err("budget spent");
     assert!(started.elapsed() < Duration::from_millis(1_000), "{:?}", started.elapsed());
@@ -314,4 +419,28 @@ fn the_default_endpoint_comes_from_the_region() {
     let default_port = client_for("http://kms.internal:80", SK, Transport::default());
     assert_eq!(default_port.host, "kms.internal", "no port on the scheme's default port");
     assert!(!format!("{explicit:?}").contains(SK), "Debug hides the SK");
+}
+
+#[test]
+fn a_growing_response_buffer_keeps_its_bytes() {
+    let mut buffer = Zeroizing::new(Vec::with_capacity(4));
+    let mut expected = Vec::new();
+    for chunk in [&b"{\"plain"[..], b"_text\":", b"\"00ff\"", b"}"] {
+        append_zeroizing(&mut buffer, chunk);
+        expected.extend_from_slice(chunk);
+        assert_eq!(*buffer, expected);
+    }
+    let before = buffer.as_ptr();
+    let room = buffer.capacity() - buffer.len();
+    append_zeroizing(&mut buffer, &vec![b' '; room]);
+    assert_eq!(buffer.as_ptr(), before, "no move while the bytes fit");
+}
+
+#[test]
+fn request_bodies_are_serialized_to_their_exact_size() {
+    let request = EncryptDatakeyRequest { key_id: ESCROW_ID, plain_text: "00ff", datakey_plain_length: "32" };
+    let body = body_bytes(&request);
+    assert_eq!(body.len(), body.capacity(), "no spare capacity: the buffer never grew");
+    let parsed: serde_json::Value = serde_json::from_slice(&body).expect("json");
+    assert_eq!(parsed, json!({"key_id": ESCROW_ID, "plain_text": "00ff", "datakey_plain_length": "32"}));
 }

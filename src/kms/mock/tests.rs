@@ -82,6 +82,45 @@ async fn authentication_errors_use_the_kms_codes() {
     assert_eq!(request(&mock, "GET", "/healthz", b"", None, &[]).await, (200, json!({"status": "ok"})));
 }
 
+/// §2.2 step 4: the mock hashes the received body itself; a signature made over one body does not carry
+/// another, and an `X-Sdk-Content-Sha256` that is not the body's hash is KMS.0302.
+#[tokio::test]
+async fn a_captured_signature_does_not_carry_another_body() {
+    let mock = signed_mock().await;
+    let path = format!("/v1.0/{PROJECT}/kms/create-datakey");
+    let captured_body = json!({"key_id": KEY_ID, "datakey_length": "256"}).to_string();
+    let captured_hash = hex::encode(Sha256::digest(captured_body.as_bytes()));
+    let headers =
+        vec![("Content-Type".to_owned(), "application/json".to_owned()), ("Host".to_owned(), mock.addr().to_string())];
+    let request =
+        SignedRequest { method: "POST", path: &path, query: "", headers: &headers, body: captured_body.as_bytes() };
+    let signature =
+        signing::sign(&request, &Credentials::new(AK, SecretString::from(SK)), time::OffsetDateTime::now_utc());
+    let send = |body: &str, claimed: Option<&str>| {
+        let mut builder = reqwest::Client::new()
+            .post(format!("{}{path}", mock.endpoint()))
+            .header("Content-Type", "application/json")
+            .header("X-Sdk-Date", &signature.sdk_date)
+            .header("Authorization", &signature.authorization)
+            .body(body.to_owned());
+        if let Some(claimed) = claimed {
+            builder = builder.header(signing::CONTENT_SHA256_HEADER, claimed);
+        }
+        async move {
+            let response = builder.send().await.expect("mock answers");
+            let status = response.status().as_u16();
+            (status, response.json::<Value>().await.unwrap_or(Value::Null))
+        }
+    };
+    let replayed = json!({"key_id": KEY_ID, "datakey_length": "512"}).to_string();
+    assert_eq!(code(&send(&replayed, None).await), (401, "KMS.0302"));
+    assert_eq!(code(&send(&replayed, Some(&captured_hash)).await), (401, "KMS.0302"));
+    assert_eq!(code(&send(&replayed, Some(signing::UNSIGNED_PAYLOAD)).await), (401, "KMS.0302"));
+    assert_eq!(code(&send(&captured_body, Some(signing::UNSIGNED_PAYLOAD)).await), (401, "KMS.0302"));
+    assert_eq!(send(&captured_body, Some(&captured_hash)).await.0, 200, "a truthful header is fine");
+    assert_eq!(send(&captured_body, None).await.0, 200);
+}
+
 #[tokio::test]
 async fn without_credentials_signatures_are_not_checked() {
     let mock = start(MockConfig::new(PROJECT, None)).await;
@@ -228,7 +267,7 @@ async fn list_keys_pages_by_offset_markers() {
 #[tokio::test]
 async fn faults_answer_the_next_calls_then_clear() {
     let mock = signed_mock().await;
-    mock.inject_fault(Fault { status: Some(503), delay_ms: None, count: 1 });
+    mock.inject_fault(Fault { status: Some(503), count: 1, ..Fault::default() });
     let answer = call(&mock, "list-keys", &json!({})).await;
     assert_eq!(code(&answer), (503, "KMS.0101"));
     assert_eq!(answer.1["error"]["error_msg"], "injected fault");
@@ -244,6 +283,12 @@ async fn faults_answer_the_next_calls_then_clear() {
     let calls: Value =
         client.get(format!("{}/_mock/calls", mock.endpoint())).send().await.expect("calls").json().await.expect("json");
     assert_eq!(calls["list-keys"], 4);
+
+    // A malformed success: 200 with the given document, e.g. `{}`.
+    let set = client.post(&fault_url).body(r#"{"answer": {}, "count": 1}"#).send().await.expect("set");
+    assert_eq!(set.status().as_u16(), 204);
+    assert_eq!(call(&mock, "create-datakey", &json!({"key_id": KEY_ID})).await, (200, json!({})));
+    assert_eq!(call(&mock, "create-datakey", &json!({"key_id": KEY_ID})).await.1["key_id"], KEY_ID);
 }
 
 #[tokio::test]
