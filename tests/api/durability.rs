@@ -176,3 +176,118 @@ fn backup_exports_online_and_offline_and_imports_into_a_wiped_store() {
     assert!(shown["keypair"]["id"].as_u64() >= header["next_id"].as_u64());
     assert!(server.stop().success());
 }
+
+/// The `strace -f -y -ttt` lines of one syscall, completed: a line split by another thread's syscall
+/// (`fsync(5</p> <unfinished ...>` ... `<... fsync resumed>) = 0`) is joined, and the timestamp is that of the
+/// completion.
+fn completed_syscalls(trace: &str) -> Vec<(f64, String)> {
+    let mut pending: std::collections::HashMap<String, String> = std::collections::HashMap::new();
+    let mut done = Vec::new();
+    for line in trace.lines() {
+        let (pid, rest) = match line.strip_prefix("[pid ") {
+            Some(rest) => rest.split_once("] ").map_or(("main", rest), |(pid, rest)| (pid, rest)),
+            None => line.split_once(' ').unwrap_or(("main", line)),
+        };
+        let Some((time, call)) = rest.trim_start().split_once(' ') else { continue };
+        let Ok(time) = time.parse::<f64>() else { continue };
+        if let Some(start) = call.strip_suffix(" <unfinished ...>") {
+            pending.insert(pid.to_owned(), start.to_owned());
+        } else if call.starts_with("<... ") {
+            let start = pending.remove(pid).unwrap_or_default();
+            let end = call.split_once(" resumed>").map_or("", |(_, end)| end);
+            done.push((time, format!("{start}{end}")));
+        } else {
+            done.push((time, call.to_owned()));
+        }
+    }
+    done
+}
+
+fn now_epoch() -> f64 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).expect("clock").as_secs_f64()
+}
+
+/// Issue 11 point 4: sled writes a log item larger than a quarter of a segment to `db/blobs/<lsn>`; the
+/// blob file and its directory entry must be on disk before the write that needs them is acknowledged.
+/// Watched with strace on the real binary: every blob file opened while a ~100 KB-comment import was in
+/// flight is fsynced, and so is the `blobs` directory, before the client has its answer. Skipped (with a
+/// message) where strace is missing or may not trace.
+#[test]
+fn a_large_import_answers_only_after_its_blob_file_is_synced() {
+    if Command::new("strace").arg("-V").output().is_err() {
+        eprintln!("skipped: strace is not installed");
+        return;
+    }
+    let parent = tempfile::tempdir().expect("tempdir");
+    let data = parent.path().join("data");
+    let trace_file = parent.path().join("trace");
+    let port = crate::binary::free_port();
+    let mut strace = Command::new("strace")
+        .args(["-f", "-y", "-ttt", "-e", "trace=openat,fsync,fdatasync", "-o"])
+        .arg(&trace_file)
+        .arg(env!("CARGO_BIN_EXE_kps"))
+        .args(["serve", "--listen", &format!("127.0.0.1:{port}"), "--data-dir"])
+        .arg(&data)
+        .env("KPS_LOG", "warn")
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("spawn strace");
+    let url = format!("http://127.0.0.1:{port}");
+    let client = reqwest::blocking::Client::new();
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    while client.get(format!("{url}/healthz")).send().map_or(true, |r| r.status() != 200) {
+        if let Ok(Some(status)) = strace.try_wait() {
+            let mut stderr = String::new();
+            std::io::Read::read_to_string(&mut strace.stderr.take().expect("stderr"), &mut stderr).ok();
+            eprintln!("skipped: strace cannot trace here ({status}): {stderr}");
+            return;
+        }
+        assert!(std::time::Instant::now() < deadline, "kps under strace did not become ready");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+
+    let comment = "c".repeat(100_000);
+    let mut requests = Vec::new();
+    // Each record is below the blob threshold; sled's leaf node holding several of them is not (from the
+    // fifth import on, seen with sled 0.34.7's default 512 KiB segments).
+    for i in 0..10 {
+        let sent = now_epoch();
+        let key = format!("{} {comment}", ed25519_public_key(7000 + i));
+        assert!(import(&client, &url, &format!("big{i}"), &key).is_some(), "import {i}");
+        requests.push((sent, now_epoch()));
+    }
+    // Stop kps (strace's child) with SIGTERM and let strace finish its output.
+    let children = std::fs::read_to_string(format!("/proc/{0}/task/{0}/children", strace.id())).expect("children");
+    let kps_pid = children.split_whitespace().next().expect("kps pid").to_owned();
+    assert!(Command::new("kill").args(["-TERM", &kps_pid]).status().expect("kill").success());
+    strace.wait().expect("strace");
+    let calls = completed_syscalls(&std::fs::read_to_string(&trace_file).expect("trace"));
+
+    let blobs_dir = format!("{}/db/blobs>", data.canonicalize().expect("data dir").display());
+    let mut blobs_seen = 0;
+    for (sent, answered) in requests {
+        let during = |time: f64| time >= sent && time <= answered;
+        let opened: Vec<String> = calls
+            .iter()
+            .filter(|(time, call)| during(*time) && call.starts_with("openat(") && call.contains("/db/blobs/"))
+            .filter_map(|(_, call)| call.rsplit_once(" = ").map(|(_, fd)| fd.to_owned()))
+            .filter_map(|fd| fd.split_once('<').map(|(_, path)| path.trim_end_matches('>').to_owned()))
+            .collect();
+        for blob in &opened {
+            let synced = calls.iter().any(|(time, call)| {
+                *time <= answered
+                    && call.starts_with("fsync(")
+                    && call.contains(&format!("<{blob}>)"))
+                    && call.ends_with("= 0")
+            });
+            assert!(synced, "blob {blob} was not fsynced before the import was answered");
+            let dir_synced = calls.iter().any(|(time, call)| {
+                during(*time) && call.starts_with("fsync(") && call.contains(&blobs_dir) && call.ends_with("= 0")
+            });
+            assert!(dir_synced, "the blobs directory was not fsynced after {blob} was created");
+        }
+        blobs_seen += opened.len();
+    }
+    assert!(blobs_seen > 0, "no blob file was written: the test no longer exercises sled's blob path");
+}
