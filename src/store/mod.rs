@@ -62,12 +62,16 @@ impl WriteOp {
     }
 }
 
-#[derive(Debug, thiserror::Error)]
+#[derive(Debug, Clone, thiserror::Error)]
 pub enum StoreError {
     #[error("storage backend failure: {0}")]
     Backend(String),
     #[error("corrupt record: {0}")]
     Corrupt(String),
+    /// The store takes no writes (KPS.9005): for sled, a write or sync failed and only a restart recovers;
+    /// the outcome of the writes that were waiting then is unknown.
+    #[error("storage unavailable: {0}")]
+    Unavailable(String),
 }
 
 /// Why `Store::apply` wrote nothing.

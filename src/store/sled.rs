@@ -18,11 +18,17 @@
 //! WAIT_AFTER)` on its log file (seen with `strace -e trace=fsync,fdatasync,sync_file_range`), which writes
 //! the pages but neither the file's metadata (its size grows as the log is appended) nor the device's write
 //! cache: not durable. The committer therefore calls `fdatasync` on the `db` file after every flush.
+//!
+//! A failed write, flush or `fdatasync` stops the store's writes for good (`Durability`): after a failed
+//! fsync the kernel may already have dropped the dirty pages and cleared the error, so a later sync that
+//! succeeds proves nothing (PostgreSQL's fsync lesson). The batches of the failed group, every batch waiting
+//! and every later one are answered `StoreError::Unavailable` until kps is restarted and sled recovers from
+//! what is really on disk.
 
 use std::fs::File;
 use std::path::Path;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, mpsc};
+use std::sync::{Arc, Mutex, OnceLock, mpsc};
 
 use async_trait::async_trait;
 
@@ -50,7 +56,7 @@ pub struct SledStore {
     commits: Option<mpsc::Sender<Commit>>,
     committer: Option<std::thread::JoinHandle<()>>,
     stats: Arc<CommitStats>,
-    log_file: Arc<File>,
+    durability: Arc<Durability>,
 }
 
 impl Drop for SledStore {
@@ -112,9 +118,59 @@ fn backend(error: sled::Error) -> StoreError {
     }
 }
 
+/// What makes applied writes durable: sled's flush, then `fdatasync` of its log file.
+type SyncStep = Box<dyn Fn(&sled::Db, &File) -> Result<(), StoreError> + Send + Sync>;
+
+fn flush_and_fdatasync(db: &sled::Db, log_file: &File) -> Result<(), StoreError> {
+    db.flush().map_err(backend)?;
+    log_file.sync_data().map_err(|e| StoreError::Backend(format!("fdatasync: {e}")))
+}
+
+/// Makes writes durable, and remembers the first failure to do so (or to write at all) for good.
+struct Durability {
+    db: sled::Db,
+    log_file: File,
+    step: SyncStep,
+    /// Why the store stopped taking writes; set once, never cleared.
+    failure: OnceLock<String>,
+}
+
+impl Durability {
+    /// Flush + `fdatasync`; refused once anything has failed, and a failure here stops the store.
+    fn sync(&self) -> Result<(), StoreError> {
+        self.check()?;
+        (self.step)(&self.db, &self.log_file).map_err(|error| self.stop(&error))
+    }
+
+    /// `Unavailable` once the store has stopped taking writes.
+    fn check(&self) -> Result<(), StoreError> {
+        match self.failure.get() {
+            Some(reason) => Err(unavailable(reason)),
+            None => Ok(()),
+        }
+    }
+
+    /// Stops the store's writes for good because of `error` (only the first failure is kept and logged).
+    fn stop(&self, error: &dyn std::fmt::Display) -> StoreError {
+        let reason = error.to_string();
+        if self.failure.set(reason.clone()).is_ok() {
+            tracing::error!(%reason, "store: a write or sync failed; every write is refused until kps is restarted");
+        }
+        unavailable(self.failure.get().map_or(&reason, String::as_str))
+    }
+}
+
+fn unavailable(reason: &str) -> StoreError {
+    StoreError::Unavailable(format!("the store stopped taking writes after a failure ({reason}); restart kps"))
+}
+
 impl SledStore {
     /// Opens (or creates) the database in `dir`. The caller has already checked the directory.
     pub fn open(dir: &Path) -> Result<Self, StoreError> {
+        Self::open_with_sync_step(dir, Box::new(flush_and_fdatasync))
+    }
+
+    fn open_with_sync_step(dir: &Path, step: SyncStep) -> Result<Self, StoreError> {
         let db = open_db(dir)?;
         let data = db.open_tree(DATA_TREE).map_err(backend)?;
         let meta = db.open_tree("meta").map_err(backend)?;
@@ -143,33 +199,30 @@ impl SledStore {
             }
         };
         let ids = Mutex::new(IdBlock { next: reserved + 1, reserved_until: reserved });
-        let log_file =
-            Arc::new(File::open(dir.join("db")).map_err(|e| StoreError::Backend(format!("open db file: {e}")))?);
+        let log_file = File::open(dir.join("db")).map_err(|e| StoreError::Backend(format!("open db file: {e}")))?;
         // The directory entries of the files sled created must be durable too.
         File::open(dir).and_then(|d| d.sync_all()).map_err(|e| StoreError::Backend(format!("sync data dir: {e}")))?;
         let stats = Arc::new(CommitStats::default());
+        let durability = Arc::new(Durability { db: db.clone(), log_file, step, failure: OnceLock::new() });
         let (commits, queue) = mpsc::channel();
-        let committer = Committer {
-            db: db.clone(),
-            data: data.clone(),
-            log_file: Arc::clone(&log_file),
-            stats: Arc::clone(&stats),
-        };
+        let committer =
+            Committer { data: data.clone(), durability: Arc::clone(&durability), stats: Arc::clone(&stats) };
         let committer = std::thread::Builder::new()
             .name("kps-store-commit".into())
             .spawn(move || committer.run(&queue))
             .map_err(|e| StoreError::Backend(format!("cannot start the commit thread: {e}")))?;
-        Ok(Self { db, data, meta, ids, commits: Some(commits), committer: Some(committer), stats, log_file })
+        Ok(Self { db, data, meta, ids, commits: Some(commits), committer: Some(committer), stats, durability })
     }
 
     /// Writes an id reservation durably; the stored value never goes backwards.
     async fn persist_reservation(&self, until: u64) -> Result<(), StoreError> {
+        self.durability.check()?;
         self.meta
             .fetch_and_update(ID_RESERVATION_KEY, |old| {
                 let old = old.and_then(|b| <[u8; 8]>::try_from(b).ok()).map_or(0, u64::from_be_bytes);
                 Some(old.max(until).to_be_bytes().to_vec())
             })
-            .map_err(backend)?;
+            .map_err(|error| self.durability.stop(&error))?;
         self.sync().await
     }
 
@@ -181,8 +234,8 @@ impl SledStore {
     /// Makes everything applied so far durable (sled's flush, then `fdatasync` of its log file), off the
     /// async runtime.
     async fn sync(&self) -> Result<(), StoreError> {
-        let (db, log_file) = (self.db.clone(), Arc::clone(&self.log_file));
-        tokio::task::spawn_blocking(move || sync(&db, &log_file))
+        let durability = Arc::clone(&self.durability);
+        tokio::task::spawn_blocking(move || durability.sync())
             .await
             .map_err(|e| StoreError::Backend(format!("sync task: {e}")))?
     }
@@ -339,16 +392,10 @@ impl Store for SledStore {
     }
 }
 
-fn sync(db: &sled::Db, log_file: &File) -> Result<(), StoreError> {
-    db.flush().map_err(backend)?;
-    log_file.sync_data().map_err(|e| StoreError::Backend(format!("fdatasync: {e}")))
-}
-
 /// The single writer of the `data` tree: applies waiting batches, syncs once per group, answers the group.
 struct Committer {
-    db: sled::Db,
     data: sled::Tree,
-    log_file: Arc<File>,
+    durability: Arc<Durability>,
     stats: Arc<CommitStats>,
 }
 
@@ -366,24 +413,32 @@ impl Committer {
                     Err(_) => break,
                 }
             }
-            let results = self.apply_group(&group);
-            let synced = if results.iter().any(Result::is_ok) {
-                self.stats.syncs.fetch_add(1, Ordering::Relaxed);
-                sync(&self.db, &self.log_file)
-            } else {
-                Ok(())
-            };
+            let results = self.commit_group(&group);
             self.stats.batches.fetch_add(group.len() as u64, Ordering::Relaxed);
             self.stats.group_sizes.observe(group.len() as f64);
-            for (commit, result) in group.into_iter().zip(results) {
-                let answer = match (result, &synced) {
-                    (Ok(()), Err(error)) => Err(ApplyError::Store(StoreError::Backend(error.to_string()))),
-                    (result, _) => result,
-                };
+            for (commit, answer) in group.into_iter().zip(results) {
                 // The requester may have given up (timeout); its write stands either way.
                 let _ = commit.reply.send(answer);
             }
         }
+    }
+
+    /// Applies and syncs one group; the answer for each of its commits. Once the store has failed, nothing
+    /// is applied and every commit gets the failure.
+    fn commit_group(&self, group: &[Commit]) -> Vec<Result<(), ApplyError>> {
+        if let Err(error) = self.durability.check() {
+            return group.iter().map(|_| Err(ApplyError::Store(error.clone()))).collect();
+        }
+        let mut results = self.apply_group(group);
+        if results.iter().any(Result::is_ok) {
+            self.stats.syncs.fetch_add(1, Ordering::Relaxed);
+            if let Err(error) = self.durability.sync() {
+                for result in results.iter_mut().filter(|r| r.is_ok()) {
+                    *result = Err(ApplyError::Store(error.clone()));
+                }
+            }
+        }
+        results
     }
 
     /// Applies a whole group as ONE atomic `sled::Batch` (not yet durable): each commit's preconditions are
@@ -397,9 +452,10 @@ impl Committer {
         if results.iter().any(Result::is_ok)
             && let Err(error) = self.data.apply_batch(batch)
         {
-            let message = error.to_string();
+            // A write sled could not do (its log full, an IO error) leaves sled in an unknown state.
+            let error = self.durability.stop(&error);
             for result in results.iter_mut().filter(|r| r.is_ok()) {
-                *result = Err(ApplyError::Store(StoreError::Backend(message.clone())));
+                *result = Err(ApplyError::Store(error.clone()));
             }
         }
         results
@@ -476,12 +532,8 @@ mod tests {
     async fn one_group_batch_keeps_commits_independent() {
         let dir = tempfile::tempdir().expect("tempdir");
         let store = SledStore::open(dir.path()).expect("open");
-        let committer = Committer {
-            db: store.db.clone(),
-            data: store.data.clone(),
-            log_file: Arc::clone(&store.log_file),
-            stats: Arc::default(),
-        };
+        let committer =
+            Committer { data: store.data.clone(), durability: Arc::clone(&store.durability), stats: Arc::default() };
         let put = |key: &str| WriteOp::PutIfAbsent { space: Space::KeyPairs, key: key.into(), value: b"v".to_vec() };
         let commit = |ops| Commit { ops, reply: tokio::sync::oneshot::channel().0 };
         let group =
@@ -493,6 +545,56 @@ mod tests {
         assert!(matches!(results[3], Err(ApplyError::Conflict { op: 0 })));
         assert_eq!(store.get(Space::KeyPairs, b"b").await.expect("get"), None, "a failed commit writes nothing");
         assert!(store.get(Space::KeyPairs, b"c").await.expect("get").is_some());
+    }
+
+    /// A store whose sync step fails (as an `fdatasync` would with EIO) while `failing` is set.
+    fn store_with_failing_sync(dir: &Path) -> (SledStore, Arc<std::sync::atomic::AtomicBool>) {
+        let failing = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let switch = Arc::clone(&failing);
+        let step: SyncStep = Box::new(move |db, log_file| {
+            if switch.load(Ordering::SeqCst) {
+                return Err(StoreError::Backend("fdatasync: Input/output error (os error 5)".into()));
+            }
+            flush_and_fdatasync(db, log_file)
+        });
+        (SledStore::open_with_sync_step(dir, step).expect("open"), failing)
+    }
+
+    fn is_unavailable<T: std::fmt::Debug>(result: &Result<T, StoreError>) -> bool {
+        matches!(result, Err(StoreError::Unavailable(reason)) if reason.contains("Input/output error"))
+    }
+
+    /// PostgreSQL's fsync lesson: once a sync has failed, no write is ever acknowledged again by this
+    /// process — not the group that failed, not the ones waiting, not later ones, even once syncing would
+    /// work again.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_failed_sync_fails_every_waiting_and_later_write_for_good() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let (store, failing) = store_with_failing_sync(dir.path());
+        let store = Arc::new(store);
+        assert!(store.put_if_absent(Space::KeyPairs, b"before", b"v").await.expect("put"));
+
+        failing.store(true, Ordering::SeqCst);
+        let writers: Vec<_> = (0..32)
+            .map(|i| {
+                let store = Arc::clone(&store);
+                tokio::spawn(
+                    async move { store.put_if_absent(Space::KeyPairs, format!("w{i}").as_bytes(), b"v").await },
+                )
+            })
+            .collect();
+        for writer in writers {
+            let result = writer.await.expect("task");
+            assert!(is_unavailable(&result), "{result:?}");
+        }
+
+        failing.store(false, Ordering::SeqCst);
+        let later = store.put_if_absent(Space::KeyPairs, b"later", b"v").await;
+        assert!(is_unavailable(&later), "a sync that would work again is never tried: {later:?}");
+        assert!(is_unavailable(&store.advance_ids(1_000_000).await), "id reservations are writes too");
+        assert!(is_unavailable(&store.flush().await));
+        assert_eq!(store.get(Space::KeyPairs, b"before").await.expect("reads still work"), Some(b"v".to_vec()));
+        assert_eq!(store.get(Space::KeyPairs, b"later").await.expect("get"), None, "nothing applied after");
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
