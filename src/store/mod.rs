@@ -118,6 +118,11 @@ pub trait Store: Send + Sync + 'static {
     /// Makes everything written so far durable (used at shutdown).
     async fn flush(&self) -> Result<(), StoreError>;
 
+    /// Whether the store takes writes and answers a trivial read (`GET /readyz`, which bounds the wait).
+    async fn ready(&self) -> Result<(), StoreError> {
+        self.get(Space::KeyPairs, b"").await.map(|_| ())
+    }
+
     /// The group committer's counters, for backends that have one (`GET /metrics`).
     fn group_commit_stats(&self) -> Option<&sled::CommitStats> {
         None

@@ -48,7 +48,6 @@ const DATA_TREE: &str = "data";
 const MAX_GROUP: usize = 1024;
 
 pub struct SledStore {
-    db: sled::Db,
     data: sled::Tree,
     meta: sled::Tree,
     ids: Mutex<IdBlock>,
@@ -211,7 +210,7 @@ impl SledStore {
             .name("kps-store-commit".into())
             .spawn(move || committer.run(&queue))
             .map_err(|e| StoreError::Backend(format!("cannot start the commit thread: {e}")))?;
-        Ok(Self { db, data, meta, ids, commits: Some(commits), committer: Some(committer), stats, durability })
+        Ok(Self { data, meta, ids, commits: Some(commits), committer: Some(committer), stats, durability })
     }
 
     /// Writes an id reservation durably; the stored value never goes backwards.
@@ -385,6 +384,20 @@ impl Store for SledStore {
 
     async fn flush(&self) -> Result<(), StoreError> {
         self.sync().await
+    }
+
+    /// Not ready once a write or sync has failed, or when the committer is gone; otherwise a read of the
+    /// store's format marker, off the async runtime (a hung disk must not block a worker).
+    async fn ready(&self) -> Result<(), StoreError> {
+        self.durability.check()?;
+        if self.committer.as_ref().is_none_or(std::thread::JoinHandle::is_finished) {
+            return Err(StoreError::Unavailable("the commit thread has stopped".into()));
+        }
+        let meta = self.meta.clone();
+        tokio::task::spawn_blocking(move || meta.get(STORE_FORMAT_KEY).map_err(backend))
+            .await
+            .map_err(|e| StoreError::Backend(format!("read task: {e}")))?
+            .map(|_| ())
     }
 
     fn group_commit_stats(&self) -> Option<&CommitStats> {
@@ -598,6 +611,19 @@ mod tests {
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_store_is_ready_until_a_sync_fails() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let (store, failing) = store_with_failing_sync(dir.path());
+        store.ready().await.expect("ready");
+        assert!(store.put_if_absent(Space::KeyPairs, b"k", b"v").await.expect("put"));
+        store.ready().await.expect("still ready");
+        failing.store(true, Ordering::SeqCst);
+        assert!(store.put_if_absent(Space::KeyPairs, b"k2", b"v").await.is_err());
+        failing.store(false, Ordering::SeqCst);
+        assert!(is_unavailable(&store.ready().await), "unready for good");
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn a_store_written_by_a_newer_kps_is_refused() {
         let dir = tempfile::tempdir().expect("tempdir");
         {
@@ -631,7 +657,9 @@ mod tests {
         assert_eq!(store.get(Space::NameIndex, b"n-k00001").await.expect("get"), Some(b"entry".to_vec()));
         assert_eq!(store.get(Space::KeyPairs, b"n-k00001").await.expect("get"), None, "spaces stay apart");
         assert_eq!(store.count(Space::KeyPairs, b"u-").await.expect("count"), 25_000);
-        assert!(!store.db.tree_names().iter().any(|name| name.as_ref() == Space::KeyPairs.name().as_bytes()));
+        assert!(
+            !store.durability.db.tree_names().iter().any(|name| name.as_ref() == Space::KeyPairs.name().as_bytes())
+        );
         drop(store);
         let reopened = SledStore::open(dir.path()).expect("reopens as format 2");
         assert_eq!(reopened.count(Space::NameIndex, b"").await.expect("count"), 1);

@@ -10,7 +10,7 @@ use rand::Rng;
 use crate::binary::Server;
 
 /// A distinct, valid `ssh-ed25519` public key line for `seed`.
-fn ed25519_public_key(seed: u64) -> String {
+pub fn ed25519_public_key(seed: u64) -> String {
     let mut secret = [0u8; 32];
     secret[..8].copy_from_slice(&seed.to_be_bytes());
     let public = ed25519_dalek::SigningKey::from_bytes(&secret).verifying_key();

@@ -10,6 +10,7 @@ mod custody;
 mod deploy;
 mod durability;
 mod errors;
+mod full_disk;
 mod keypairs;
 mod kms;
 mod kms_custody;
