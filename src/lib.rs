@@ -14,6 +14,7 @@ pub mod custody;
 pub mod datadir;
 pub mod keypair;
 pub mod kms;
+pub mod logging;
 pub mod metrics;
 pub mod page_cache;
 pub mod service;

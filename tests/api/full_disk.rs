@@ -128,3 +128,58 @@ fn a_full_disk_makes_the_store_unready_for_good_and_loses_nothing_acknowledged()
     }
     assert!(server.stop().success());
 }
+
+/// Issue 11 point 4: with stderr on a full filesystem every log line fails; tracing-subscriber used to
+/// report that with `eprintln!`, which panics when stderr fails, and connections were dropped unanswered.
+/// Now every request is answered, the process lives on, and the lost lines are counted in `/metrics`.
+#[test]
+fn a_full_log_disk_costs_log_lines_never_an_answer() {
+    let Some(fs) = Tmpfs::mount("1m") else { return };
+    let parent = tempfile::tempdir().expect("tempdir");
+    let log = std::fs::File::create(fs.path().join("kps.log")).expect("log file");
+    let port = crate::binary::free_port();
+    let child = Command::new(env!("CARGO_BIN_EXE_kps"))
+        .args(["serve", "--listen", &format!("127.0.0.1:{port}"), "--data-dir"])
+        .arg(parent.path().join("data"))
+        .env("KPS_LOG", "info")
+        .env_remove("KPS_CONFIG")
+        .stdout(std::process::Stdio::null())
+        .stderr(log)
+        .spawn()
+        .expect("spawn kps");
+    let mut server = Server { child, url: format!("http://127.0.0.1:{port}") };
+    let client = reqwest::blocking::Client::new();
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    while client.get(format!("{}/healthz", server.url)).send().map_or(true, |r| r.status() != 200) {
+        assert!(std::time::Instant::now() < deadline, "kps did not become ready");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    fs.fill(0);
+
+    for i in 0..30 {
+        let answer = if i % 2 == 0 {
+            let key = ed25519_public_key(20_000 + i);
+            let body = serde_json::json!({"keypair": {"name": format!("k{i}"), "public_key": key}}).to_string();
+            client
+                .post(format!("{}/v2.1/os-keypairs", server.url))
+                .header("x-auth-token", "log:p")
+                .header("content-type", "application/json")
+                .body(body)
+                .send()
+        } else {
+            client.get(format!("{}/v2.1/os-keypairs", server.url)).header("x-auth-token", "log:p").send()
+        };
+        let answer = answer.unwrap_or_else(|e| panic!("request {i} got no answer: {e}"));
+        assert_eq!(answer.status(), 200, "request {i}");
+    }
+    assert!(server.child.try_wait().expect("status").is_none(), "kps is still running");
+    let metrics = get(&client, &format!("{}/metrics", server.url)).1;
+    let dropped: f64 = metrics
+        .lines()
+        .find_map(|line| line.strip_prefix("kps_log_lines_dropped_total "))
+        .and_then(|value| value.parse().ok())
+        .unwrap_or_else(|| panic!("no kps_log_lines_dropped_total in {metrics}"));
+    // The log file's last page may still take a dozen lines; the rest are dropped.
+    assert!(dropped >= 10.0, "30 request lines, few of them written: {dropped} dropped");
+    assert!(server.stop().success());
+}
