@@ -7,6 +7,7 @@
 #![forbid(unsafe_code)]
 
 pub mod api;
+pub mod atomic_file;
 pub mod backup;
 pub mod commands;
 pub mod config;

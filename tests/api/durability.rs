@@ -291,3 +291,33 @@ fn a_large_import_answers_only_after_its_blob_file_is_synced() {
     }
     assert!(blobs_seen > 0, "no blob file was written: the test no longer exercises sled's blob path");
 }
+
+/// Issue 11 point 11: `FILE.partial` (backup export) and `master.key.new` (master-key generate) are created
+/// new, 0600, never through a symlink: a link planted there by someone who can write the directory does
+/// not get its target overwritten (or created), and the real file lands in place.
+#[test]
+fn backup_export_and_master_key_generate_never_write_through_a_planted_symlink() {
+    use std::os::unix::fs::PermissionsExt;
+    let parent = tempfile::tempdir().expect("tempdir");
+    let data = parent.path().join("data");
+    let victim = parent.path().join("victim");
+    std::fs::write(&victim, "precious").expect("victim");
+
+    let backup = parent.path().join("backup.jsonl");
+    std::os::unix::fs::symlink(&victim, parent.path().join("backup.jsonl.partial")).expect("plant");
+    let out = kps(&["backup", "export", backup.to_str().expect("path")], &data);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(std::fs::read_to_string(&backup).expect("backup").contains("format_version"));
+    assert_eq!(std::fs::metadata(&backup).expect("meta").permissions().mode() & 0o777, 0o600);
+
+    let planted = parent.path().join("planted-keyring");
+    std::os::unix::fs::symlink(&planted, data.join("master.key.new")).expect("plant");
+    let out = kps(&["master-key", "generate"], &data);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(!planted.exists(), "the keyring was not written through the link");
+    let keyring = data.join("master.key");
+    assert!(std::fs::symlink_metadata(&keyring).expect("keyring").file_type().is_file());
+    assert_eq!(std::fs::metadata(&keyring).expect("meta").permissions().mode() & 0o777, 0o600);
+
+    assert_eq!(std::fs::read_to_string(&victim).expect("victim"), "precious");
+}
