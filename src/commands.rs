@@ -13,7 +13,6 @@ use crate::atomic_file::AtomicFile;
 use crate::backup::{self, BackupError, ImportSummary};
 use crate::config::Config;
 use crate::datadir::{DataDir, DataDirError};
-use crate::store::sled::SledStore;
 use crate::store::{Store, StoreError};
 
 #[derive(Debug, thiserror::Error)]
@@ -64,7 +63,7 @@ pub struct Remote {
 pub async fn backup_export(config: &Config, file: &Path, remote: &Remote) -> Result<String, CommandError> {
     match DataDir::open(&config.data_dir) {
         Ok(data_dir) => {
-            let store = SledStore::open(&data_dir.db_path())?;
+            let store = data_dir.open_store()?;
             let bytes = export_store_to_file(Arc::new(store), file).await?;
             Ok(format!("exported {bytes} bytes from {} to {}", config.data_dir.display(), file.display()))
         }
@@ -116,7 +115,7 @@ impl RewrapOptions {
 pub async fn rewrap(config: &Config, options: &RewrapOptions, remote: &Remote) -> Result<String, CommandError> {
     let report = match DataDir::open(&config.data_dir) {
         Ok(data_dir) => {
-            let store: Arc<dyn Store> = Arc::new(SledStore::open(&data_dir.db_path())?);
+            let store: Arc<dyn Store> = Arc::new(data_dir.open_store()?);
             let service = crate::service(config, Arc::clone(&store), crate::keypair::pool::RsaKeyPool::disabled())
                 .map_err(|e| CommandError::Remote(e.to_string()))?;
             let report = service
@@ -166,7 +165,7 @@ pub async fn backup_import(config: &Config, file: &Path, force: bool) -> Result<
         )),
         other => other.into(),
     })?;
-    let store = SledStore::open(&data_dir.db_path())?;
+    let store = data_dir.open_store()?;
     let summary = backup::import(&store, &text, force).await?;
     store.flush().await?;
     Ok(summary)

@@ -7,6 +7,9 @@ use std::path::{Path, PathBuf};
 
 use fs2::FileExt;
 
+use crate::store::StoreError;
+use crate::store::sled::SledStore;
+
 #[derive(Debug, thiserror::Error)]
 pub enum DataDirError {
     #[error("cannot create data directory {path}: {source}")]
@@ -50,6 +53,16 @@ impl DataDir {
     /// Where the sled database lives.
     pub fn db_path(&self) -> PathBuf {
         self.path.join("db")
+    }
+
+    /// The commit high-water mark of the store (`crate::store::commit_hwm`), outside `db/`.
+    pub fn commit_hwm_path(&self) -> PathBuf {
+        self.path.join("commit.hwm")
+    }
+
+    /// Opens the store of this data directory, checked against its commit high-water mark.
+    pub fn open_store(&self) -> Result<SledStore, StoreError> {
+        SledStore::open_with_high_water_mark(&self.db_path(), &self.commit_hwm_path())
     }
 }
 

@@ -234,7 +234,7 @@ impl ApiError {
                 "KPS.9005",
                 format!("Storage is unavailable. Request id {request_id}."),
             ),
-            StoreError::Backend(_) | StoreError::Corrupt(_) => Self::storage(request_id),
+            StoreError::Backend(_) | StoreError::Corrupt(_) | StoreError::Damaged(_) => Self::storage(request_id),
         }
     }
 }

@@ -4,6 +4,7 @@
 //! and how store keys are built. A backend must make `apply` all-or-nothing and durable before it returns
 //! `Ok`: a success answered to a client means the write survives a crash.
 
+pub mod commit_hwm;
 pub mod memory;
 pub mod record;
 pub mod sled;
@@ -72,6 +73,9 @@ pub enum StoreError {
     /// the outcome of the writes that were waiting then is unknown.
     #[error("storage unavailable: {0}")]
     Unavailable(String),
+    /// The store is not whole (it lost acknowledged writes); never served.
+    #[error("damaged store: {0}")]
+    Damaged(String),
 }
 
 /// Why `Store::apply` wrote nothing.

@@ -14,6 +14,11 @@
 //!
 //! Store format 1 (one tree per space) is migrated to this layout at open (format 2), idempotently.
 //!
+//! Lost commits: every group's batch also writes the group's number (`COMMIT_SEQ_KEY`, in the same atomic
+//! batch, so a recovered store holds the number of the last group it recovered). With a high-water mark
+//! (`commit_hwm`, `<data_dir>/commit.hwm`), a store whose recovered number is below the mark lost
+//! acknowledged writes — sled reads a corrupt log entry as the end of its log — and is refused at open.
+//!
 //! Why the extra `fdatasync`: on Linux sled's `flush()` ends in `sync_file_range(WAIT_BEFORE | WRITE |
 //! WAIT_AFTER)` on its log file (seen with `strace -e trace=fsync,fdatasync,sync_file_range`), which writes
 //! the pages but neither the file's metadata (its size grows as the log is appended) nor the device's write
@@ -32,6 +37,7 @@ use std::sync::{Arc, Mutex, OnceLock, mpsc};
 
 use async_trait::async_trait;
 
+use super::commit_hwm::{self, HighWaterMark};
 use super::{ApplyError, Space, Store, StoreError, WriteOp, prefix_end};
 
 /// Ids are reserved on disk in blocks so that allocating one rarely costs a flush, and a restart never
@@ -43,6 +49,8 @@ const STORE_FORMAT_KEY: &[u8] = b"store_format_version";
 const STORE_FORMAT: u8 = 2;
 /// The tree holding every space (format 2).
 const DATA_TREE: &str = "data";
+/// The number of the last group commit, in the `data` tree (tag 0xFF: never a space's tag), big-endian u64.
+const COMMIT_SEQ_KEY: &[u8] = b"\xffcommit_seq";
 
 /// The most batches one group commit takes.
 const MAX_GROUP: usize = 1024;
@@ -56,6 +64,10 @@ pub struct SledStore {
     committer: Option<std::thread::JoinHandle<()>>,
     stats: Arc<CommitStats>,
     durability: Arc<Durability>,
+    /// The number of the last group commit made durable.
+    durable_seq: Arc<AtomicU64>,
+    /// The high-water mark file and its writer thread, when opened with one.
+    high_water_mark: Option<(Arc<HighWaterMark>, commit_hwm::Writer)>,
 }
 
 impl Drop for SledStore {
@@ -66,6 +78,8 @@ impl Drop for SledStore {
         if let Some(committer) = self.committer.take() {
             let _ = committer.join();
         }
+        // The writer records the final durable number as it stops.
+        drop(self.high_water_mark.take());
     }
 }
 
@@ -164,12 +178,19 @@ fn unavailable(reason: &str) -> StoreError {
 }
 
 impl SledStore {
-    /// Opens (or creates) the database in `dir`. The caller has already checked the directory.
+    /// Opens (or creates) the database in `dir`, without a high-water mark (tests, tools). The caller has
+    /// already checked the directory.
     pub fn open(dir: &Path) -> Result<Self, StoreError> {
-        Self::open_with_sync_step(dir, Box::new(flush_and_fdatasync))
+        Self::open_with(dir, None, Box::new(flush_and_fdatasync))
     }
 
-    fn open_with_sync_step(dir: &Path, step: SyncStep) -> Result<Self, StoreError> {
+    /// Opens the database in `dir` and checks it against the commit high-water mark in the file `mark`
+    /// (created if missing): a store that lost acknowledged commits is refused (`StoreError::Damaged`).
+    pub fn open_with_high_water_mark(dir: &Path, mark: &Path) -> Result<Self, StoreError> {
+        Self::open_with(dir, Some(mark), Box::new(flush_and_fdatasync))
+    }
+
+    fn open_with(dir: &Path, mark: Option<&Path>, step: SyncStep) -> Result<Self, StoreError> {
         let db = open_db(dir)?;
         let data = db.open_tree(DATA_TREE).map_err(backend)?;
         let meta = db.open_tree("meta").map_err(backend)?;
@@ -198,19 +219,52 @@ impl SledStore {
             }
         };
         let ids = Mutex::new(IdBlock { next: reserved + 1, reserved_until: reserved });
+        let recovered_seq = match data.get(COMMIT_SEQ_KEY).map_err(backend)? {
+            None => 0,
+            Some(bytes) => u64::from_be_bytes(
+                bytes.as_ref().try_into().map_err(|_| StoreError::Corrupt("commit number is not 8 bytes".into()))?,
+            ),
+        };
+        let mark = mark.map(HighWaterMark::open).transpose()?.map(Arc::new);
+        if let Some(mark) = &mark {
+            mark.check(recovered_seq, dir)?;
+        }
         let log_file = File::open(dir.join("db")).map_err(|e| StoreError::Backend(format!("open db file: {e}")))?;
         // The directory entries of the files sled created must be durable too.
         File::open(dir).and_then(|d| d.sync_all()).map_err(|e| StoreError::Backend(format!("sync data dir: {e}")))?;
         let stats = Arc::new(CommitStats::default());
         let durability = Arc::new(Durability { db: db.clone(), log_file, step, failure: OnceLock::new() });
         let (commits, queue) = mpsc::channel();
-        let committer =
-            Committer { data: data.clone(), durability: Arc::clone(&durability), stats: Arc::clone(&stats) };
+        let durable_seq = Arc::new(AtomicU64::new(recovered_seq));
+        let committer = Committer {
+            data: data.clone(),
+            durability: Arc::clone(&durability),
+            stats: Arc::clone(&stats),
+            applied_seq: AtomicU64::new(recovered_seq),
+            durable_seq: Arc::clone(&durable_seq),
+        };
         let committer = std::thread::Builder::new()
             .name("kps-store-commit".into())
             .spawn(move || committer.run(&queue))
             .map_err(|e| StoreError::Backend(format!("cannot start the commit thread: {e}")))?;
-        Ok(Self { data, meta, ids, commits: Some(commits), committer: Some(committer), stats, durability })
+        let high_water_mark = match mark {
+            Some(mark) => {
+                let writer = commit_hwm::Writer::start(Arc::clone(&mark), Arc::clone(&durable_seq))?;
+                Some((mark, writer))
+            }
+            None => None,
+        };
+        Ok(Self {
+            data,
+            meta,
+            ids,
+            commits: Some(commits),
+            committer: Some(committer),
+            stats,
+            durability,
+            durable_seq,
+            high_water_mark,
+        })
     }
 
     /// Writes an id reservation durably; the stored value never goes backwards.
@@ -382,8 +436,16 @@ impl Store for SledStore {
         Ok(())
     }
 
+    /// Syncs, then records the durable commit number in the high-water mark (shutdown).
     async fn flush(&self) -> Result<(), StoreError> {
-        self.sync().await
+        self.sync().await?;
+        if let Some((mark, _)) = &self.high_water_mark {
+            let (mark, durable) = (Arc::clone(mark), self.durable_seq.load(Ordering::Acquire));
+            tokio::task::spawn_blocking(move || mark.record(durable))
+                .await
+                .map_err(|e| StoreError::Backend(format!("high-water mark task: {e}")))?;
+        }
+        Ok(())
     }
 
     /// Not ready once a write or sync has failed, or when the committer is gone; otherwise a read of the
@@ -410,6 +472,10 @@ struct Committer {
     data: sled::Tree,
     durability: Arc<Durability>,
     stats: Arc<CommitStats>,
+    /// The number of the last group applied (written with it, `COMMIT_SEQ_KEY`).
+    applied_seq: AtomicU64,
+    /// The number of the last group made durable.
+    durable_seq: Arc<AtomicU64>,
 }
 
 /// The writes staged so far in one group, by `data` key: `Some(value)` written, `None` removed. Values are
@@ -445,30 +511,40 @@ impl Committer {
         let mut results = self.apply_group(group);
         if results.iter().any(Result::is_ok) {
             self.stats.syncs.fetch_add(1, Ordering::Relaxed);
-            if let Err(error) = self.durability.sync() {
-                for result in results.iter_mut().filter(|r| r.is_ok()) {
-                    *result = Err(ApplyError::Store(error.clone()));
+            match self.durability.sync() {
+                Ok(()) => self.durable_seq.store(self.applied_seq.load(Ordering::Relaxed), Ordering::Release),
+                Err(error) => {
+                    for result in results.iter_mut().filter(|r| r.is_ok()) {
+                        *result = Err(ApplyError::Store(error.clone()));
+                    }
                 }
             }
         }
         results
     }
 
-    /// Applies a whole group as ONE atomic `sled::Batch` (not yet durable): each commit's preconditions are
-    /// checked against the tree and the writes staged by the commits before it; a commit whose precondition
-    /// fails stages nothing and gets its conflict, the others still apply.
+    /// Applies a whole group as ONE atomic `sled::Batch` (not yet durable), numbered: each commit's
+    /// preconditions are checked against the tree and the writes staged by the commits before it; a commit
+    /// whose precondition fails stages nothing and gets its conflict, the others still apply. The batch also
+    /// writes the group's number (`COMMIT_SEQ_KEY`).
     fn apply_group(&self, group: &[Commit]) -> Vec<Result<(), ApplyError>> {
         let mut staged = Staged::new();
         let mut batch = sled::Batch::default();
         let mut results: Vec<Result<(), ApplyError>> =
             group.iter().map(|commit| self.stage(&commit.ops, &mut staged, &mut batch)).collect();
-        if results.iter().any(Result::is_ok)
-            && let Err(error) = self.data.apply_batch(batch)
-        {
-            // A write sled could not do (its log full, an IO error) leaves sled in an unknown state.
-            let error = self.durability.stop(&error);
-            for result in results.iter_mut().filter(|r| r.is_ok()) {
-                *result = Err(ApplyError::Store(error.clone()));
+        if !results.iter().any(Result::is_ok) {
+            return results;
+        }
+        let seq = self.applied_seq.load(Ordering::Relaxed) + 1;
+        batch.insert(COMMIT_SEQ_KEY, &seq.to_be_bytes());
+        match self.data.apply_batch(batch) {
+            Ok(()) => self.applied_seq.store(seq, Ordering::Relaxed),
+            Err(error) => {
+                // A write sled could not do (its log full, an IO error) leaves sled in an unknown state.
+                let error = self.durability.stop(&error);
+                for result in results.iter_mut().filter(|r| r.is_ok()) {
+                    *result = Err(ApplyError::Store(error.clone()));
+                }
             }
         }
         results
@@ -545,8 +621,13 @@ mod tests {
     async fn one_group_batch_keeps_commits_independent() {
         let dir = tempfile::tempdir().expect("tempdir");
         let store = SledStore::open(dir.path()).expect("open");
-        let committer =
-            Committer { data: store.data.clone(), durability: Arc::clone(&store.durability), stats: Arc::default() };
+        let committer = Committer {
+            data: store.data.clone(),
+            durability: Arc::clone(&store.durability),
+            stats: Arc::default(),
+            applied_seq: AtomicU64::new(0),
+            durable_seq: Arc::default(),
+        };
         let put = |key: &str| WriteOp::PutIfAbsent { space: Space::KeyPairs, key: key.into(), value: b"v".to_vec() };
         let commit = |ops| Commit { ops, reply: tokio::sync::oneshot::channel().0 };
         let group =
@@ -570,7 +651,7 @@ mod tests {
             }
             flush_and_fdatasync(db, log_file)
         });
-        (SledStore::open_with_sync_step(dir, step).expect("open"), failing)
+        (SledStore::open_with(dir, None, step).expect("open"), failing)
     }
 
     fn is_unavailable<T: std::fmt::Debug>(result: &Result<T, StoreError>) -> bool {
@@ -621,6 +702,41 @@ mod tests {
         assert!(store.put_if_absent(Space::KeyPairs, b"k2", b"v").await.is_err());
         failing.store(false, Ordering::SeqCst);
         assert!(is_unavailable(&store.ready().await), "unready for good");
+    }
+
+    /// Every group commit is numbered inside its own batch; the mark follows the durable number, and a
+    /// store behind its mark (here: a mark moved ahead by hand, as a lost log tail would leave it) is
+    /// refused at open.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn commits_are_numbered_and_a_store_behind_its_high_water_mark_is_refused() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let (db, mark) = (dir.path().join("db"), dir.path().join("commit.hwm"));
+        let recovered = |store: &SledStore| {
+            u64::from_be_bytes(
+                store.data.get(COMMIT_SEQ_KEY).expect("get").expect("numbered").as_ref().try_into().expect("8 bytes"),
+            )
+        };
+        {
+            let store = SledStore::open_with_high_water_mark(&db, &mark).expect("open");
+            for key in ["a", "b", "c"] {
+                assert!(store.put_if_absent(Space::KeyPairs, key.as_bytes(), b"v").await.expect("put"));
+            }
+            assert!(!store.put_if_absent(Space::KeyPairs, b"a", b"v").await.expect("conflict"));
+            assert_eq!(recovered(&store), 3, "one number per group that wrote something");
+            store.flush().await.expect("flush");
+            assert_eq!(HighWaterMark::open(&mark).expect("mark").value(), 3);
+        }
+        let store = SledStore::open_with_high_water_mark(&db, &mark).expect("reopen: whole");
+        assert!(store.put_if_absent(Space::KeyPairs, b"d", b"v").await.expect("put"));
+        assert_eq!(recovered(&store), 4, "numbers continue after a reopen");
+        drop(store);
+        assert_eq!(HighWaterMark::open(&mark).expect("mark").value(), 4, "recorded when the store closes");
+
+        std::fs::write(&mark, "kps commit high-water mark\n9\n").expect("mark ahead");
+        let error = SledStore::open_with_high_water_mark(&db, &mark).err().expect("refused");
+        assert!(matches!(error, StoreError::Damaged(_)), "{error}");
+        assert!(error.to_string().contains("last commit is number 4, but commits up to at least number 9"), "{error}");
+        SledStore::open(&db).expect("without a mark (tools, tests) nothing is checked");
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -321,3 +321,103 @@ fn backup_export_and_master_key_generate_never_write_through_a_planted_symlink()
 
     assert_eq!(std::fs::read_to_string(&victim).expect("victim"), "precious");
 }
+
+/// Copies a directory tree (files and directories only).
+fn copy_tree(from: &std::path::Path, to: &std::path::Path) {
+    std::fs::create_dir_all(to).expect("mkdir");
+    std::fs::set_permissions(to, std::fs::metadata(from).expect("meta").permissions()).expect("chmod");
+    for entry in std::fs::read_dir(from).expect("list") {
+        let entry = entry.expect("entry");
+        let target = to.join(entry.file_name());
+        if entry.file_type().expect("type").is_dir() {
+            copy_tree(&entry.path(), &target);
+        } else {
+            std::fs::copy(entry.path(), &target).expect("copy");
+        }
+    }
+}
+
+/// Starts kps on `data`; `Err(stderr)` if it exits instead of becoming ready.
+fn try_start(data: &std::path::Path) -> Result<Server, String> {
+    let port = crate::binary::free_port();
+    let mut child = Command::new(env!("CARGO_BIN_EXE_kps"))
+        .args(["serve", "--listen", &format!("127.0.0.1:{port}"), "--data-dir"])
+        .arg(data)
+        .env("KPS_LOG", "warn")
+        .env_remove("KPS_CONFIG")
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("spawn kps");
+    let url = format!("http://127.0.0.1:{port}");
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        if let Some(_status) = child.try_wait().expect("status") {
+            let mut stderr = String::new();
+            std::io::Read::read_to_string(&mut child.stderr.take().expect("stderr"), &mut stderr).expect("read");
+            return Err(stderr);
+        }
+        if reqwest::blocking::get(format!("{url}/healthz")).is_ok_and(|r| r.status() == 200) {
+            return Ok(Server { child, url });
+        }
+        assert!(std::time::Instant::now() < deadline, "kps neither started nor exited");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// Issue 11 point 4: sled reads a corrupt log entry as the end of its log. A store whose `db` file has one
+/// flipped bit must either be refused at start, naming the gap and pointing to a restore, or serve every
+/// acknowledged key pair — never a silently shorter list (before: 16 to 29 of 30 served, without a word).
+#[test]
+fn a_store_with_a_damaged_log_is_refused_or_whole_never_short() {
+    let parent = tempfile::tempdir().expect("tempdir");
+    let pristine = parent.path().join("pristine");
+    let server = Server::start(&pristine);
+    let client = reqwest::blocking::Client::new();
+    let names: Vec<String> = (0..30).map(|i| format!("k{i:02}")).collect();
+    for (i, name) in (0u64..).zip(&names) {
+        assert!(import(&client, &server.url, name, &ed25519_public_key(30_000 + i)).is_some(), "{name}");
+    }
+    assert!(server.stop().success());
+
+    let size = std::fs::metadata(pristine.join("db/db")).expect("db file").len();
+    let (mut refused, mut whole) = (0, 0);
+    for trial in 0..8u64 {
+        // Spread over the second half of the file, away from round offsets.
+        let position = size / 2 + trial * (size / 2) / 8 + 37 * trial % 61;
+        let data = parent.path().join(format!("trial{trial}"));
+        copy_tree(&pristine, &data);
+        let db_file = data.join("db/db");
+        let mut bytes = std::fs::read(&db_file).expect("read db");
+        bytes[usize::try_from(position).expect("position")] ^= 0x10;
+        std::fs::write(&db_file, bytes).expect("write db");
+
+        match try_start(&data) {
+            Err(stderr) => {
+                assert!(stderr.contains("lost acknowledged writes"), "trial {trial} at {position}: {stderr}");
+                assert!(stderr.contains("Restore from a backup"), "{stderr}");
+                refused += 1;
+            }
+            Ok(server) => {
+                let listed: serde_json::Value = client
+                    .get(format!("{}/v2.1/os-keypairs", server.url))
+                    .header("x-auth-token", "crash:p")
+                    .send()
+                    .expect("list")
+                    .json()
+                    .expect("json");
+                let served: Vec<&str> = listed["keypairs"]
+                    .as_array()
+                    .expect("keypairs")
+                    .iter()
+                    .filter_map(|k| k["keypair"]["name"].as_str())
+                    .collect();
+                assert_eq!(served, names, "trial {trial}: flipped a bit at {position} of {size}");
+                assert!(server.stop().success());
+                whole += 1;
+            }
+        }
+    }
+    eprintln!("{refused} damaged stores refused, {whole} served whole");
+    assert!(refused > 0, "no trial damaged a commit: the test no longer exercises the check");
+}
