@@ -34,6 +34,10 @@ impl DataDir {
         let create_error = |source| DataDirError::Create { path: path.into(), source };
         if !path.exists() {
             std::fs::DirBuilder::new().recursive(true).mode(0o700).create(path).map_err(create_error)?;
+            // The new directory's entry must be durable before anything stored in it is acknowledged.
+            if let Some(parent) = path.parent().filter(|p| !p.as_os_str().is_empty()) {
+                File::open(parent).and_then(|d| d.sync_all()).map_err(create_error)?;
+            }
         }
         let mode = std::fs::metadata(path).map_err(create_error)?.permissions().mode() & 0o777;
         if mode & 0o077 != 0 {

@@ -184,8 +184,9 @@ impl SledStore {
         Self::open_with(dir, None, Box::new(flush_and_fdatasync))
     }
 
-    /// Opens the database in `dir` and checks it against the commit high-water mark in the file `mark`
-    /// (created if missing): a store that lost acknowledged commits is refused (`StoreError::Damaged`).
+    /// Opens the database in `dir` and checks it against the commit high-water mark in the file `mark` (a
+    /// missing file is a mark of 0; it is written once commits happen): a store that lost acknowledged commits
+    /// is refused (`StoreError::Damaged`).
     pub fn open_with_high_water_mark(dir: &Path, mark: &Path) -> Result<Self, StoreError> {
         Self::open_with(dir, Some(mark), Box::new(flush_and_fdatasync))
     }
@@ -230,8 +231,13 @@ impl SledStore {
             mark.check(recovered_seq, dir)?;
         }
         let log_file = File::open(dir.join("db")).map_err(|e| StoreError::Backend(format!("open db file: {e}")))?;
-        // The directory entries of the files sled created must be durable too.
-        File::open(dir).and_then(|d| d.sync_all()).map_err(|e| StoreError::Backend(format!("sync data dir: {e}")))?;
+        // The directory entries of the files sled created must be durable too, and so must `dir`'s own entry
+        // (sled creates the directory itself when it is missing).
+        for created in std::iter::once(dir).chain(dir.parent().filter(|p| !p.as_os_str().is_empty())) {
+            File::open(created)
+                .and_then(|d| d.sync_all())
+                .map_err(|e| StoreError::Backend(format!("sync directory {}: {e}", created.display())))?;
+        }
         let stats = Arc::new(CommitStats::default());
         let durability = Arc::new(Durability { db: db.clone(), log_file, step, failure: OnceLock::new() });
         let (commits, queue) = mpsc::channel();

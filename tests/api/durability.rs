@@ -264,7 +264,17 @@ fn a_large_import_answers_only_after_its_blob_file_is_synced() {
     strace.wait().expect("strace");
     let calls = completed_syscalls(&std::fs::read_to_string(&trace_file).expect("trace"));
 
-    let blobs_dir = format!("{}/db/blobs>", data.canonicalize().expect("data dir").display());
+    let data = data.canonicalize().expect("data dir");
+    // The directories kps created (the data dir, sled's `db`) have durable entries before the first answer.
+    let first_answer = requests[0].1;
+    for created in [&data, &data.join("db")] {
+        let parent = format!("<{}>)", created.parent().expect("parent").display());
+        let synced = calls.iter().any(|(time, call)| {
+            *time <= first_answer && call.starts_with("fsync(") && call.contains(&parent) && call.ends_with("= 0")
+        });
+        assert!(synced, "the entry of {} was not made durable (fsync of its parent)", created.display());
+    }
+    let blobs_dir = format!("{}/db/blobs>", data.display());
     let mut blobs_seen = 0;
     for (sent, answered) in requests {
         let during = |time: f64| time >= sent && time <= answered;
