@@ -5,15 +5,14 @@
 //! (`POST /admin/v1/backup`, admin token), so backups need no downtime; otherwise it opens the store itself.
 //! `backup import` always needs the server stopped.
 
-use std::io::Write;
-use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
+use std::os::unix::fs::DirBuilderExt;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
+use crate::atomic_file::AtomicFile;
 use crate::backup::{self, BackupError, ImportSummary};
 use crate::config::Config;
 use crate::datadir::{DataDir, DataDirError};
-use crate::store::sled::SledStore;
 use crate::store::{Store, StoreError};
 
 #[derive(Debug, thiserror::Error)]
@@ -64,7 +63,7 @@ pub struct Remote {
 pub async fn backup_export(config: &Config, file: &Path, remote: &Remote) -> Result<String, CommandError> {
     match DataDir::open(&config.data_dir) {
         Ok(data_dir) => {
-            let store = SledStore::open(&data_dir.db_path())?;
+            let store = data_dir.open_store()?;
             let bytes = export_store_to_file(Arc::new(store), file).await?;
             Ok(format!("exported {bytes} bytes from {} to {}", config.data_dir.display(), file.display()))
         }
@@ -116,7 +115,7 @@ impl RewrapOptions {
 pub async fn rewrap(config: &Config, options: &RewrapOptions, remote: &Remote) -> Result<String, CommandError> {
     let report = match DataDir::open(&config.data_dir) {
         Ok(data_dir) => {
-            let store: Arc<dyn Store> = Arc::new(SledStore::open(&data_dir.db_path())?);
+            let store: Arc<dyn Store> = Arc::new(data_dir.open_store()?);
             let service = crate::service(config, Arc::clone(&store), crate::keypair::pool::RsaKeyPool::disabled())
                 .map_err(|e| CommandError::Remote(e.to_string()))?;
             let report = service
@@ -166,7 +165,7 @@ pub async fn backup_import(config: &Config, file: &Path, force: bool) -> Result<
         )),
         other => other.into(),
     })?;
-    let store = SledStore::open(&data_dir.db_path())?;
+    let store = data_dir.open_store()?;
     let summary = backup::import(&store, &text, force).await?;
     store.flush().await?;
     Ok(summary)
@@ -175,12 +174,12 @@ pub async fn backup_import(config: &Config, file: &Path, force: bool) -> Result<
 async fn export_store_to_file(store: Arc<dyn Store>, file: &Path) -> Result<u64, CommandError> {
     let (sender, mut receiver) = tokio::sync::mpsc::channel(8);
     let exporter = tokio::spawn(async move { backup::export(store.as_ref(), &sender).await });
-    let mut out = AtomicFile::create(file)?;
+    let mut out = BackupFile::create(file)?;
     while let Some(chunk) = receiver.recv().await {
         out.write(&chunk)?;
     }
     exporter.await.map_err(|e| CommandError::Remote(format!("export task failed: {e}")))??;
-    out.commit()
+    out.commit(file)
 }
 
 async fn export_remote(config: &Config, file: &Path, remote: &Remote) -> Result<u64, CommandError> {
@@ -200,57 +199,31 @@ async fn export_remote(config: &Config, file: &Path, remote: &Remote) -> Result<
         let body = response.text().await.unwrap_or_default();
         return Err(CommandError::Remote(format!("{url} answered {status}: {body}")));
     }
-    let mut out = AtomicFile::create(file)?;
+    let mut out = BackupFile::create(file)?;
     while let Some(chunk) = response.chunk().await.map_err(remote_error)? {
         out.write(&chunk)?;
     }
-    out.commit()
+    out.commit(file)
 }
 
-/// A file written under a temporary name (mode 0600) and renamed into place once complete and synced, so a
-/// failed export never leaves a truncated backup under the real name.
-struct AtomicFile {
-    path: PathBuf,
-    temp: PathBuf,
-    file: std::fs::File,
-    written: u64,
-}
+/// The backup file being written: `FILE.partial` (created new, 0600, never through a symlink), renamed to
+/// `FILE` once complete and synced, so a failed export never leaves a truncated backup under the real name.
+struct BackupFile(AtomicFile);
 
-impl AtomicFile {
+impl BackupFile {
     fn create(path: &Path) -> Result<Self, CommandError> {
-        let mut temp = path.as_os_str().to_owned();
-        temp.push(".partial");
-        let temp = PathBuf::from(temp);
-        let file = std::fs::OpenOptions::new()
-            .write(true)
-            .create(true)
-            .truncate(true)
-            .mode(0o600)
-            .open(&temp)
-            .map_err(|source| CommandError::File { path: temp.clone(), source })?;
-        Ok(Self { path: path.into(), temp, file, written: 0 })
+        AtomicFile::create(path, ".partial").map(Self).map_err(|source| {
+            let mut partial = path.as_os_str().to_owned();
+            partial.push(".partial");
+            CommandError::File { path: partial.into(), source }
+        })
     }
 
     fn write(&mut self, bytes: &[u8]) -> Result<(), CommandError> {
-        self.file.write_all(bytes).map_err(|source| CommandError::File { path: self.temp.clone(), source })?;
-        self.written += bytes.len() as u64;
-        Ok(())
+        self.0.write(bytes).map_err(|source| CommandError::File { path: self.0.temp_path().into(), source })
     }
 
-    fn commit(self) -> Result<u64, CommandError> {
-        let error = |source| CommandError::File { path: self.path.clone(), source };
-        self.file.sync_all().map_err(error)?;
-        std::fs::rename(&self.temp, &self.path).map_err(error)?;
-        if let Some(parent) = self.path.parent().filter(|p| !p.as_os_str().is_empty()) {
-            std::fs::File::open(parent).and_then(|d| d.sync_all()).map_err(error)?;
-        }
-        Ok(self.written)
-    }
-}
-
-impl Drop for AtomicFile {
-    fn drop(&mut self) {
-        // Only an uncommitted file is still at its temporary name.
-        let _ = std::fs::remove_file(&self.temp);
+    fn commit(self, path: &Path) -> Result<u64, CommandError> {
+        self.0.commit().map_err(|source| CommandError::File { path: path.into(), source })
     }
 }

@@ -7,6 +7,9 @@ use std::path::{Path, PathBuf};
 
 use fs2::FileExt;
 
+use crate::store::StoreError;
+use crate::store::sled::SledStore;
+
 #[derive(Debug, thiserror::Error)]
 pub enum DataDirError {
     #[error("cannot create data directory {path}: {source}")]
@@ -31,6 +34,10 @@ impl DataDir {
         let create_error = |source| DataDirError::Create { path: path.into(), source };
         if !path.exists() {
             std::fs::DirBuilder::new().recursive(true).mode(0o700).create(path).map_err(create_error)?;
+            // The new directory's entry must be durable before anything stored in it is acknowledged.
+            if let Some(parent) = path.parent().filter(|p| !p.as_os_str().is_empty()) {
+                File::open(parent).and_then(|d| d.sync_all()).map_err(create_error)?;
+            }
         }
         let mode = std::fs::metadata(path).map_err(create_error)?.permissions().mode() & 0o777;
         if mode & 0o077 != 0 {
@@ -50,6 +57,16 @@ impl DataDir {
     /// Where the sled database lives.
     pub fn db_path(&self) -> PathBuf {
         self.path.join("db")
+    }
+
+    /// The commit high-water mark of the store (`crate::store::commit_hwm`), outside `db/`.
+    pub fn commit_hwm_path(&self) -> PathBuf {
+        self.path.join("commit.hwm")
+    }
+
+    /// Opens the store of this data directory, checked against its commit high-water mark.
+    pub fn open_store(&self) -> Result<SledStore, StoreError> {
+        SledStore::open_with_high_water_mark(&self.db_path(), &self.commit_hwm_path())
     }
 }
 

@@ -7,6 +7,7 @@
 #![forbid(unsafe_code)]
 
 pub mod api;
+pub mod atomic_file;
 pub mod backup;
 pub mod commands;
 pub mod config;
@@ -15,6 +16,7 @@ pub mod custody;
 pub mod datadir;
 pub mod keypair;
 pub mod kms;
+pub mod logging;
 pub mod metrics;
 pub mod page_cache;
 pub mod process;
@@ -106,7 +108,7 @@ pub fn service(config: &Config, store: Arc<dyn Store>, pool: RsaKeyPool) -> Resu
 pub async fn serve(config: Config) -> Result<(), ServeError> {
     config.validate()?;
     let data_dir = datadir::DataDir::open(&config.data_dir)?;
-    let store: Arc<dyn Store> = Arc::new(store::sled::SledStore::open(&data_dir.db_path())?);
+    let store: Arc<dyn Store> = Arc::new(data_dir.open_store()?);
     let state = Arc::new(state(&config, Arc::clone(&store))?);
     state.service.load_domain_projects().await.map_err(|e| ServeError::Startup(e.to_string()))?;
 

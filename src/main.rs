@@ -1,5 +1,6 @@
 //! The `kps` command: parses the command line, loads the configuration and calls the library.
 
+use std::io::Write as _;
 use std::path::PathBuf;
 use std::process::ExitCode;
 
@@ -170,7 +171,8 @@ fn main() -> ExitCode {
 }
 
 fn fail(error: &dyn std::fmt::Display) -> ExitCode {
-    eprintln!("kps: {error}");
+    // Not `eprintln!`: it panics when stderr cannot be written, and the exit code must stay 1.
+    let _ = writeln!(std::io::stderr(), "kps: {error}");
     ExitCode::FAILURE
 }
 
@@ -196,7 +198,10 @@ fn init_logging(format: LogFormat) {
             filter = filter.add_directive(directive);
         }
     }
-    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    // A log line that cannot be written is dropped and counted, never reported with `eprintln!` (which
+    // panics when stderr is what fails): `kps::logging`.
+    let builder =
+        tracing_subscriber::fmt().with_env_filter(filter).with_writer(kps::logging::Stderr).log_internal_errors(false);
     match format {
         LogFormat::Text => builder.init(),
         LogFormat::Json => builder.json().init(),

@@ -224,10 +224,18 @@ impl From<KeypairError> for ApiError {
 }
 
 impl ApiError {
-    /// Maps a store failure to KPS.9002, logging the cause with the request id.
+    /// Maps a store failure to KPS.9002, or KPS.9005 when the store takes no writes (outcome unknown,
+    /// retry), logging the cause with the request id.
     pub fn from_store(error: &StoreError, request_id: &str) -> Self {
         tracing::error!(%error, request_id, "store failure");
-        Self::storage(request_id)
+        match error {
+            StoreError::Unavailable(_) => Self::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "KPS.9005",
+                format!("Storage is unavailable. Request id {request_id}."),
+            ),
+            StoreError::Backend(_) | StoreError::Corrupt(_) | StoreError::Damaged(_) => Self::storage(request_id),
+        }
     }
 }
 
@@ -277,5 +285,14 @@ mod tests {
         assert_eq!(body["overLimit"]["retryAfter"], "2");
         let response = error.into_response();
         assert_eq!(response.headers()[header::RETRY_AFTER], "2");
+    }
+
+    #[test]
+    fn a_store_taking_no_writes_is_503_kps_9005_and_other_store_failures_500_kps_9002() {
+        let unavailable = ApiError::from_store(&StoreError::Unavailable("fdatasync failed".into()), "req-1");
+        assert_eq!((unavailable.status.as_u16(), unavailable.code), (503, "KPS.9005"));
+        assert_eq!(unavailable.message, "Storage is unavailable. Request id req-1.", "no detail sent");
+        let backend = ApiError::from_store(&StoreError::Backend("io".into()), "req-2");
+        assert_eq!((backend.status.as_u16(), backend.code), (500, "KPS.9002"));
     }
 }

@@ -122,6 +122,8 @@ pub fn render(state: &AppState) -> String {
 
     page.family("kps_build_info", "gauge", "Always 1; the version label is the kps version.");
     page.sample("kps_build_info", &[("version", env!("CARGO_PKG_VERSION"))], 1.0);
+    page.family("kps_log_lines_dropped_total", "counter", "Log lines that could not be written (stderr failing).");
+    page.sample("kps_log_lines_dropped_total", &[], crate::logging::lines_dropped() as f64);
 
     {
         // A poisoned lock only means a panic elsewhere while counting; the figures are still usable.

@@ -50,7 +50,8 @@ pub struct AppState {
     pub https: bool,
     /// What `GET /metrics` reports from the edge.
     pub metrics: metrics::ApiMetrics,
-    /// `admin_listen` is set: `/healthz`, `/metrics` and `/openapi.json` are served by `admin_app` only.
+    /// `admin_listen` is set: `/healthz`, `/readyz`, `/metrics` and `/openapi.json` are served by `admin_app`
+    /// only.
     pub operations_on_admin_listener: bool,
     /// `limits.per_caller_*`; `None` when both are unlimited.
     pub caller_limits: Option<limits::CallerLimits>,
@@ -72,7 +73,8 @@ pub fn app(state: Arc<AppState>) -> Router {
     Router::new().fallback(dispatch_api).with_state(state)
 }
 
-/// The operations endpoints alone (`admin_listen`): `/healthz`, `/metrics`, `/openapi.json`; 404 otherwise.
+/// The operations endpoints alone (`admin_listen`): `/healthz`, `/readyz`, `/metrics`, `/openapi.json`; 404
+/// otherwise.
 pub fn admin_app(state: Arc<AppState>) -> Router {
     Router::new().fallback(dispatch_admin).with_state(state)
 }
@@ -127,7 +129,10 @@ enum Route {
     VersionList,
     V20Document,
     V21Document,
+    /// `GET /healthz`: liveness.
     Health,
+    /// `GET /readyz`: the store takes writes and answers.
+    Ready,
     /// `GET /metrics`.
     Metrics,
     /// `GET /openapi.json`.
@@ -179,6 +184,7 @@ impl Route {
             Route::V20Document => "v2_document",
             Route::V21Document => "v21_document",
             Route::Health => "healthz",
+            Route::Ready => "readyz",
             Route::Metrics => "metrics",
             Route::OpenApi => "openapi",
             Route::KeypairCollection { api: ApiRoot::V21, .. } => "nova_keypairs",
@@ -208,10 +214,14 @@ impl Route {
         }
     }
 
-    /// `/healthz`, `/metrics`, `/openapi.json` and the admin API `/admin/v1/*`: served on `admin_listen`
-    /// alone when that is set (interface.md), so that a tenant-facing listener cannot reach backup or rewrap.
+    /// `/healthz`, `/readyz`, `/metrics`, `/openapi.json` and the admin API `/admin/v1/*`: served on
+    /// `admin_listen` alone when that is set (interface.md), so that a tenant-facing listener cannot reach
+    /// backup or rewrap.
     fn is_operations_endpoint(&self) -> bool {
-        matches!(self, Route::Health | Route::Metrics | Route::OpenApi | Route::AdminBackup | Route::AdminRewrap)
+        matches!(
+            self,
+            Route::Health | Route::Ready | Route::Metrics | Route::OpenApi | Route::AdminBackup | Route::AdminRewrap
+        )
     }
 
     fn needs_auth(&self) -> bool {
@@ -253,6 +263,7 @@ pub const ROUTE_TABLE: &[RouteSpec] = &[
     RouteSpec { label: "v21_document", template: "/v2.1", methods: GET },
     RouteSpec { label: "v21_document", template: "/v2.1/", methods: GET },
     RouteSpec { label: "healthz", template: "/healthz", methods: GET },
+    RouteSpec { label: "readyz", template: "/readyz", methods: GET },
     RouteSpec { label: "metrics", template: "/metrics", methods: GET },
     RouteSpec { label: "openapi", template: "/openapi.json", methods: GET },
     RouteSpec { label: "nova_keypairs", template: "/v2.1/os-keypairs", methods: GET_POST },
@@ -331,6 +342,7 @@ fn route(path: &str) -> Option<Route> {
         "/v2" | "/v2/" => return Some(Route::V20Document),
         "/v2.1" | "/v2.1/" => return Some(Route::V21Document),
         "/healthz" => return Some(Route::Health),
+        "/readyz" => return Some(Route::Ready),
         "/metrics" => return Some(Route::Metrics),
         "/openapi.json" => return Some(Route::OpenApi),
         "/admin/v1/backup" => return Some(Route::AdminBackup),
@@ -457,6 +469,7 @@ async fn handle(state: &AppState, request: Request, request_id: &str, listener: 
         (Route::V20Document, _) => json_response(&versions::v20_document(&base_url)),
         (Route::V21Document, _) => json_response(&versions::v21_document(&base_url)),
         (Route::Health, _) => json_response(&serde_json::json!({"status": "ok"})),
+        (Route::Ready, _) => readiness(state).await,
         (Route::OpenApi, _) => {
             let mut response = OPENAPI_DOCUMENT.into_response();
             response.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
@@ -747,6 +760,22 @@ fn json_response(value: &Value) -> Response {
     (StatusCode::OK, nova::json_body(value)).into_response()
 }
 
+/// How long `GET /readyz` waits for the store's answer.
+const READINESS_DEADLINE: Duration = Duration::from_secs(1);
+
+/// `GET /readyz`: 200 while the store takes writes and answers a trivial read within a second, else 503
+/// with the reason, so that a load balancer or orchestrator acts (`/healthz` stays a liveness check).
+async fn readiness(state: &AppState) -> Response {
+    let unready = match tokio::time::timeout(READINESS_DEADLINE, state.service.store().ready()).await {
+        Ok(Ok(())) => return json_response(&serde_json::json!({"status": "ready"})),
+        Ok(Err(error)) => error.to_string(),
+        Err(_) => format!("no answer within {READINESS_DEADLINE:?}"),
+    };
+    tracing::warn!(reason = unready, "not ready: the store");
+    let body = nova::json_body(&serde_json::json!({"status": "unready", "reason": "store"}));
+    (StatusCode::SERVICE_UNAVAILABLE, body).into_response()
+}
+
 /// A response whose body carries a private key: `{"<wrapper>": {..fields.., "private_key": ...}}`.
 ///
 /// The body is serialized straight into one pre-sized, zeroizing buffer (no intermediate `String` or
@@ -830,6 +859,7 @@ mod tests {
             ("/v2.1", Some(Route::V21Document)),
             ("/v2.1/", Some(Route::V21Document)),
             ("/healthz", Some(Route::Health)),
+            ("/readyz", Some(Route::Ready)),
             ("/v2.1/os-keypairs", collection(ApiRoot::V21, None)),
             ("/v2.1/os-keypairs/k%20one", item(ApiRoot::V21, None, "k one")),
             ("/v2.1/p-42/os-keypairs", collection(ApiRoot::V21, Some("p-42"))),
@@ -878,6 +908,7 @@ mod tests {
             "/v2",
             "/v2.1",
             "/healthz",
+            "/readyz",
             "/metrics",
             "/openapi.json",
             "/admin/v1/backup",

@@ -6,8 +6,7 @@
 //! with `secrets.allow_group_readable`, for systemd credentials and Kubernetes secret mounts).
 
 use std::collections::BTreeMap;
-use std::io::Write;
-use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
@@ -164,21 +163,14 @@ fn render(file: &KeyringFile) -> Zeroizing<String> {
     Zeroizing::new(toml::to_string(file).unwrap_or_default())
 }
 
-/// Writes the keyring atomically with mode 0600 (temporary file, fsync, rename).
+/// Writes the keyring atomically with mode 0600 (`<path>.new` created new, never through a symlink; fsync,
+/// rename: `crate::atomic_file`).
 fn write_file(path: &Path, file: &KeyringFile) -> Result<(), KeyringError> {
     let io = |source| KeyringError::Io { path: path.into(), source };
-    let mut temp = path.as_os_str().to_owned();
-    temp.push(".new");
-    let temp = PathBuf::from(temp);
     let text = render(file);
-    let mut out =
-        std::fs::OpenOptions::new().write(true).create(true).truncate(true).mode(0o600).open(&temp).map_err(io)?;
-    out.write_all(text.as_bytes()).map_err(io)?;
-    out.sync_all().map_err(io)?;
-    std::fs::rename(&temp, path).map_err(io)?;
-    if let Some(parent) = path.parent().filter(|p| !p.as_os_str().is_empty()) {
-        std::fs::File::open(parent).and_then(|d| d.sync_all()).map_err(io)?;
-    }
+    let mut out = crate::atomic_file::AtomicFile::create(path, ".new").map_err(io)?;
+    out.write(text.as_bytes()).map_err(io)?;
+    out.commit().map_err(io)?;
     Ok(())
 }
 

@@ -4,6 +4,7 @@
 //! and how store keys are built. A backend must make `apply` all-or-nothing and durable before it returns
 //! `Ok`: a success answered to a client means the write survives a crash.
 
+pub mod commit_hwm;
 pub mod memory;
 pub mod record;
 pub mod sled;
@@ -62,12 +63,19 @@ impl WriteOp {
     }
 }
 
-#[derive(Debug, thiserror::Error)]
+#[derive(Debug, Clone, thiserror::Error)]
 pub enum StoreError {
     #[error("storage backend failure: {0}")]
     Backend(String),
     #[error("corrupt record: {0}")]
     Corrupt(String),
+    /// The store takes no writes (KPS.9005): for sled, a write or sync failed and only a restart recovers;
+    /// the outcome of the writes that were waiting then is unknown.
+    #[error("storage unavailable: {0}")]
+    Unavailable(String),
+    /// The store is not whole (it lost acknowledged writes); never served.
+    #[error("damaged store: {0}")]
+    Damaged(String),
 }
 
 /// Why `Store::apply` wrote nothing.
@@ -113,6 +121,11 @@ pub trait Store: Send + Sync + 'static {
 
     /// Makes everything written so far durable (used at shutdown).
     async fn flush(&self) -> Result<(), StoreError>;
+
+    /// Whether the store takes writes and answers a trivial read (`GET /readyz`, which bounds the wait).
+    async fn ready(&self) -> Result<(), StoreError> {
+        self.get(Space::KeyPairs, b"").await.map(|_| ())
+    }
 
     /// The group committer's counters, for backends that have one (`GET /metrics`).
     fn group_commit_stats(&self) -> Option<&sled::CommitStats> {

@@ -14,18 +14,30 @@
 //!
 //! Store format 1 (one tree per space) is migrated to this layout at open (format 2), idempotently.
 //!
+//! Lost commits: every group's batch also writes the group's number (`COMMIT_SEQ_KEY`, in the same atomic
+//! batch, so a recovered store holds the number of the last group it recovered). With a high-water mark
+//! (`commit_hwm`, `<data_dir>/commit.hwm`), a store whose recovered number is below the mark lost
+//! acknowledged writes — sled reads a corrupt log entry as the end of its log — and is refused at open.
+//!
 //! Why the extra `fdatasync`: on Linux sled's `flush()` ends in `sync_file_range(WAIT_BEFORE | WRITE |
 //! WAIT_AFTER)` on its log file (seen with `strace -e trace=fsync,fdatasync,sync_file_range`), which writes
 //! the pages but neither the file's metadata (its size grows as the log is appended) nor the device's write
 //! cache: not durable. The committer therefore calls `fdatasync` on the `db` file after every flush.
+//!
+//! A failed write, flush or `fdatasync` stops the store's writes for good (`Durability`): after a failed
+//! fsync the kernel may already have dropped the dirty pages and cleared the error, so a later sync that
+//! succeeds proves nothing (PostgreSQL's fsync lesson). The batches of the failed group, every batch waiting
+//! and every later one are answered `StoreError::Unavailable` until kps is restarted and sled recovers from
+//! what is really on disk.
 
 use std::fs::File;
 use std::path::Path;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, mpsc};
+use std::sync::{Arc, Mutex, OnceLock, mpsc};
 
 use async_trait::async_trait;
 
+use super::commit_hwm::{self, HighWaterMark};
 use super::{ApplyError, Space, Store, StoreError, WriteOp, prefix_end};
 
 /// Ids are reserved on disk in blocks so that allocating one rarely costs a flush, and a restart never
@@ -37,12 +49,13 @@ const STORE_FORMAT_KEY: &[u8] = b"store_format_version";
 const STORE_FORMAT: u8 = 2;
 /// The tree holding every space (format 2).
 const DATA_TREE: &str = "data";
+/// The number of the last group commit, in the `data` tree (tag 0xFF: never a space's tag), big-endian u64.
+const COMMIT_SEQ_KEY: &[u8] = b"\xffcommit_seq";
 
 /// The most batches one group commit takes.
 const MAX_GROUP: usize = 1024;
 
 pub struct SledStore {
-    db: sled::Db,
     data: sled::Tree,
     meta: sled::Tree,
     ids: Mutex<IdBlock>,
@@ -50,7 +63,11 @@ pub struct SledStore {
     commits: Option<mpsc::Sender<Commit>>,
     committer: Option<std::thread::JoinHandle<()>>,
     stats: Arc<CommitStats>,
-    log_file: Arc<File>,
+    durability: Arc<Durability>,
+    /// The number of the last group commit made durable.
+    durable_seq: Arc<AtomicU64>,
+    /// The high-water mark file and its writer thread, when opened with one.
+    high_water_mark: Option<(Arc<HighWaterMark>, commit_hwm::Writer)>,
 }
 
 impl Drop for SledStore {
@@ -61,6 +78,8 @@ impl Drop for SledStore {
         if let Some(committer) = self.committer.take() {
             let _ = committer.join();
         }
+        // The writer records the final durable number as it stops.
+        drop(self.high_water_mark.take());
     }
 }
 
@@ -112,9 +131,67 @@ fn backend(error: sled::Error) -> StoreError {
     }
 }
 
+/// What makes applied writes durable: sled's flush, then `fdatasync` of its log file.
+type SyncStep = Box<dyn Fn(&sled::Db, &File) -> Result<(), StoreError> + Send + Sync>;
+
+fn flush_and_fdatasync(db: &sled::Db, log_file: &File) -> Result<(), StoreError> {
+    db.flush().map_err(backend)?;
+    log_file.sync_data().map_err(|e| StoreError::Backend(format!("fdatasync: {e}")))
+}
+
+/// Makes writes durable, and remembers the first failure to do so (or to write at all) for good.
+struct Durability {
+    db: sled::Db,
+    log_file: File,
+    step: SyncStep,
+    /// Why the store stopped taking writes; set once, never cleared.
+    failure: OnceLock<String>,
+}
+
+impl Durability {
+    /// Flush + `fdatasync`; refused once anything has failed, and a failure here stops the store.
+    fn sync(&self) -> Result<(), StoreError> {
+        self.check()?;
+        (self.step)(&self.db, &self.log_file).map_err(|error| self.stop(&error))
+    }
+
+    /// `Unavailable` once the store has stopped taking writes.
+    fn check(&self) -> Result<(), StoreError> {
+        match self.failure.get() {
+            Some(reason) => Err(unavailable(reason)),
+            None => Ok(()),
+        }
+    }
+
+    /// Stops the store's writes for good because of `error` (only the first failure is kept and logged).
+    fn stop(&self, error: &dyn std::fmt::Display) -> StoreError {
+        let reason = error.to_string();
+        if self.failure.set(reason.clone()).is_ok() {
+            tracing::error!(%reason, "store: a write or sync failed; every write is refused until kps is restarted");
+        }
+        unavailable(self.failure.get().map_or(&reason, String::as_str))
+    }
+}
+
+fn unavailable(reason: &str) -> StoreError {
+    StoreError::Unavailable(format!("the store stopped taking writes after a failure ({reason}); restart kps"))
+}
+
 impl SledStore {
-    /// Opens (or creates) the database in `dir`. The caller has already checked the directory.
+    /// Opens (or creates) the database in `dir`, without a high-water mark (tests, tools). The caller has
+    /// already checked the directory.
     pub fn open(dir: &Path) -> Result<Self, StoreError> {
+        Self::open_with(dir, None, Box::new(flush_and_fdatasync))
+    }
+
+    /// Opens the database in `dir` and checks it against the commit high-water mark in the file `mark` (a
+    /// missing file is a mark of 0; it is written once commits happen): a store that lost acknowledged commits
+    /// is refused (`StoreError::Damaged`).
+    pub fn open_with_high_water_mark(dir: &Path, mark: &Path) -> Result<Self, StoreError> {
+        Self::open_with(dir, Some(mark), Box::new(flush_and_fdatasync))
+    }
+
+    fn open_with(dir: &Path, mark: Option<&Path>, step: SyncStep) -> Result<Self, StoreError> {
         let db = open_db(dir)?;
         let data = db.open_tree(DATA_TREE).map_err(backend)?;
         let meta = db.open_tree("meta").map_err(backend)?;
@@ -143,33 +220,68 @@ impl SledStore {
             }
         };
         let ids = Mutex::new(IdBlock { next: reserved + 1, reserved_until: reserved });
-        let log_file =
-            Arc::new(File::open(dir.join("db")).map_err(|e| StoreError::Backend(format!("open db file: {e}")))?);
-        // The directory entries of the files sled created must be durable too.
-        File::open(dir).and_then(|d| d.sync_all()).map_err(|e| StoreError::Backend(format!("sync data dir: {e}")))?;
+        let recovered_seq = match data.get(COMMIT_SEQ_KEY).map_err(backend)? {
+            None => 0,
+            Some(bytes) => u64::from_be_bytes(
+                bytes.as_ref().try_into().map_err(|_| StoreError::Corrupt("commit number is not 8 bytes".into()))?,
+            ),
+        };
+        let mark = mark.map(HighWaterMark::open).transpose()?.map(Arc::new);
+        if let Some(mark) = &mark {
+            mark.check(recovered_seq, dir)?;
+        }
+        let log_file = File::open(dir.join("db")).map_err(|e| StoreError::Backend(format!("open db file: {e}")))?;
+        // The directory entries of the files sled created must be durable too, and so must `dir`'s own entry
+        // (sled creates the directory itself when it is missing).
+        for created in std::iter::once(dir).chain(dir.parent().filter(|p| !p.as_os_str().is_empty())) {
+            File::open(created)
+                .and_then(|d| d.sync_all())
+                .map_err(|e| StoreError::Backend(format!("sync directory {}: {e}", created.display())))?;
+        }
         let stats = Arc::new(CommitStats::default());
+        let durability = Arc::new(Durability { db: db.clone(), log_file, step, failure: OnceLock::new() });
         let (commits, queue) = mpsc::channel();
+        let durable_seq = Arc::new(AtomicU64::new(recovered_seq));
         let committer = Committer {
-            db: db.clone(),
             data: data.clone(),
-            log_file: Arc::clone(&log_file),
+            durability: Arc::clone(&durability),
             stats: Arc::clone(&stats),
+            applied_seq: AtomicU64::new(recovered_seq),
+            durable_seq: Arc::clone(&durable_seq),
         };
         let committer = std::thread::Builder::new()
             .name("kps-store-commit".into())
             .spawn(move || committer.run(&queue))
             .map_err(|e| StoreError::Backend(format!("cannot start the commit thread: {e}")))?;
-        Ok(Self { db, data, meta, ids, commits: Some(commits), committer: Some(committer), stats, log_file })
+        let high_water_mark = match mark {
+            Some(mark) => {
+                let writer = commit_hwm::Writer::start(Arc::clone(&mark), Arc::clone(&durable_seq))?;
+                Some((mark, writer))
+            }
+            None => None,
+        };
+        Ok(Self {
+            data,
+            meta,
+            ids,
+            commits: Some(commits),
+            committer: Some(committer),
+            stats,
+            durability,
+            durable_seq,
+            high_water_mark,
+        })
     }
 
     /// Writes an id reservation durably; the stored value never goes backwards.
     async fn persist_reservation(&self, until: u64) -> Result<(), StoreError> {
+        self.durability.check()?;
         self.meta
             .fetch_and_update(ID_RESERVATION_KEY, |old| {
                 let old = old.and_then(|b| <[u8; 8]>::try_from(b).ok()).map_or(0, u64::from_be_bytes);
                 Some(old.max(until).to_be_bytes().to_vec())
             })
-            .map_err(backend)?;
+            .map_err(|error| self.durability.stop(&error))?;
         self.sync().await
     }
 
@@ -181,8 +293,8 @@ impl SledStore {
     /// Makes everything applied so far durable (sled's flush, then `fdatasync` of its log file), off the
     /// async runtime.
     async fn sync(&self) -> Result<(), StoreError> {
-        let (db, log_file) = (self.db.clone(), Arc::clone(&self.log_file));
-        tokio::task::spawn_blocking(move || sync(&db, &log_file))
+        let durability = Arc::clone(&self.durability);
+        tokio::task::spawn_blocking(move || durability.sync())
             .await
             .map_err(|e| StoreError::Backend(format!("sync task: {e}")))?
     }
@@ -330,8 +442,30 @@ impl Store for SledStore {
         Ok(())
     }
 
+    /// Syncs, then records the durable commit number in the high-water mark (shutdown).
     async fn flush(&self) -> Result<(), StoreError> {
-        self.sync().await
+        self.sync().await?;
+        if let Some((mark, _)) = &self.high_water_mark {
+            let (mark, durable) = (Arc::clone(mark), self.durable_seq.load(Ordering::Acquire));
+            tokio::task::spawn_blocking(move || mark.record(durable))
+                .await
+                .map_err(|e| StoreError::Backend(format!("high-water mark task: {e}")))?;
+        }
+        Ok(())
+    }
+
+    /// Not ready once a write or sync has failed, or when the committer is gone; otherwise a read of the
+    /// store's format marker, off the async runtime (a hung disk must not block a worker).
+    async fn ready(&self) -> Result<(), StoreError> {
+        self.durability.check()?;
+        if self.committer.as_ref().is_none_or(std::thread::JoinHandle::is_finished) {
+            return Err(StoreError::Unavailable("the commit thread has stopped".into()));
+        }
+        let meta = self.meta.clone();
+        tokio::task::spawn_blocking(move || meta.get(STORE_FORMAT_KEY).map_err(backend))
+            .await
+            .map_err(|e| StoreError::Backend(format!("read task: {e}")))?
+            .map(|_| ())
     }
 
     fn group_commit_stats(&self) -> Option<&CommitStats> {
@@ -339,17 +473,15 @@ impl Store for SledStore {
     }
 }
 
-fn sync(db: &sled::Db, log_file: &File) -> Result<(), StoreError> {
-    db.flush().map_err(backend)?;
-    log_file.sync_data().map_err(|e| StoreError::Backend(format!("fdatasync: {e}")))
-}
-
 /// The single writer of the `data` tree: applies waiting batches, syncs once per group, answers the group.
 struct Committer {
-    db: sled::Db,
     data: sled::Tree,
-    log_file: Arc<File>,
+    durability: Arc<Durability>,
     stats: Arc<CommitStats>,
+    /// The number of the last group applied (written with it, `COMMIT_SEQ_KEY`).
+    applied_seq: AtomicU64,
+    /// The number of the last group made durable.
+    durable_seq: Arc<AtomicU64>,
 }
 
 /// The writes staged so far in one group, by `data` key: `Some(value)` written, `None` removed. Values are
@@ -366,40 +498,59 @@ impl Committer {
                     Err(_) => break,
                 }
             }
-            let results = self.apply_group(&group);
-            let synced = if results.iter().any(Result::is_ok) {
-                self.stats.syncs.fetch_add(1, Ordering::Relaxed);
-                sync(&self.db, &self.log_file)
-            } else {
-                Ok(())
-            };
+            let results = self.commit_group(&group);
             self.stats.batches.fetch_add(group.len() as u64, Ordering::Relaxed);
             self.stats.group_sizes.observe(group.len() as f64);
-            for (commit, result) in group.into_iter().zip(results) {
-                let answer = match (result, &synced) {
-                    (Ok(()), Err(error)) => Err(ApplyError::Store(StoreError::Backend(error.to_string()))),
-                    (result, _) => result,
-                };
+            for (commit, answer) in group.into_iter().zip(results) {
                 // The requester may have given up (timeout); its write stands either way.
                 let _ = commit.reply.send(answer);
             }
         }
     }
 
-    /// Applies a whole group as ONE atomic `sled::Batch` (not yet durable): each commit's preconditions are
-    /// checked against the tree and the writes staged by the commits before it; a commit whose precondition
-    /// fails stages nothing and gets its conflict, the others still apply.
+    /// Applies and syncs one group; the answer for each of its commits. Once the store has failed, nothing
+    /// is applied and every commit gets the failure.
+    fn commit_group(&self, group: &[Commit]) -> Vec<Result<(), ApplyError>> {
+        if let Err(error) = self.durability.check() {
+            return group.iter().map(|_| Err(ApplyError::Store(error.clone()))).collect();
+        }
+        let mut results = self.apply_group(group);
+        if results.iter().any(Result::is_ok) {
+            self.stats.syncs.fetch_add(1, Ordering::Relaxed);
+            match self.durability.sync() {
+                Ok(()) => self.durable_seq.store(self.applied_seq.load(Ordering::Relaxed), Ordering::Release),
+                Err(error) => {
+                    for result in results.iter_mut().filter(|r| r.is_ok()) {
+                        *result = Err(ApplyError::Store(error.clone()));
+                    }
+                }
+            }
+        }
+        results
+    }
+
+    /// Applies a whole group as ONE atomic `sled::Batch` (not yet durable), numbered: each commit's
+    /// preconditions are checked against the tree and the writes staged by the commits before it; a commit
+    /// whose precondition fails stages nothing and gets its conflict, the others still apply. The batch also
+    /// writes the group's number (`COMMIT_SEQ_KEY`).
     fn apply_group(&self, group: &[Commit]) -> Vec<Result<(), ApplyError>> {
         let mut staged = Staged::new();
         let mut batch = sled::Batch::default();
         let mut results: Vec<Result<(), ApplyError>> =
             group.iter().map(|commit| self.stage(&commit.ops, &mut staged, &mut batch)).collect();
-        if results.iter().any(Result::is_ok)
-            && let Err(error) = self.data.apply_batch(batch)
-        {
-            let message = error.to_string();
-            for result in results.iter_mut().filter(|r| r.is_ok()) {
-                *result = Err(ApplyError::Store(StoreError::Backend(message.clone())));
+        if !results.iter().any(Result::is_ok) {
+            return results;
+        }
+        let seq = self.applied_seq.load(Ordering::Relaxed) + 1;
+        batch.insert(COMMIT_SEQ_KEY, &seq.to_be_bytes());
+        match self.data.apply_batch(batch) {
+            Ok(()) => self.applied_seq.store(seq, Ordering::Relaxed),
+            Err(error) => {
+                // A write sled could not do (its log full, an IO error) leaves sled in an unknown state.
+                let error = self.durability.stop(&error);
+                for result in results.iter_mut().filter(|r| r.is_ok()) {
+                    *result = Err(ApplyError::Store(error.clone()));
+                }
             }
         }
         results
@@ -477,10 +628,11 @@ mod tests {
         let dir = tempfile::tempdir().expect("tempdir");
         let store = SledStore::open(dir.path()).expect("open");
         let committer = Committer {
-            db: store.db.clone(),
             data: store.data.clone(),
-            log_file: Arc::clone(&store.log_file),
+            durability: Arc::clone(&store.durability),
             stats: Arc::default(),
+            applied_seq: AtomicU64::new(0),
+            durable_seq: Arc::default(),
         };
         let put = |key: &str| WriteOp::PutIfAbsent { space: Space::KeyPairs, key: key.into(), value: b"v".to_vec() };
         let commit = |ops| Commit { ops, reply: tokio::sync::oneshot::channel().0 };
@@ -493,6 +645,104 @@ mod tests {
         assert!(matches!(results[3], Err(ApplyError::Conflict { op: 0 })));
         assert_eq!(store.get(Space::KeyPairs, b"b").await.expect("get"), None, "a failed commit writes nothing");
         assert!(store.get(Space::KeyPairs, b"c").await.expect("get").is_some());
+    }
+
+    /// A store whose sync step fails (as an `fdatasync` would with EIO) while `failing` is set.
+    fn store_with_failing_sync(dir: &Path) -> (SledStore, Arc<std::sync::atomic::AtomicBool>) {
+        let failing = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let switch = Arc::clone(&failing);
+        let step: SyncStep = Box::new(move |db, log_file| {
+            if switch.load(Ordering::SeqCst) {
+                return Err(StoreError::Backend("fdatasync: Input/output error (os error 5)".into()));
+            }
+            flush_and_fdatasync(db, log_file)
+        });
+        (SledStore::open_with(dir, None, step).expect("open"), failing)
+    }
+
+    fn is_unavailable<T: std::fmt::Debug>(result: &Result<T, StoreError>) -> bool {
+        matches!(result, Err(StoreError::Unavailable(reason)) if reason.contains("Input/output error"))
+    }
+
+    /// PostgreSQL's fsync lesson: once a sync has failed, no write is ever acknowledged again by this
+    /// process — not the group that failed, not the ones waiting, not later ones, even once syncing would
+    /// work again.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_failed_sync_fails_every_waiting_and_later_write_for_good() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let (store, failing) = store_with_failing_sync(dir.path());
+        let store = Arc::new(store);
+        assert!(store.put_if_absent(Space::KeyPairs, b"before", b"v").await.expect("put"));
+
+        failing.store(true, Ordering::SeqCst);
+        let writers: Vec<_> = (0..32)
+            .map(|i| {
+                let store = Arc::clone(&store);
+                tokio::spawn(
+                    async move { store.put_if_absent(Space::KeyPairs, format!("w{i}").as_bytes(), b"v").await },
+                )
+            })
+            .collect();
+        for writer in writers {
+            let result = writer.await.expect("task");
+            assert!(is_unavailable(&result), "{result:?}");
+        }
+
+        failing.store(false, Ordering::SeqCst);
+        let later = store.put_if_absent(Space::KeyPairs, b"later", b"v").await;
+        assert!(is_unavailable(&later), "a sync that would work again is never tried: {later:?}");
+        assert!(is_unavailable(&store.advance_ids(1_000_000).await), "id reservations are writes too");
+        assert!(is_unavailable(&store.flush().await));
+        assert_eq!(store.get(Space::KeyPairs, b"before").await.expect("reads still work"), Some(b"v".to_vec()));
+        assert_eq!(store.get(Space::KeyPairs, b"later").await.expect("get"), None, "nothing applied after");
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_store_is_ready_until_a_sync_fails() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let (store, failing) = store_with_failing_sync(dir.path());
+        store.ready().await.expect("ready");
+        assert!(store.put_if_absent(Space::KeyPairs, b"k", b"v").await.expect("put"));
+        store.ready().await.expect("still ready");
+        failing.store(true, Ordering::SeqCst);
+        assert!(store.put_if_absent(Space::KeyPairs, b"k2", b"v").await.is_err());
+        failing.store(false, Ordering::SeqCst);
+        assert!(is_unavailable(&store.ready().await), "unready for good");
+    }
+
+    /// Every group commit is numbered inside its own batch; the mark follows the durable number, and a
+    /// store behind its mark (here: a mark moved ahead by hand, as a lost log tail would leave it) is
+    /// refused at open.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn commits_are_numbered_and_a_store_behind_its_high_water_mark_is_refused() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let (db, mark) = (dir.path().join("db"), dir.path().join("commit.hwm"));
+        let recovered = |store: &SledStore| {
+            u64::from_be_bytes(
+                store.data.get(COMMIT_SEQ_KEY).expect("get").expect("numbered").as_ref().try_into().expect("8 bytes"),
+            )
+        };
+        {
+            let store = SledStore::open_with_high_water_mark(&db, &mark).expect("open");
+            for key in ["a", "b", "c"] {
+                assert!(store.put_if_absent(Space::KeyPairs, key.as_bytes(), b"v").await.expect("put"));
+            }
+            assert!(!store.put_if_absent(Space::KeyPairs, b"a", b"v").await.expect("conflict"));
+            assert_eq!(recovered(&store), 3, "one number per group that wrote something");
+            store.flush().await.expect("flush");
+            assert_eq!(HighWaterMark::open(&mark).expect("mark").value(), 3);
+        }
+        let store = SledStore::open_with_high_water_mark(&db, &mark).expect("reopen: whole");
+        assert!(store.put_if_absent(Space::KeyPairs, b"d", b"v").await.expect("put"));
+        assert_eq!(recovered(&store), 4, "numbers continue after a reopen");
+        drop(store);
+        assert_eq!(HighWaterMark::open(&mark).expect("mark").value(), 4, "recorded when the store closes");
+
+        std::fs::write(&mark, "kps commit high-water mark\n9\n").expect("mark ahead");
+        let error = SledStore::open_with_high_water_mark(&db, &mark).err().expect("refused");
+        assert!(matches!(error, StoreError::Damaged(_)), "{error}");
+        assert!(error.to_string().contains("last commit is number 4, but commits up to at least number 9"), "{error}");
+        SledStore::open(&db).expect("without a mark (tools, tests) nothing is checked");
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -529,7 +779,9 @@ mod tests {
         assert_eq!(store.get(Space::NameIndex, b"n-k00001").await.expect("get"), Some(b"entry".to_vec()));
         assert_eq!(store.get(Space::KeyPairs, b"n-k00001").await.expect("get"), None, "spaces stay apart");
         assert_eq!(store.count(Space::KeyPairs, b"u-").await.expect("count"), 25_000);
-        assert!(!store.db.tree_names().iter().any(|name| name.as_ref() == Space::KeyPairs.name().as_bytes()));
+        assert!(
+            !store.durability.db.tree_names().iter().any(|name| name.as_ref() == Space::KeyPairs.name().as_bytes())
+        );
         drop(store);
         let reopened = SledStore::open(dir.path()).expect("reopens as format 2");
         assert_eq!(reopened.count(Space::NameIndex, b"").await.expect("count"), 1);

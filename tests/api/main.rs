@@ -11,6 +11,7 @@ mod custody;
 mod deploy;
 mod durability;
 mod errors;
+mod full_disk;
 mod keypairs;
 mod kms;
 mod kms_custody;

@@ -161,3 +161,13 @@ async fn healthz_answers_ok_without_a_token() {
     assert_eq!(answer.status, 200);
     assert_eq!(answer.json(), serde_json::json!({"status": "ok"}));
 }
+
+#[tokio::test]
+async fn readyz_answers_ready_without_a_token_and_moves_to_admin_listen() {
+    let kps = Kps::new();
+    let answer = kps.call("GET", "/readyz", &[], None).await;
+    assert_eq!(answer.status, 200);
+    assert_eq!(answer.json(), serde_json::json!({"status": "ready"}));
+    let split = Kps::with_config(|c| c.admin_listen = Some("127.0.0.1:0".into()));
+    split.call("GET", "/readyz", &[], None).await.assert_error(404, "KPS.1010", "The resource could not be found.");
+}

@@ -557,7 +557,10 @@ impl Config {
         let blob_dir: PathBuf = self.get_path().join("blobs");
 
         if !blob_dir.exists() {
-            fs::create_dir_all(blob_dir)?;
+            fs::create_dir_all(&blob_dir)?;
+            // kps patch: the new directory's entry must be durable before
+            // any blob written into it is relied upon.
+            crate::pagecache::sync_dir(&blob_dir)?;
         }
 
         self.verify_config()?;

@@ -90,12 +90,26 @@ pub(crate) fn write_blob<T: Serialize>(
     io_fail!(config, "write_blob write kind_byte");
     f.write_all(kind_buf)?;
     io_fail!(config, "write_blob write buf");
-    f.write_all(&data)
-        .map(|r| {
-            trace!("successfully wrote blob at {:?}", path);
-            r
-        })
-        .map_err(|e| e.into())
+    f.write_all(&data)?;
+
+    // kps patch: the log entry that points at this blob becomes durable
+    // with the next flush of the log; the blob must be durable before it,
+    // file contents and directory entry both. Without this a crash after
+    // an acknowledged flush could leave a log entry pointing at a blob
+    // that never reached the disk.
+    f.sync_all()?;
+    sync_dir(&path)?;
+    trace!("successfully wrote and synced blob at {:?}", path);
+    Ok(())
+}
+
+/// kps patch: fsyncs the directory holding `path`, making the file's
+/// directory entry (its creation) durable.
+pub(crate) fn sync_dir(path: &std::path::Path) -> Result<()> {
+    if let Some(dir) = path.parent() {
+        std::fs::File::open(dir)?.sync_all()?;
+    }
+    Ok(())
 }
 
 pub(crate) fn gc_blobs(config: &Config, stable_lsn: Lsn) -> Result<()> {
