@@ -158,11 +158,11 @@ pub struct KeypairService {
     custody: Option<Custody>,
     /// `custody.allow_default`: new seals may use the `default` encryptor.
     allow_default: bool,
-    /// How many `domain` key pairs each project has (only projects with some), once counted at startup
-    /// (`load_domain_projects`; until then `None`: every project may have some). Lookups and lists skip the
-    /// domain-key read or scan for projects not in here: most deployments have none. All domain-key writes
-    /// go through this service, which keeps the map exact.
-    domain_projects: std::sync::Mutex<Option<std::collections::HashMap<String, u64>>>,
+    /// The stored `domain` key pairs counted per project and per creator, once at startup
+    /// (`load_domain_projects`; until then `None`: every project may have some, and quotas count them from
+    /// the store). Lookups and lists skip the domain-key read or scan for projects not in here: most
+    /// deployments have none. All domain-key writes go through this service, which keeps the counts exact.
+    domain_counts: std::sync::Mutex<Option<DomainCounts>>,
     /// Write generations per key owner, for the list page cache (`page_cache`).
     generations: Generations,
 }
@@ -178,7 +178,7 @@ impl KeypairService {
             rsa_pool,
             custody: None,
             allow_default: false,
-            domain_projects: Default::default(),
+            domain_counts: Default::default(),
             generations: Generations::default(),
         }
     }
@@ -199,9 +199,16 @@ impl KeypairService {
         &self.store
     }
 
-    /// Counts the stored `domain` key pairs per project (once at startup).
+    /// Counts the stored `domain` key pairs per project and per creator (once at startup).
     pub async fn load_domain_projects(&self) -> Result<(), ServiceError> {
-        let mut counts = std::collections::HashMap::new();
+        let counts = self.count_domain_keys().await?;
+        *self.domain_counts.lock().map_err(|_| StoreError::Backend("domain map poisoned".into()))? = Some(counts);
+        Ok(())
+    }
+
+    /// Reads every stored `domain` key pair and counts them.
+    async fn count_domain_keys(&self) -> Result<DomainCounts, ServiceError> {
+        let mut counts = DomainCounts::default();
         let mut after: Option<Vec<u8>> = None;
         loop {
             let page = self.store.scan(Space::KeyPairs, b"d", after.as_deref(), 1000).await?;
@@ -209,11 +216,10 @@ impl KeypairService {
             after = Some(last.clone());
             for (_, value) in page {
                 let found: KeypairRecord = record::decode(&value)?;
-                *counts.entry(found.project_id).or_insert(0) += 1;
+                counts.add(&found, 1);
             }
         }
-        *self.domain_projects.lock().map_err(|_| StoreError::Backend("domain map poisoned".into()))? = Some(counts);
-        Ok(())
+        Ok(counts)
     }
 
     /// What a list of `user_id` in `project_id` depends on: the generations of the user's keys and of the
@@ -243,22 +249,32 @@ impl KeypairService {
 
     fn has_domain_keys(&self, project_id: &str) -> bool {
         // Not counted yet, or a poisoned lock (a panic elsewhere): look, to stay correct.
-        self.domain_projects
+        self.domain_counts
             .lock()
             .ok()
-            .and_then(|map| map.as_ref().map(|map| map.contains_key(project_id)))
+            .and_then(|counts| counts.as_ref().map(|counts| counts.per_project.contains_key(project_id)))
             .unwrap_or(true)
     }
 
-    fn count_domain_key(&self, project_id: &str, delta: i64) {
-        if let Ok(mut map) = self.domain_projects.lock()
-            && let Some(map) = map.as_mut()
+    /// How many `domain` key pairs `user_id` created (in any project).
+    async fn domain_keys_created_by(&self, user_id: &str) -> Result<u64, ServiceError> {
+        let counted = self
+            .domain_counts
+            .lock()
+            .ok()
+            .and_then(|counts| counts.as_ref().map(|counts| counts.per_creator.get(user_id).copied().unwrap_or(0)));
+        match counted {
+            Some(count) => Ok(count),
+            // Not counted yet (or a poisoned lock): count from the store.
+            None => Ok(self.count_domain_keys().await?.per_creator.get(user_id).copied().unwrap_or(0)),
+        }
+    }
+
+    fn count_domain_key(&self, record: &KeypairRecord, delta: i64) {
+        if let Ok(mut counts) = self.domain_counts.lock()
+            && let Some(counts) = counts.as_mut()
         {
-            let count = map.entry(project_id.to_owned()).or_insert(0);
-            *count = count.saturating_add_signed(delta);
-            if *count == 0 {
-                map.remove(project_id);
-            }
+            counts.add(record, delta);
         }
     }
 
@@ -451,7 +467,7 @@ impl KeypairService {
             match self.apply(ops).await {
                 Ok(()) => {
                     if found.scope == Scope::Domain {
-                        self.count_domain_key(&found.project_id, -1);
+                        self.count_domain_key(&found, -1);
                     }
                     return Ok(found);
                 }
@@ -673,9 +689,11 @@ impl KeypairService {
         }
     }
 
+    /// The owner's key pairs of both scopes (kps-v3.md §2): `user` keys, and the `domain` keys they created.
     async fn check_quota(&self, user_id: &str) -> Result<(), ServiceError> {
         let Some(quota) = self.quota else { return Ok(()) };
-        let used = self.store.count(Space::KeyPairs, &record::user_prefix(user_id)).await?;
+        let used = self.store.count(Space::KeyPairs, &record::user_prefix(user_id)).await?
+            + self.domain_keys_created_by(user_id).await?;
         if used >= quota { Err(ServiceError::QuotaExceeded) } else { Ok(()) }
     }
 
@@ -756,7 +774,7 @@ impl KeypairService {
             match self.apply(vec![record_op, index_op]).await {
                 Ok(()) => {
                     if record.scope == Scope::Domain {
-                        self.count_domain_key(&record.project_id, 1);
+                        self.count_domain_key(record, 1);
                     }
                     return Ok(());
                 }
@@ -831,6 +849,26 @@ fn custody_error(error: CustodyError, name: &str) -> ServiceError {
             ServiceError::Undecryptable(name.to_owned())
         }
         other => ServiceError::Custody(other),
+    }
+}
+
+/// Stored `domain` key pairs per project and per creator; only non-zero counts are kept.
+#[derive(Debug, Default)]
+struct DomainCounts {
+    per_project: std::collections::HashMap<String, u64>,
+    /// Domain keys count against their creator's quota.
+    per_creator: std::collections::HashMap<String, u64>,
+}
+
+impl DomainCounts {
+    fn add(&mut self, record: &KeypairRecord, delta: i64) {
+        for (map, key) in [(&mut self.per_project, &record.project_id), (&mut self.per_creator, &record.user_id)] {
+            let count = map.entry(key.clone()).or_insert(0);
+            *count = count.saturating_add_signed(delta);
+            if *count == 0 {
+                map.remove(key);
+            }
+        }
     }
 }
 
@@ -957,6 +995,34 @@ mod tests {
         assert_eq!(names, ["team"]);
         restarted.delete("alice", "p", "team").await.expect("delete");
         assert!(!restarted.has_domain_keys("p"), "the last domain key of p is gone");
+    }
+
+    #[tokio::test]
+    async fn domain_keys_count_against_their_creators_quota_before_and_after_the_startup_count() {
+        let store: Arc<dyn Store> = Arc::new(MemoryStore::new());
+        let first = KeypairService::new(Arc::clone(&store), Some(2), RsaKeyPool::disabled());
+        first.create(import("bob", "p", "d1", Scope::Domain)).await.expect("first");
+        first.create(import("bob", "q", "d2", Scope::Domain)).await.expect("second, another project");
+        let third = first.create(import("bob", "p", "d3", Scope::Domain)).await;
+        assert!(matches!(third, Err(ServiceError::QuotaExceeded)), "{third:?}");
+        let user_key = first.create(import("bob", "p", "u1", Scope::User)).await;
+        assert!(matches!(user_key, Err(ServiceError::QuotaExceeded)), "{user_key:?}");
+        first.create(import("alice", "p", "a1", Scope::Domain)).await.expect("alice has her own quota");
+
+        for counted in [false, true] {
+            let restarted = KeypairService::new(Arc::clone(&store), Some(2), RsaKeyPool::disabled());
+            if counted {
+                restarted.load_domain_projects().await.expect("load");
+            }
+            let refused = restarted.create(import("bob", "p", "d3", Scope::Domain)).await;
+            assert!(matches!(refused, Err(ServiceError::QuotaExceeded)), "counted {counted}: {refused:?}");
+        }
+        let restarted = KeypairService::new(Arc::clone(&store), Some(2), RsaKeyPool::disabled());
+        restarted.load_domain_projects().await.expect("load");
+        restarted.delete("carol", "q", "d2").await.expect("any member of q deletes bob's key");
+        restarted.create(import("bob", "p", "u1", Scope::User)).await.expect("room again");
+        let full = restarted.create(import("bob", "p", "d3", Scope::Domain)).await;
+        assert!(matches!(full, Err(ServiceError::QuotaExceeded)), "one domain + one user key: {full:?}");
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -472,7 +472,7 @@ pub async fn create(state: &AppState, request: &NovaRequest<'_>, body: &Value) -
         None | Some("") => caller.user_id.clone(),
         Some(user) => user.to_owned(),
     };
-    let target = Target::new_keypair(&owner, &caller.project_id, crate::store::record::Scope::User);
+    let target = Target::new_keypair(&owner, &caller.project_id);
     state.policy.enforce(Action::NovaCreate, caller, &target)?;
     let escrows = body.key_protection.as_ref().is_some_and(|p| p.escrows(body.public_key.is_none()));
     if escrows && !state.custody_enabled {
