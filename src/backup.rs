@@ -2,13 +2,15 @@
 //!
 //! Format (spec/interface.md "Backup file"): a header line `{"format_version": 1, "created_at": "<RFC 3339
 //! UTC>", "next_id": <n>}`, then one line per record — `{"type": "keypair", "record": {...}}` or
-//! `{"type": "name_index", "project_id": "...", "name": "...", "entry": {...}}`. Records are written decoded
-//! (readable, independent of the store backend) and re-encoded on import, which gives back the same bytes.
+//! `{"type": "name_index", "project_id": "...", "name": "...", "entry": {...}}` or
+//! `{"type": "master_key_verifier", "id": "...", "verifier": "<hex>"}` (`custody::verifier`: a restored store
+//! checks its keyring too). Records are written decoded (readable, independent of the store backend) and
+//! re-encoded on import, which gives back the same bytes.
 //! An export taken while the server runs is consistent per record, not a point-in-time snapshot.
 
 use serde::{Deserialize, Serialize};
 
-use crate::store::record::{self, KeypairRecord, NameIndexEntry};
+use crate::store::record::{self, KeypairRecord, MasterKeyVerifier, NameIndexEntry};
 use crate::store::{ApplyError, Space, Store, StoreError, WriteOp};
 
 pub const BACKUP_FORMAT_VERSION: u32 = 1;
@@ -42,6 +44,7 @@ struct Header {
 enum Line {
     Keypair { record: Box<KeypairRecord> },
     NameIndex { project_id: String, name: String, entry: NameIndexEntry },
+    MasterKeyVerifier { id: String, verifier: String },
 }
 
 /// Writes the whole store as backup lines into `out`, in chunks of complete lines.
@@ -76,6 +79,11 @@ fn to_line(space: Space, key: &[u8], value: &[u8]) -> Result<Line, StoreError> {
             let (project_id, name) = record::split_name_index_key(key)
                 .ok_or_else(|| StoreError::Corrupt("malformed name-index key".into()))?;
             Ok(Line::NameIndex { project_id: project_id.into(), name: name.into(), entry: record::decode(value)? })
+        }
+        Space::Meta => {
+            let id = record::master_key_id_of(key).ok_or_else(|| StoreError::Corrupt("unknown meta key".into()))?;
+            let stored: MasterKeyVerifier = record::decode(value)?;
+            Ok(Line::MasterKeyVerifier { id: id.into(), verifier: stored.hmac_sha256 })
         }
     }
 }
@@ -117,6 +125,9 @@ pub async fn import(store: &dyn Store, text: &str, force: bool) -> Result<Import
             ),
         ));
     }
+    if existing == 0 {
+        forget_master_key_verifiers(store).await?;
+    }
 
     let mut summary = ImportSummary { keypairs: 0, name_index_entries: 0, next_id: header.next_id };
     let mut batch = Vec::with_capacity(PAGE);
@@ -132,6 +143,11 @@ pub async fn import(store: &dyn Store, text: &str, force: bool) -> Result<Import
                 summary.name_index_entries += 1;
                 (Space::NameIndex, record::name_index_key(&project_id, &name), record::encode(&entry)?)
             }
+            Line::MasterKeyVerifier { id, verifier } => {
+                let stored = MasterKeyVerifier { hmac_sha256: verifier };
+                crate::custody::verifier::decode_verifier(&stored).map_err(|e| format(number, e.to_string()))?;
+                (Space::Meta, record::master_key_verifier_key(&id), record::encode(&stored)?)
+            }
         };
         batch.push((space, key, value));
         if batch.len() == PAGE {
@@ -141,6 +157,22 @@ pub async fn import(store: &dyn Store, text: &str, force: bool) -> Result<Import
     write_batch(store, batch).await?;
     store.advance_ids(summary.next_id).await?;
     Ok(summary)
+}
+
+/// A store without records has sealed nothing: the master key verifiers it recorded (a server was started
+/// on it before the import) give way to the backup's, or the keyring that belongs to the backup would be
+/// refused for lacking the unused keys of that first start.
+async fn forget_master_key_verifiers(store: &dyn Store) -> Result<(), BackupError> {
+    let recorded = store.scan(Space::Meta, record::master_key_verifier_prefix(), None, usize::MAX).await?;
+    let ops: Vec<WriteOp> =
+        recorded.into_iter().map(|(key, expected)| WriteOp::Delete { space: Space::Meta, key, expected }).collect();
+    if ops.is_empty() {
+        return Ok(());
+    }
+    store.apply(ops).await.map_err(|error| match error {
+        ApplyError::Store(error) => BackupError::Store(error),
+        ApplyError::Conflict { .. } => BackupError::Store(StoreError::Backend("store changed during import".into())),
+    })
 }
 
 /// Writes records unconditionally (put, or replace whatever is there), atomically per batch.
@@ -250,6 +282,31 @@ mod tests {
         let text = export_text(&source).await;
         assert!(matches!(import(&source, &text, false).await, Err(BackupError::NotEmpty(4))));
         import(&source, &text, true).await.expect("forced");
+    }
+
+    #[tokio::test]
+    async fn master_key_verifiers_travel_with_the_backup() {
+        let source = seeded().await;
+        let verifier = |byte: u8| record::encode(&MasterKeyVerifier { hmac_sha256: hex::encode([byte; 32]) });
+        let put = |id: &str, byte: u8| WriteOp::PutIfAbsent {
+            space: Space::Meta,
+            key: record::master_key_verifier_key(id),
+            value: verifier(byte).expect("encode"),
+        };
+        source.apply(vec![put("mk-a", 1)]).await.expect("seed");
+        let text = export_text(&source).await;
+        assert!(
+            text.contains(&format!(r#"{{"type":"master_key_verifier","id":"mk-a","verifier":"{}"}}"#, "01".repeat(32))),
+            "{text}"
+        );
+        // A store that a server started on (its own keyring's verifier, no records) takes the backup's.
+        let target = MemoryStore::new();
+        target.apply(vec![put("mk-fresh", 2)]).await.expect("first start");
+        import(&target, &text, false).await.expect("import");
+        assert_eq!(dump(&target).await, dump(&source).await);
+        let bad = text.replace(&"01".repeat(32), "zz");
+        let error = import(&MemoryStore::new(), &bad, false).await.expect_err("bad verifier");
+        assert!(error.to_string().contains("not 32 bytes of hex"), "{error}");
     }
 
     #[tokio::test]

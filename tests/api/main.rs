@@ -14,6 +14,7 @@ mod keypairs;
 mod kms;
 mod kms_custody;
 mod limits;
+mod master_keyring;
 mod metrics;
 mod openapi;
 mod paging;
