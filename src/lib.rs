@@ -112,7 +112,9 @@ pub fn service(config: &Config, store: Arc<dyn Store>, pool: RsaKeyPool) -> Resu
     tracing::info!(current = keyring.current_id(), "master keyring loaded");
     let kms = kms::from_config(&config.kms, config.secrets.allow_group_readable)?.map(custody::KmsEncryptor::new);
     let custody = custody::Custody::new(custody::LocalEncryptor::new(keyring), kms);
-    Ok(KeypairService::new(store, config.quota(), pool).with_custody(custody, config.custody.allow_default))
+    Ok(KeypairService::new(store, config.quota(), pool)
+        .with_min_rsa_bits(config.keys.min_rsa_bits)
+        .with_custody(custody, config.custody.allow_default))
 }
 
 /// Runs `kps serve` until SIGTERM/SIGINT: checks the configuration, opens (and locks) the data directory,

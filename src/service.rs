@@ -11,7 +11,7 @@ use zeroize::Zeroizing;
 
 use crate::custody::{Aad, Custody, CustodyError, EncryptorKind, PrivateKeyText, SealWith};
 use crate::keypair::pool::RsaKeyPool;
-use crate::keypair::{Algorithm, KeyType, KeypairError, generate, parse};
+use crate::keypair::{Algorithm, KeyAlgorithm, KeyType, KeypairError, check_rsa_size, generate, parse};
 use crate::kms::{KeyRef, KmsError};
 use crate::page_cache::{Generations, Stamp};
 use crate::store::record::{self, KeypairRecord, NameIndexEntry, Scope};
@@ -153,6 +153,8 @@ pub struct KeypairService {
     store: Arc<dyn Store>,
     /// Key pairs per owner; `None` = unlimited.
     quota: Option<u64>,
+    /// `keys.min_rsa_bits`: shorter RSA keys are neither imported nor generated (KPS.1204).
+    min_rsa_bits: usize,
     rsa_pool: RsaKeyPool,
     /// The encryptors (the `default` one opens older records even when new `default` seals are disabled).
     custody: Option<Custody>,
@@ -175,6 +177,7 @@ impl KeypairService {
         Self {
             store,
             quota,
+            min_rsa_bits: crate::keypair::DEFAULT_MIN_RSA_BITS,
             rsa_pool,
             custody: None,
             allow_default: false,
@@ -188,6 +191,13 @@ impl KeypairService {
     pub fn with_custody(mut self, custody: Custody, allow_default: bool) -> Self {
         self.custody = Some(custody);
         self.allow_default = allow_default;
+        self
+    }
+
+    /// `keys.min_rsa_bits` (default 2048).
+    #[must_use]
+    pub fn with_min_rsa_bits(mut self, bits: usize) -> Self {
+        self.min_rsa_bits = bits;
         self
     }
 
@@ -284,9 +294,13 @@ impl KeypairService {
     /// uniqueness pre-check, generation, id, seal, one atomic write. A failure writes nothing.
     pub async fn create(&self, new: NewKeypair) -> Result<Created, ServiceError> {
         self.check_quota(&new.user_id).await?;
-        let imported = match &new.public_key {
-            Some(text) => Some(parse::parse_public_key(new.key_type, text)?),
-            None => None,
+        let (imported, algorithm) = match &new.public_key {
+            Some(text) => {
+                let parsed = parse::parse_public_key(new.key_type, text)?;
+                check_rsa_size(parsed.algorithm, self.min_rsa_bits)?;
+                (Some(parsed), None)
+            }
+            None => (None, Some(self.generation_algorithm(new.algorithm)?)),
         };
         let encryptor = match &new.protection {
             Some(protection) => Some(self.check_protection(protection, imported.as_ref(), &new.name)?),
@@ -298,7 +312,7 @@ impl KeypairService {
         let (public_key, fingerprint, algorithm, generated_private_key) = match (imported, new.public_key) {
             (Some(parsed), Some(text)) => (text, parsed.fingerprint, parsed.algorithm.to_string(), None),
             _ => {
-                let generated = self.generate(new.key_type, new.algorithm, &new.user_id).await?;
+                let generated = self.generate(new.key_type, algorithm, &new.user_id).await?;
                 let algorithm = generated.algorithm.to_string();
                 (generated.public_key, generated.fingerprint, algorithm, Some(generated.private_key))
             }
@@ -353,6 +367,7 @@ impl KeypairService {
         if let Some(text) = &protection.private_key {
             let public_key = public_key.ok_or(ServiceError::PrivateKeyWithoutPublicKey)?;
             let private_key = parse::parse_private_key(text)
+                .and_then(|key| check_rsa_size(key.algorithm(), self.min_rsa_bits).map(|()| key))
                 .map_err(|error| ServiceError::PrivateKey { error, name: name.to_owned() })?;
             private_key
                 .check_matches(public_key)
@@ -716,6 +731,20 @@ impl KeypairService {
             return Err(ServiceError::Duplicate(name.to_owned()));
         }
         Ok(())
+    }
+
+    /// What to generate: the requested algorithm, unless it is an RSA size below `keys.min_rsa_bits`; by
+    /// default the shortest generated RSA size that is not (RSA-2048 unless the minimum was raised).
+    fn generation_algorithm(&self, requested: Option<Algorithm>) -> Result<Algorithm, KeypairError> {
+        if let Some(algorithm) = requested {
+            check_rsa_size(KeyAlgorithm::from(algorithm), self.min_rsa_bits)?;
+            return Ok(algorithm);
+        }
+        let longest = Algorithm::Rsa4096;
+        Algorithm::ALL
+            .into_iter()
+            .find(|a| a.rsa_bits().is_some_and(|bits| bits >= self.min_rsa_bits))
+            .map_or_else(|| check_rsa_size(KeyAlgorithm::from(longest), self.min_rsa_bits).map(|()| longest), Ok)
     }
 
     async fn generate(
