@@ -435,10 +435,39 @@ impl KeypairService {
         }
         // One more than a full page, so that callers can tell whether more follow.
         let limit = limit.min(MAX_LIST_LIMIT + 1);
+        Ok(self.page_after(user_id, project_id, marker.map(str::as_bytes), limit).await?.0)
+    }
+
+    /// Every key pair visible to `user_id` in `project_id`, as stored bytes, ascending by name: Nova's list
+    /// before paging (2.35) returns them all. Read in pages of [`MAX_LIST_LIMIT`], each after the last name
+    /// of the one before, so that a key pair deleted meanwhile cannot break the walk.
+    pub async fn list_all_encoded(&self, user_id: &str, project_id: &str) -> Result<Vec<Vec<u8>>, ServiceError> {
+        let mut all = Vec::new();
+        let mut after: Option<Vec<u8>> = None;
+        loop {
+            let (page, last) = self.page_after(user_id, project_id, after.as_deref(), MAX_LIST_LIMIT).await?;
+            let done = page.len() < MAX_LIST_LIMIT;
+            all.extend(page);
+            if done {
+                return Ok(all);
+            }
+            after = last;
+        }
+    }
+
+    /// Up to `limit` key pairs visible to `user_id` in `project_id` whose name is after `after` (exclusive;
+    /// need not exist), ascending by name, with the name of the last one.
+    async fn page_after(
+        &self,
+        user_id: &str,
+        project_id: &str,
+        after: Option<&[u8]>,
+        limit: usize,
+    ) -> Result<(Vec<Vec<u8>>, Option<Vec<u8>>), ServiceError> {
         let user_prefix = record::user_prefix(user_id);
         let domain_prefix = record::domain_prefix(project_id);
-        let after_user = marker.map(|m| record::user_key(user_id, m));
-        let after_domain = marker.map(|m| record::domain_key(project_id, m));
+        let after_user = after.map(|name| [user_prefix.as_slice(), name].concat());
+        let after_domain = after.map(|name| [domain_prefix.as_slice(), name].concat());
         let own = self.store.scan(Space::KeyPairs, &user_prefix, after_user.as_deref(), limit).await?;
         let shared = if self.has_domain_keys(project_id) {
             self.store.scan(Space::KeyPairs, &domain_prefix, after_domain.as_deref(), limit).await?
@@ -450,6 +479,8 @@ impl KeypairService {
         let mut own = own.into_iter().peekable();
         let mut shared = shared.into_iter().peekable();
         let mut page = Vec::with_capacity(limit.min(64));
+        // The store key of the last item taken and the length of its prefix (moved, not copied).
+        let mut last: Option<(Vec<u8>, usize)> = None;
         while page.len() < limit {
             let own_name = own.peek().map(|(k, _)| &k[user_prefix.len()..]);
             let shared_name = shared.peek().map(|(k, _)| &k[domain_prefix.len()..]);
@@ -462,12 +493,15 @@ impl KeypairService {
             if same_name {
                 shared.next();
             }
-            let next = if take_own { own.next() } else { shared.next() };
-            if let Some((_, value)) = next {
+            let (next, prefix_len) =
+                if take_own { (own.next(), user_prefix.len()) } else { (shared.next(), domain_prefix.len()) };
+            if let Some((key, value)) = next {
                 page.push(value);
+                last = Some((key, prefix_len));
             }
         }
-        Ok(page)
+        let last_name = last.map(|(key, prefix_len)| key[prefix_len..].to_vec());
+        Ok((page, last_name))
     }
 
     /// Deletes the key pair `name` visible to `user_id` in `project_id`, with its name-index entry. Returns
