@@ -2,13 +2,15 @@
 //!
 //! Format (spec/interface.md "Backup file"): a header line `{"format_version": 1, "created_at": "<RFC 3339
 //! UTC>", "next_id": <n>}`, then one line per record — `{"type": "keypair", "record": {...}}` or
-//! `{"type": "name_index", "project_id": "...", "name": "...", "entry": {...}}`. Records are written decoded
-//! (readable, independent of the store backend) and re-encoded on import, which gives back the same bytes.
+//! `{"type": "name_index", "project_id": "...", "name": "...", "entry": {...}}` or
+//! `{"type": "master_key_verifier", "id": "...", "verifier": "<hex>"}` (`custody::verifier`: a restored store
+//! checks its keyring too). Records are written decoded (readable, independent of the store backend) and
+//! re-encoded on import, which gives back the same bytes.
 //! An export taken while the server runs is consistent per record, not a point-in-time snapshot.
 
 use serde::{Deserialize, Serialize};
 
-use crate::store::record::{self, KeypairRecord, NameIndexEntry};
+use crate::store::record::{self, KeypairRecord, MasterKeyVerifier, NameIndexEntry};
 use crate::store::{ApplyError, Space, Store, StoreError, WriteOp};
 
 pub const BACKUP_FORMAT_VERSION: u32 = 1;
@@ -46,6 +48,7 @@ struct Header {
 enum Line {
     Keypair { record: Box<KeypairRecord> },
     NameIndex { project_id: String, name: String, entry: NameIndexEntry },
+    MasterKeyVerifier { id: String, verifier: String },
 }
 
 /// Writes the whole store as backup lines into `out`, in chunks of complete lines.
@@ -80,6 +83,11 @@ fn to_line(space: Space, key: &[u8], value: &[u8]) -> Result<Line, StoreError> {
             let (project_id, name) = record::split_name_index_key(key)
                 .ok_or_else(|| StoreError::Corrupt("malformed name-index key".into()))?;
             Ok(Line::NameIndex { project_id: project_id.into(), name: name.into(), entry: record::decode(value)? })
+        }
+        Space::Meta => {
+            let id = record::master_key_id_of(key).ok_or_else(|| StoreError::Corrupt("unknown meta key".into()))?;
+            let stored: MasterKeyVerifier = record::decode(value)?;
+            Ok(Line::MasterKeyVerifier { id: id.into(), verifier: stored.hmac_sha256 })
         }
     }
 }
@@ -128,7 +136,6 @@ pub async fn import(store: &dyn Store, text: &str, force: bool) -> Result<Import
             ),
         ));
     }
-
     let mut summary = ImportSummary { keypairs: 0, name_index_entries: 0, next_id: header.next_id };
     let mut staged = Vec::new();
     // The line each store key came from, to report a duplicate.
@@ -149,6 +156,11 @@ pub async fn import(store: &dyn Store, text: &str, force: bool) -> Result<Import
                 summary.name_index_entries += 1;
                 (Space::NameIndex, record::name_index_key(&project_id, &name), encoded(record::encode(&entry))?)
             }
+            Line::MasterKeyVerifier { id, verifier } => {
+                let stored = MasterKeyVerifier { hmac_sha256: verifier };
+                crate::custody::verifier::decode_verifier(&stored).map_err(|e| format(number, e.to_string()))?;
+                (Space::Meta, record::master_key_verifier_key(&id), record::encode(&stored)?)
+            }
         };
         if let Some(first) = seen.insert((space, key.clone()), number) {
             return Err(format(number, format!("the same record as line {}", first + 1)));
@@ -156,18 +168,23 @@ pub async fn import(store: &dyn Store, text: &str, force: bool) -> Result<Import
         staged.push((space, key, value));
     }
     store.advance_ids(summary.next_id).await?;
-    write_all(store, staged).await?;
+    write_all(store, staged, existing == 0).await?;
     Ok(summary)
 }
 
 /// How often `write_all` rebuilds its batch when the store changed under it.
 const WRITE_ATTEMPTS: usize = 3;
 
-/// Writes records unconditionally (put, or replace whatever is there), in one atomic batch.
-async fn write_all(store: &dyn Store, batch: Vec<(Space, Vec<u8>, Vec<u8>)>) -> Result<(), BackupError> {
-    if batch.is_empty() {
-        return Ok(());
-    }
+/// Writes records unconditionally (put, or replace whatever is there), in one atomic batch. With
+/// `forget_verifiers` (an import into a store without records) the master key verifiers the store recorded
+/// and the backup does not carry are deleted in the same batch: a store without records has sealed nothing,
+/// and the keyring that belongs to the backup would otherwise be refused for lacking the unused keys of a
+/// server's first start on that store.
+async fn write_all(
+    store: &dyn Store,
+    batch: Vec<(Space, Vec<u8>, Vec<u8>)>,
+    forget_verifiers: bool,
+) -> Result<(), BackupError> {
     for _ in 0..WRITE_ATTEMPTS {
         let mut ops = Vec::with_capacity(batch.len());
         for (space, key, value) in &batch {
@@ -176,6 +193,17 @@ async fn write_all(store: &dyn Store, batch: Vec<(Space, Vec<u8>, Vec<u8>)>) -> 
                 None => WriteOp::PutIfAbsent { space, key, value },
                 Some(expected) => WriteOp::Replace { space, key, expected, value },
             });
+        }
+        if forget_verifiers {
+            let recorded = store.scan(Space::Meta, record::master_key_verifier_prefix(), None, usize::MAX).await?;
+            for (key, expected) in recorded {
+                if !batch.iter().any(|(space, staged, _)| *space == Space::Meta && *staged == key) {
+                    ops.push(WriteOp::Delete { space: Space::Meta, key, expected });
+                }
+            }
+        }
+        if ops.is_empty() {
+            return Ok(());
         }
         match store.apply(ops).await {
             Ok(()) => return Ok(()),
@@ -314,6 +342,31 @@ mod tests {
         assert_eq!(store.count(Space::KeyPairs, b"").await.expect("count"), 699);
         assert_eq!(store.commit_stats().batches.load(std::sync::atomic::Ordering::Relaxed), 1, "one atomic apply");
         assert!(store.next_id().await.expect("id") >= 700);
+    }
+
+    #[tokio::test]
+    async fn master_key_verifiers_travel_with_the_backup() {
+        let source = seeded().await;
+        let verifier = |byte: u8| record::encode(&MasterKeyVerifier { hmac_sha256: hex::encode([byte; 32]) });
+        let put = |id: &str, byte: u8| WriteOp::PutIfAbsent {
+            space: Space::Meta,
+            key: record::master_key_verifier_key(id),
+            value: verifier(byte).expect("encode"),
+        };
+        source.apply(vec![put("mk-a", 1)]).await.expect("seed");
+        let text = export_text(&source).await;
+        assert!(
+            text.contains(&format!(r#"{{"type":"master_key_verifier","id":"mk-a","verifier":"{}"}}"#, "01".repeat(32))),
+            "{text}"
+        );
+        // A store that a server started on (its own keyring's verifier, no records) takes the backup's.
+        let target = MemoryStore::new();
+        target.apply(vec![put("mk-fresh", 2)]).await.expect("first start");
+        import(&target, &text, false).await.expect("import");
+        assert_eq!(dump(&target).await, dump(&source).await);
+        let bad = text.replace(&"01".repeat(32), "zz");
+        let error = import(&MemoryStore::new(), &bad, false).await.expect_err("bad verifier");
+        assert!(error.to_string().contains("not 32 bytes of hex"), "{error}");
     }
 
     #[tokio::test]

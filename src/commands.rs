@@ -35,7 +35,7 @@ pub enum CommandError {
 /// and the file is left alone; otherwise the file is rewritten and a one-line report returned. A running
 /// server picks the new current key up at its next start.
 pub fn master_key_generate(config: &Config, print: bool) -> Result<zeroize::Zeroizing<String>, CommandError> {
-    let path = config.custody.master_key_file.clone().unwrap_or_else(|| config.data_dir.join("master.key"));
+    let path = crate::master_key_path(config);
     if !print && !config.data_dir.exists() && config.custody.master_key_file.is_none() {
         std::fs::DirBuilder::new()
             .recursive(true)
@@ -116,6 +116,9 @@ pub async fn rewrap(config: &Config, options: &RewrapOptions, remote: &Remote) -
     let report = match DataDir::open(&config.data_dir) {
         Ok(data_dir) => {
             let store: Arc<dyn Store> = Arc::new(data_dir.open_store()?);
+            crate::check_master_keyring(config, store.as_ref())
+                .await
+                .map_err(|e| CommandError::Remote(e.to_string()))?;
             let service = crate::service(config, Arc::clone(&store), crate::keypair::pool::RsaKeyPool::disabled())
                 .map_err(|e| CommandError::Remote(e.to_string()))?;
             let report = service

@@ -33,6 +33,7 @@ pub struct Config {
     pub auth: AuthConfig,
     pub policy: PolicyConfig,
     pub quota: QuotaConfig,
+    pub keys: KeysConfig,
     pub custody: CustodyConfig,
     pub kms: KmsConfig,
     pub limits: LimitsConfig,
@@ -111,6 +112,20 @@ pub struct QuotaConfig {
 impl Default for QuotaConfig {
     fn default() -> Self {
         Self { key_pairs: 100 }
+    }
+}
+
+/// Which imported keys are accepted.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct KeysConfig {
+    /// Imported RSA keys shorter than this are invalid (KPS.1204); generated keys are never shorter.
+    pub min_rsa_bits: usize,
+}
+
+impl Default for KeysConfig {
+    fn default() -> Self {
+        Self { min_rsa_bits: crate::keypair::DEFAULT_MIN_RSA_BITS }
     }
 }
 
@@ -228,6 +243,7 @@ impl Default for Config {
             auth: AuthConfig::default(),
             policy: PolicyConfig::default(),
             quota: QuotaConfig::default(),
+            keys: KeysConfig::default(),
             custody: CustodyConfig::default(),
             kms: KmsConfig::default(),
             limits: LimitsConfig::default(),
@@ -321,6 +337,10 @@ const ENV_VARS: &[(&str, Setter)] = &[
     }),
     ("KPS_QUOTA_KEY_PAIRS", |c, v| {
         c.quota.key_pairs = parse(v)?;
+        Ok(())
+    }),
+    ("KPS_KEYS_MIN_RSA_BITS", |c, v| {
+        c.keys.min_rsa_bits = parse(v)?;
         Ok(())
     }),
     ("KPS_CUSTODY_ENABLED", |c, v| {
@@ -474,6 +494,11 @@ impl Config {
         if self.quota.key_pairs < -1 {
             return Err(invalid("quota.key_pairs", &self.quota.key_pairs.to_string(), "must be -1 or >= 0"));
         }
+        let rsa_bits = crate::keypair::MIN_RSA_BITS_FLOOR..=crate::keypair::RSA_MAX_BITS;
+        if !rsa_bits.contains(&self.keys.min_rsa_bits) {
+            let message = format!("must be between {} and {}", rsa_bits.start(), rsa_bits.end());
+            return Err(invalid("keys.min_rsa_bits", &self.keys.min_rsa_bits.to_string(), &message));
+        }
         if self.limits.max_body_bytes == 0 {
             return Err(invalid("limits.max_body_bytes", "0", "must be positive"));
         }
@@ -591,6 +616,19 @@ mod tests {
     }
 
     #[test]
+    fn min_rsa_bits_defaults_to_2048_and_stays_within_the_rsa_range() {
+        assert_eq!(Config::default().keys.min_rsa_bits, 2048);
+        let config = load(&[("KPS_KEYS_MIN_RSA_BITS", "3072")], &Overrides::default()).expect("load");
+        assert_eq!(config.keys.min_rsa_bits, 3072);
+        config.validate().expect("valid");
+        for bad in ["512", "16385"] {
+            let config = load(&[("KPS_KEYS_MIN_RSA_BITS", bad)], &Overrides::default()).expect("load");
+            let error = config.validate().expect_err(bad).to_string();
+            assert!(error.contains("keys.min_rsa_bits") && error.contains("between 1024 and 16384"), "{error}");
+        }
+    }
+
+    #[test]
     fn bad_env_values_name_the_variable() {
         let error = load(&[("KPS_CUSTODY_ENABLED", "yes")], &Overrides::default()).expect_err("bad bool");
         assert!(error.to_string().contains("KPS_CUSTODY_ENABLED"), "{error}");
@@ -625,6 +663,7 @@ mod tests {
         let defaults = Config::default();
         assert_eq!(config.listen, defaults.listen);
         assert_eq!(config.quota.key_pairs, defaults.quota.key_pairs);
+        assert_eq!(config.keys.min_rsa_bits, defaults.keys.min_rsa_bits);
         assert_eq!(config.limits.max_body_bytes, defaults.limits.max_body_bytes);
         assert_eq!(config.keygen.rsa_pool_size, defaults.keygen.rsa_pool_size);
         assert_eq!(config.cache.list_pages_mb, defaults.cache.list_pages_mb);

@@ -92,15 +92,33 @@ pub fn state(config: &Config, store: Arc<dyn Store>) -> Result<AppState, ServeEr
     })
 }
 
-/// The key pair service over `store` with its custody: the master keyring (loaded, or created on first
-/// start, even when new `default` seals are disabled: older records still need it) and the KMS, if any.
+/// The master keyring file: `custody.master_key_file`, else `<data_dir>/master.key`.
+pub fn master_key_path(config: &Config) -> std::path::PathBuf {
+    config.custody.master_key_file.clone().unwrap_or_else(|| config.data_dir.join("master.key"))
+}
+
+/// Checks the master keyring against the verifiers recorded in `store`, creating the file only for a store
+/// that never used one, and records verifiers for new key ids (`custody::verifier`). `serve` and the offline
+/// commands that open escrows call it before [`service`], so that a missing or replaced keyring refuses to
+/// start instead of being silently replaced (even when new `default` seals are disabled: older records
+/// still need it).
+pub async fn check_master_keyring(config: &Config, store: &dyn Store) -> Result<(), ServeError> {
+    let path = master_key_path(config);
+    custody::verifier::open_keyring(&path, config.secrets.allow_group_readable, store).await?;
+    Ok(())
+}
+
+/// The key pair service over `store` with its custody: the master keyring (loaded; created if missing,
+/// unless [`check_master_keyring`] refused it before) and the KMS, if any.
 pub fn service(config: &Config, store: Arc<dyn Store>, pool: RsaKeyPool) -> Result<KeypairService, ServeError> {
-    let path = config.custody.master_key_file.clone().unwrap_or_else(|| config.data_dir.join("master.key"));
-    let keyring = custody::MasterKeyring::load_or_create(&path, config.secrets.allow_group_readable)?;
+    let keyring =
+        custody::MasterKeyring::load_or_create(&master_key_path(config), config.secrets.allow_group_readable)?;
     tracing::info!(current = keyring.current_id(), "master keyring loaded");
     let kms = kms::from_config(&config.kms, config.secrets.allow_group_readable)?.map(custody::KmsEncryptor::new);
     let custody = custody::Custody::new(custody::LocalEncryptor::new(keyring), kms);
-    Ok(KeypairService::new(store, config.quota(), pool).with_custody(custody, config.custody.allow_default))
+    Ok(KeypairService::new(store, config.quota(), pool)
+        .with_min_rsa_bits(config.keys.min_rsa_bits)
+        .with_custody(custody, config.custody.allow_default))
 }
 
 /// Runs `kps serve` until SIGTERM/SIGINT: checks the configuration, opens (and locks) the data directory,
@@ -109,6 +127,7 @@ pub async fn serve(config: Config) -> Result<(), ServeError> {
     config.validate()?;
     let data_dir = datadir::DataDir::open(&config.data_dir)?;
     let store: Arc<dyn Store> = Arc::new(data_dir.open_store()?);
+    check_master_keyring(&config, store.as_ref()).await?;
     let state = Arc::new(state(&config, Arc::clone(&store))?);
     state.service.load_domain_projects().await.map_err(|e| ServeError::Startup(e.to_string()))?;
 

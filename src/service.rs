@@ -11,7 +11,7 @@ use zeroize::Zeroizing;
 
 use crate::custody::{Aad, Custody, CustodyError, EncryptorKind, PrivateKeyText, SealWith};
 use crate::keypair::pool::RsaKeyPool;
-use crate::keypair::{Algorithm, KeyType, KeypairError, generate, parse};
+use crate::keypair::{Algorithm, KeyAlgorithm, KeyType, KeypairError, check_rsa_size, generate, parse};
 use crate::kms::{KeyRef, KmsError};
 use crate::page_cache::{Generations, Stamp};
 use crate::store::record::{self, KeypairRecord, NameIndexEntry, Scope};
@@ -153,16 +153,18 @@ pub struct KeypairService {
     store: Arc<dyn Store>,
     /// Key pairs per owner; `None` = unlimited.
     quota: Option<u64>,
+    /// `keys.min_rsa_bits`: shorter RSA keys are neither imported nor generated (KPS.1204).
+    min_rsa_bits: usize,
     rsa_pool: RsaKeyPool,
     /// The encryptors (the `default` one opens older records even when new `default` seals are disabled).
     custody: Option<Custody>,
     /// `custody.allow_default`: new seals may use the `default` encryptor.
     allow_default: bool,
-    /// How many `domain` key pairs each project has (only projects with some), once counted at startup
-    /// (`load_domain_projects`; until then `None`: every project may have some). Lookups and lists skip the
-    /// domain-key read or scan for projects not in here: most deployments have none. All domain-key writes
-    /// go through this service, which keeps the map exact.
-    domain_projects: std::sync::Mutex<Option<std::collections::HashMap<String, u64>>>,
+    /// The stored `domain` key pairs counted per project and per creator, once at startup
+    /// (`load_domain_projects`; until then `None`: every project may have some, and quotas count them from
+    /// the store). Lookups and lists skip the domain-key read or scan for projects not in here: most
+    /// deployments have none. All domain-key writes go through this service, which keeps the counts exact.
+    domain_counts: std::sync::Mutex<Option<DomainCounts>>,
     /// Write generations per key owner, for the list page cache (`page_cache`).
     generations: Generations,
 }
@@ -175,10 +177,11 @@ impl KeypairService {
         Self {
             store,
             quota,
+            min_rsa_bits: crate::keypair::DEFAULT_MIN_RSA_BITS,
             rsa_pool,
             custody: None,
             allow_default: false,
-            domain_projects: Default::default(),
+            domain_counts: Default::default(),
             generations: Generations::default(),
         }
     }
@@ -191,6 +194,13 @@ impl KeypairService {
         self
     }
 
+    /// `keys.min_rsa_bits` (default 2048).
+    #[must_use]
+    pub fn with_min_rsa_bits(mut self, bits: usize) -> Self {
+        self.min_rsa_bits = bits;
+        self
+    }
+
     pub fn custody(&self) -> Option<&Custody> {
         self.custody.as_ref()
     }
@@ -199,9 +209,16 @@ impl KeypairService {
         &self.store
     }
 
-    /// Counts the stored `domain` key pairs per project (once at startup).
+    /// Counts the stored `domain` key pairs per project and per creator (once at startup).
     pub async fn load_domain_projects(&self) -> Result<(), ServiceError> {
-        let mut counts = std::collections::HashMap::new();
+        let counts = self.count_domain_keys().await?;
+        *self.domain_counts.lock().map_err(|_| StoreError::Backend("domain map poisoned".into()))? = Some(counts);
+        Ok(())
+    }
+
+    /// Reads every stored `domain` key pair and counts them.
+    async fn count_domain_keys(&self) -> Result<DomainCounts, ServiceError> {
+        let mut counts = DomainCounts::default();
         let mut after: Option<Vec<u8>> = None;
         loop {
             let page = self.store.scan(Space::KeyPairs, b"d", after.as_deref(), 1000).await?;
@@ -209,11 +226,10 @@ impl KeypairService {
             after = Some(last.clone());
             for (_, value) in page {
                 let found: KeypairRecord = record::decode(&value)?;
-                *counts.entry(found.project_id).or_insert(0) += 1;
+                counts.add(&found, 1);
             }
         }
-        *self.domain_projects.lock().map_err(|_| StoreError::Backend("domain map poisoned".into()))? = Some(counts);
-        Ok(())
+        Ok(counts)
     }
 
     /// What a list of `user_id` in `project_id` depends on: the generations of the user's keys and of the
@@ -243,22 +259,32 @@ impl KeypairService {
 
     fn has_domain_keys(&self, project_id: &str) -> bool {
         // Not counted yet, or a poisoned lock (a panic elsewhere): look, to stay correct.
-        self.domain_projects
+        self.domain_counts
             .lock()
             .ok()
-            .and_then(|map| map.as_ref().map(|map| map.contains_key(project_id)))
+            .and_then(|counts| counts.as_ref().map(|counts| counts.per_project.contains_key(project_id)))
             .unwrap_or(true)
     }
 
-    fn count_domain_key(&self, project_id: &str, delta: i64) {
-        if let Ok(mut map) = self.domain_projects.lock()
-            && let Some(map) = map.as_mut()
+    /// How many `domain` key pairs `user_id` created (in any project).
+    async fn domain_keys_created_by(&self, user_id: &str) -> Result<u64, ServiceError> {
+        let counted = self
+            .domain_counts
+            .lock()
+            .ok()
+            .and_then(|counts| counts.as_ref().map(|counts| counts.per_creator.get(user_id).copied().unwrap_or(0)));
+        match counted {
+            Some(count) => Ok(count),
+            // Not counted yet (or a poisoned lock): count from the store.
+            None => Ok(self.count_domain_keys().await?.per_creator.get(user_id).copied().unwrap_or(0)),
+        }
+    }
+
+    fn count_domain_key(&self, record: &KeypairRecord, delta: i64) {
+        if let Ok(mut counts) = self.domain_counts.lock()
+            && let Some(counts) = counts.as_mut()
         {
-            let count = map.entry(project_id.to_owned()).or_insert(0);
-            *count = count.saturating_add_signed(delta);
-            if *count == 0 {
-                map.remove(project_id);
-            }
+            counts.add(record, delta);
         }
     }
 
@@ -268,9 +294,13 @@ impl KeypairService {
     /// uniqueness pre-check, generation, id, seal, one atomic write. A failure writes nothing.
     pub async fn create(&self, new: NewKeypair) -> Result<Created, ServiceError> {
         self.check_quota(&new.user_id).await?;
-        let imported = match &new.public_key {
-            Some(text) => Some(parse::parse_public_key(new.key_type, text)?),
-            None => None,
+        let (imported, algorithm) = match &new.public_key {
+            Some(text) => {
+                let parsed = parse::parse_public_key(new.key_type, text)?;
+                check_rsa_size(parsed.algorithm, self.min_rsa_bits)?;
+                (Some(parsed), None)
+            }
+            None => (None, Some(self.generation_algorithm(new.algorithm)?)),
         };
         let encryptor = match &new.protection {
             Some(protection) => Some(self.check_protection(protection, imported.as_ref(), &new.name)?),
@@ -282,7 +312,7 @@ impl KeypairService {
         let (public_key, fingerprint, algorithm, generated_private_key) = match (imported, new.public_key) {
             (Some(parsed), Some(text)) => (text, parsed.fingerprint, parsed.algorithm.to_string(), None),
             _ => {
-                let generated = self.generate(new.key_type, new.algorithm, &new.user_id).await?;
+                let generated = self.generate(new.key_type, algorithm, &new.user_id).await?;
                 let algorithm = generated.algorithm.to_string();
                 (generated.public_key, generated.fingerprint, algorithm, Some(generated.private_key))
             }
@@ -337,6 +367,7 @@ impl KeypairService {
         if let Some(text) = &protection.private_key {
             let public_key = public_key.ok_or(ServiceError::PrivateKeyWithoutPublicKey)?;
             let private_key = parse::parse_private_key(text)
+                .and_then(|key| check_rsa_size(key.algorithm(), self.min_rsa_bits).map(|()| key))
                 .map_err(|error| ServiceError::PrivateKey { error, name: name.to_owned() })?;
             private_key
                 .check_matches(public_key)
@@ -404,10 +435,39 @@ impl KeypairService {
         }
         // One more than a full page, so that callers can tell whether more follow.
         let limit = limit.min(MAX_LIST_LIMIT + 1);
+        Ok(self.page_after(user_id, project_id, marker.map(str::as_bytes), limit).await?.0)
+    }
+
+    /// Every key pair visible to `user_id` in `project_id`, as stored bytes, ascending by name: Nova's list
+    /// before paging (2.35) returns them all. Read in pages of [`MAX_LIST_LIMIT`], each after the last name
+    /// of the one before, so that a key pair deleted meanwhile cannot break the walk.
+    pub async fn list_all_encoded(&self, user_id: &str, project_id: &str) -> Result<Vec<Vec<u8>>, ServiceError> {
+        let mut all = Vec::new();
+        let mut after: Option<Vec<u8>> = None;
+        loop {
+            let (page, last) = self.page_after(user_id, project_id, after.as_deref(), MAX_LIST_LIMIT).await?;
+            let done = page.len() < MAX_LIST_LIMIT;
+            all.extend(page);
+            if done {
+                return Ok(all);
+            }
+            after = last;
+        }
+    }
+
+    /// Up to `limit` key pairs visible to `user_id` in `project_id` whose name is after `after` (exclusive;
+    /// need not exist), ascending by name, with the name of the last one.
+    async fn page_after(
+        &self,
+        user_id: &str,
+        project_id: &str,
+        after: Option<&[u8]>,
+        limit: usize,
+    ) -> Result<(Vec<Vec<u8>>, Option<Vec<u8>>), ServiceError> {
         let user_prefix = record::user_prefix(user_id);
         let domain_prefix = record::domain_prefix(project_id);
-        let after_user = marker.map(|m| record::user_key(user_id, m));
-        let after_domain = marker.map(|m| record::domain_key(project_id, m));
+        let after_user = after.map(|name| [user_prefix.as_slice(), name].concat());
+        let after_domain = after.map(|name| [domain_prefix.as_slice(), name].concat());
         let own = self.store.scan(Space::KeyPairs, &user_prefix, after_user.as_deref(), limit).await?;
         let shared = if self.has_domain_keys(project_id) {
             self.store.scan(Space::KeyPairs, &domain_prefix, after_domain.as_deref(), limit).await?
@@ -419,6 +479,8 @@ impl KeypairService {
         let mut own = own.into_iter().peekable();
         let mut shared = shared.into_iter().peekable();
         let mut page = Vec::with_capacity(limit.min(64));
+        // The store key of the last item taken and the length of its prefix (moved, not copied).
+        let mut last: Option<(Vec<u8>, usize)> = None;
         while page.len() < limit {
             let own_name = own.peek().map(|(k, _)| &k[user_prefix.len()..]);
             let shared_name = shared.peek().map(|(k, _)| &k[domain_prefix.len()..]);
@@ -431,12 +493,15 @@ impl KeypairService {
             if same_name {
                 shared.next();
             }
-            let next = if take_own { own.next() } else { shared.next() };
-            if let Some((_, value)) = next {
+            let (next, prefix_len) =
+                if take_own { (own.next(), user_prefix.len()) } else { (shared.next(), domain_prefix.len()) };
+            if let Some((key, value)) = next {
                 page.push(value);
+                last = Some((key, prefix_len));
             }
         }
-        Ok(page)
+        let last_name = last.map(|(key, prefix_len)| key[prefix_len..].to_vec());
+        Ok((page, last_name))
     }
 
     /// Deletes the key pair `name` visible to `user_id` in `project_id`, with its name-index entry. Returns
@@ -451,7 +516,7 @@ impl KeypairService {
             match self.apply(ops).await {
                 Ok(()) => {
                     if found.scope == Scope::Domain {
-                        self.count_domain_key(&found.project_id, -1);
+                        self.count_domain_key(&found, -1);
                     }
                     return Ok(found);
                 }
@@ -673,9 +738,11 @@ impl KeypairService {
         }
     }
 
+    /// The owner's key pairs of both scopes (kps-v3.md §2): `user` keys, and the `domain` keys they created.
     async fn check_quota(&self, user_id: &str) -> Result<(), ServiceError> {
         let Some(quota) = self.quota else { return Ok(()) };
-        let used = self.store.count(Space::KeyPairs, &record::user_prefix(user_id)).await?;
+        let used = self.store.count(Space::KeyPairs, &record::user_prefix(user_id)).await?
+            + self.domain_keys_created_by(user_id).await?;
         if used >= quota { Err(ServiceError::QuotaExceeded) } else { Ok(()) }
     }
 
@@ -698,6 +765,20 @@ impl KeypairService {
             return Err(ServiceError::Duplicate(name.to_owned()));
         }
         Ok(())
+    }
+
+    /// What to generate: the requested algorithm, unless it is an RSA size below `keys.min_rsa_bits`; by
+    /// default the shortest generated RSA size that is not (RSA-2048 unless the minimum was raised).
+    fn generation_algorithm(&self, requested: Option<Algorithm>) -> Result<Algorithm, KeypairError> {
+        if let Some(algorithm) = requested {
+            check_rsa_size(KeyAlgorithm::from(algorithm), self.min_rsa_bits)?;
+            return Ok(algorithm);
+        }
+        let longest = Algorithm::Rsa4096;
+        Algorithm::ALL
+            .into_iter()
+            .find(|a| a.rsa_bits().is_some_and(|bits| bits >= self.min_rsa_bits))
+            .map_or_else(|| check_rsa_size(KeyAlgorithm::from(longest), self.min_rsa_bits).map(|()| longest), Ok)
     }
 
     async fn generate(
@@ -756,7 +837,7 @@ impl KeypairService {
             match self.apply(vec![record_op, index_op]).await {
                 Ok(()) => {
                     if record.scope == Scope::Domain {
-                        self.count_domain_key(&record.project_id, 1);
+                        self.count_domain_key(record, 1);
                     }
                     return Ok(());
                 }
@@ -831,6 +912,26 @@ fn custody_error(error: CustodyError, name: &str) -> ServiceError {
             ServiceError::Undecryptable(name.to_owned())
         }
         other => ServiceError::Custody(other),
+    }
+}
+
+/// Stored `domain` key pairs per project and per creator; only non-zero counts are kept.
+#[derive(Debug, Default)]
+struct DomainCounts {
+    per_project: std::collections::HashMap<String, u64>,
+    /// Domain keys count against their creator's quota.
+    per_creator: std::collections::HashMap<String, u64>,
+}
+
+impl DomainCounts {
+    fn add(&mut self, record: &KeypairRecord, delta: i64) {
+        for (map, key) in [(&mut self.per_project, &record.project_id), (&mut self.per_creator, &record.user_id)] {
+            let count = map.entry(key.clone()).or_insert(0);
+            *count = count.saturating_add_signed(delta);
+            if *count == 0 {
+                map.remove(key);
+            }
+        }
     }
 }
 
@@ -957,6 +1058,34 @@ mod tests {
         assert_eq!(names, ["team"]);
         restarted.delete("alice", "p", "team").await.expect("delete");
         assert!(!restarted.has_domain_keys("p"), "the last domain key of p is gone");
+    }
+
+    #[tokio::test]
+    async fn domain_keys_count_against_their_creators_quota_before_and_after_the_startup_count() {
+        let store: Arc<dyn Store> = Arc::new(MemoryStore::new());
+        let first = KeypairService::new(Arc::clone(&store), Some(2), RsaKeyPool::disabled());
+        first.create(import("bob", "p", "d1", Scope::Domain)).await.expect("first");
+        first.create(import("bob", "q", "d2", Scope::Domain)).await.expect("second, another project");
+        let third = first.create(import("bob", "p", "d3", Scope::Domain)).await;
+        assert!(matches!(third, Err(ServiceError::QuotaExceeded)), "{third:?}");
+        let user_key = first.create(import("bob", "p", "u1", Scope::User)).await;
+        assert!(matches!(user_key, Err(ServiceError::QuotaExceeded)), "{user_key:?}");
+        first.create(import("alice", "p", "a1", Scope::Domain)).await.expect("alice has her own quota");
+
+        for counted in [false, true] {
+            let restarted = KeypairService::new(Arc::clone(&store), Some(2), RsaKeyPool::disabled());
+            if counted {
+                restarted.load_domain_projects().await.expect("load");
+            }
+            let refused = restarted.create(import("bob", "p", "d3", Scope::Domain)).await;
+            assert!(matches!(refused, Err(ServiceError::QuotaExceeded)), "counted {counted}: {refused:?}");
+        }
+        let restarted = KeypairService::new(Arc::clone(&store), Some(2), RsaKeyPool::disabled());
+        restarted.load_domain_projects().await.expect("load");
+        restarted.delete("carol", "q", "d2").await.expect("any member of q deletes bob's key");
+        restarted.create(import("bob", "p", "u1", Scope::User)).await.expect("room again");
+        let full = restarted.create(import("bob", "p", "d3", Scope::Domain)).await;
+        assert!(matches!(full, Err(ServiceError::QuotaExceeded)), "one domain + one user key: {full:?}");
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

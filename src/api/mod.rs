@@ -278,6 +278,12 @@ pub const ROUTE_TABLE: &[RouteSpec] = &[
         template: "/v2.1/{project_id}/os-keypairs/{keypair_name}",
         methods: &[Method::DELETE, Method::GET, Method::HEAD],
     },
+    RouteSpec { label: "nova_v2_keypairs", template: "/v2/os-keypairs", methods: GET_POST },
+    RouteSpec {
+        label: "nova_v2_keypair",
+        template: "/v2/os-keypairs/{keypair_name}",
+        methods: &[Method::DELETE, Method::GET, Method::HEAD],
+    },
     RouteSpec { label: "nova_v2_keypairs", template: "/v2/{project_id}/os-keypairs", methods: GET_POST },
     RouteSpec {
         label: "nova_v2_keypair",
@@ -368,10 +374,10 @@ fn route(path: &str) -> Option<Route> {
     }
     let project = |segment: &str| (segment.len() <= 255).then(|| segment.to_owned());
     match segments.as_slice() {
-        ["os-keypairs"] if api == ApiRoot::V21 => Some(Route::KeypairCollection { api, project: None }),
-        ["os-keypairs", name] if api == ApiRoot::V21 => {
-            Some(Route::Keypair { api, project: None, name: decode_segment(name) })
-        }
+        // The project-less forms, on v2 as on v2.1 (Nova serves both); `os-keypairs` in the first segment is
+        // always this form, never a project of that name.
+        ["os-keypairs"] => Some(Route::KeypairCollection { api, project: None }),
+        ["os-keypairs", name] => Some(Route::Keypair { api, project: None, name: decode_segment(name) }),
         [p, "os-keypairs"] => Some(Route::KeypairCollection { api, project: Some(project(p)?) }),
         [p, "os-keypairs", name] => {
             Some(Route::Keypair { api, project: Some(project(p)?), name: decode_segment(name) })
@@ -866,7 +872,9 @@ mod tests {
             ("/v2.1/p-42/os-keypairs/k", item(ApiRoot::V21, Some("p-42"), "k")),
             ("/v2/p-42/os-keypairs", collection(ApiRoot::V2, Some("p-42"))),
             ("/v2/p-42/os-keypairs/k", item(ApiRoot::V2, Some("p-42"), "k")),
-            ("/v2/os-keypairs", None),
+            ("/v2/os-keypairs", collection(ApiRoot::V2, None)),
+            ("/v2/os-keypairs/k%20one", item(ApiRoot::V2, None, "k one")),
+            ("/v2/os-keypairs/", None),
             ("/v2.1/os-keypairs/", None),
             ("/v2.1/p-42/os-keypairs/", None),
             ("/v2.1/os-keypairs/k/", None),
@@ -915,6 +923,8 @@ mod tests {
             "/admin/v1/rewrap",
             "/v2.1/os-keypairs",
             "/v2.1/os-keypairs/k",
+            "/v2/os-keypairs",
+            "/v2/os-keypairs/k",
             "/v2/p/os-keypairs",
             "/v2/p/os-keypairs/k",
             "/v3/p/keypairs",

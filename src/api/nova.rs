@@ -1,4 +1,4 @@
-//! The Nova `os-keypairs` API (`/v2`, `/v2.1`, project-less `/v2.1/os-keypairs`) with the KPS V2.1
+//! The Nova `os-keypairs` API (`/v2`, `/v2.1`, project-less `/v2[.1]/os-keypairs`) with the KPS V2.1
 //! `key_protection` and kps `algorithm` extensions: request validation with Nova's literal messages,
 //! per-microversion differences, and the JSON shapes of `spec/nova-keypairs.md`.
 //!
@@ -472,7 +472,7 @@ pub async fn create(state: &AppState, request: &NovaRequest<'_>, body: &Value) -
         None | Some("") => caller.user_id.clone(),
         Some(user) => user.to_owned(),
     };
-    let target = Target::new_keypair(&owner, &caller.project_id, crate::store::record::Scope::User);
+    let target = Target::new_keypair(&owner, &caller.project_id);
     state.policy.enforce(Action::NovaCreate, caller, &target)?;
     let escrows = body.key_protection.as_ref().is_some_and(|p| p.escrows(body.public_key.is_none()));
     if escrows && !state.custody_enabled {
@@ -536,12 +536,14 @@ pub async fn list(state: &AppState, request: &NovaRequest<'_>) -> Result<Respons
         return Ok(json_bytes(StatusCode::OK, body));
     }
 
+    // From 2.35 a page of at most 1000; before, every key pair, as Nova (nova-keypairs.md §6.2).
     let page_size = limit.unwrap_or(MAX_LIST_LIMIT).min(MAX_LIST_LIMIT);
-    let page = state
-        .service
-        .list_encoded(&user, project_id, marker, page_size)
-        .await
-        .map_err(|e| service_error(e, request.request_id))?;
+    let page = if paging {
+        state.service.list_encoded(&user, project_id, marker, page_size).await
+    } else {
+        state.service.list_all_encoded(&user, project_id).await
+    }
+    .map_err(|e| service_error(e, request.request_id))?;
     let corrupt = |e: crate::store::StoreError| service_error(e.into(), request.request_id);
     let records: Vec<ListFields> =
         page.iter().map(|bytes| record::decode_borrowed(bytes)).collect::<Result<_, _>>().map_err(corrupt)?;

@@ -181,8 +181,12 @@ pub enum KeypairFacts<'a> {
     Pending,
     /// No single key pair is involved (a list, the admin API) or the named one does not exist.
     Absent,
-    /// The stored key pair (or the one about to be created).
+    /// The stored key pair.
     Known { creator_user_id: &'a str, project_id: &'a str, scope: Scope },
+    /// A key pair about to be created in `project_id` by (and for) `creator_user_id`, of either scope. Its
+    /// `owner` is only the user it is created for: the "domain key of the caller's project" clause is about
+    /// stored keys, or any member could create domain keys in another user's name.
+    New { creator_user_id: &'a str, project_id: &'a str },
 }
 
 /// What an action is performed on.
@@ -211,15 +215,17 @@ impl<'a> Target<'a> {
 
     /// A stored key pair: a `user` key targets its owner; a `domain` key no user, only its project.
     pub fn keypair(record: &'a KeypairRecord) -> Self {
-        Self::new_keypair(&record.user_id, &record.project_id, record.scope)
-    }
-
-    /// A key pair about to be created for `user_id` in `project_id` (its creator is its owner).
-    pub fn new_keypair(user_id: &'a str, project_id: &'a str, scope: Scope) -> Self {
+        let (user_id, project_id, scope) = (record.user_id.as_str(), record.project_id.as_str(), record.scope);
         Self {
             user_id: (scope == Scope::User).then_some(user_id),
             keypair: KeypairFacts::Known { creator_user_id: user_id, project_id, scope },
         }
+    }
+
+    /// A key pair about to be created for `user_id` in `project_id`, of either scope: it targets that user
+    /// (its owner and creator), so a foreign `user_id` needs what acting on another user's keys needs.
+    pub fn new_keypair(user_id: &'a str, project_id: &'a str) -> Self {
+        Self { user_id: Some(user_id), keypair: KeypairFacts::New { creator_user_id: user_id, project_id } }
     }
 }
 
@@ -248,16 +254,21 @@ impl Term {
                 KeypairFacts::Known { project_id, scope, .. } => {
                     Some(scope == Scope::Domain && project_id == caller.project_id)
                 }
+                KeypairFacts::New { .. } => Some(false),
             },
             Term::Creator => match facts {
                 KeypairFacts::Pending => None,
                 KeypairFacts::Absent => Some(false),
-                KeypairFacts::Known { creator_user_id, .. } => Some(creator_user_id == caller.user_id),
+                KeypairFacts::Known { creator_user_id, .. } | KeypairFacts::New { creator_user_id, .. } => {
+                    Some(creator_user_id == caller.user_id)
+                }
             },
             Term::ProjectMember => match facts {
                 KeypairFacts::Pending => None,
                 KeypairFacts::Absent => Some(false),
-                KeypairFacts::Known { project_id, .. } => Some(project_id == caller.project_id),
+                KeypairFacts::Known { project_id, .. } | KeypairFacts::New { project_id, .. } => {
+                    Some(project_id == caller.project_id)
+                }
             },
         }
     }
@@ -463,9 +474,14 @@ mod tests {
             (Action::NovaDelete, CAROL_OTHER_PROJECT, Target::keypair(&user_key), Deny),
             (Action::NovaShow, ADMIN, Target::keypair(&user_key), Allow),
             (Action::NovaIndex, ADMIN, Target::user("alice"), Allow),
-            (Action::NovaCreate, BOB, Target::new_keypair("alice", "p", Scope::User), Deny),
-            (Action::NovaCreate, ADMIN, Target::new_keypair("alice", "q", Scope::User), Allow),
-            (Action::NovaCreate, ALICE, Target::new_keypair("alice", "p", Scope::User), Allow),
+            (Action::NovaCreate, BOB, Target::new_keypair("alice", "p"), Deny),
+            (Action::NovaCreate, ADMIN, Target::new_keypair("alice", "q"), Allow),
+            (Action::NovaCreate, ALICE, Target::new_keypair("alice", "p"), Allow),
+            // Creating in another user's name needs admin whatever the scope: a domain key too.
+            (Action::Create, BOB, Target::new_keypair("alice", "p"), Deny),
+            (Action::BatchImport, BOB, Target::new_keypair("alice", "p"), Deny),
+            (Action::Create, ADMIN, Target::new_keypair("alice", "q"), Allow),
+            (Action::Create, BOB, Target::new_keypair("bob", "p"), Allow),
             // Domain keys: every member of the project owns them; only the creator exports or clears.
             (Action::Show, BOB, Target::keypair(&domain_key), Allow),
             (Action::Delete, BOB, Target::keypair(&domain_key), Allow),

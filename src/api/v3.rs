@@ -346,7 +346,7 @@ async fn create_one(
     parsed: V3Create,
 ) -> Result<crate::service::Created, ApiError> {
     let owner = owner_of(request.caller, parsed.user_id.as_deref());
-    let target = Target::new_keypair(&owner, &request.caller.project_id, parsed.scope);
+    let target = Target::new_keypair(&owner, &request.caller.project_id);
     state.policy.enforce(action, request.caller, &target)?;
     let escrows = parsed.key_protection.as_ref().is_some_and(|p| p.escrows(parsed.public_key.is_none()));
     if escrows {
@@ -624,7 +624,7 @@ pub async fn batch_import(state: &AppState, request: &V3Request<'_>, body: &Valu
     let parsed: Vec<V3Create> = items.iter().map(|item| validate_create(item, true)).collect::<Result<_, _>>()?;
     for item in &parsed {
         let owner = owner_of(request.caller, item.user_id.as_deref());
-        let target = Target::new_keypair(&owner, &request.caller.project_id, item.scope);
+        let target = Target::new_keypair(&owner, &request.caller.project_id);
         state.policy.enforce(Action::BatchImport, request.caller, &target)?;
         if item.key_protection.as_ref().is_some_and(|p| p.escrows(false)) {
             custody_switch(state)?;

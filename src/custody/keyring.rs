@@ -25,7 +25,19 @@ pub enum KeyringError {
     Permissions { path: PathBuf, mode: u32 },
     #[error("master key file {path} is invalid: {message}")]
     Invalid { path: PathBuf, message: String },
+    /// The keyring does not match what the store recorded or holds (`custody::verifier`).
+    #[error("master key file {path}: {message}")]
+    Mismatch { path: PathBuf, message: String },
+    #[error("cannot check the master keyring against the store: {0}")]
+    Store(#[from] crate::store::StoreError),
 }
+
+/// The fixed message whose HMAC under a master key is that key's verifier.
+const VERIFIER_LABEL: &[u8] = b"kps/master-key-verifier/v1";
+
+/// A master key's verifier: HMAC-SHA256 under the key of a fixed label. The store records one per key id, so
+/// that a missing or replaced keyring is noticed at startup; it reveals nothing of the key.
+pub type Verifier = [u8; 32];
 
 #[derive(Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -117,6 +129,16 @@ impl MasterKeyring {
     pub fn ids(&self) -> impl Iterator<Item = &str> {
         self.keys.keys().map(String::as_str)
     }
+
+    /// The verifier of the key `id`, if the keyring holds it.
+    pub fn verifier(&self, id: &str) -> Option<Verifier> {
+        use hmac::Mac;
+        let key = self.keys.get(id)?;
+        // HMAC takes keys of any length: new_from_slice cannot fail.
+        let mut mac = hmac::Hmac::<sha2::Sha256>::new_from_slice(key.expose()).ok()?;
+        mac.update(VERIFIER_LABEL);
+        Some(mac.finalize().into_bytes().into())
+    }
 }
 
 /// `kps master-key generate`: adds a fresh key to the file at `path` and makes it current. With `print`, the
@@ -202,6 +224,22 @@ mod tests {
         let keyring = MasterKeyring::load(&path, false).expect("load");
         assert_eq!(keyring.current_id(), id);
         assert_eq!(keyring.get(first.current_id()).map(|k| *k.expose()), Some(*first.current().1.expose()));
+    }
+
+    #[test]
+    fn verifiers_tell_keys_apart_and_are_not_the_key() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("master.key");
+        let first = MasterKeyring::load_or_create(&path, false).expect("create");
+        let id = first.current_id().to_owned();
+        let verifier = first.verifier(&id).expect("verifier");
+        assert_eq!(MasterKeyring::load(&path, false).expect("load").verifier(&id), Some(verifier), "stable");
+        assert_ne!(&verifier, first.current().1.expose());
+        assert_eq!(first.verifier("absent"), None);
+        std::fs::remove_file(&path).expect("remove");
+        let other = MasterKeyring::load_or_create(&path, false).expect("recreate");
+        assert_eq!(other.current_id(), id, "a keyring made the same day reuses the id");
+        assert_ne!(other.verifier(&id), Some(verifier), "but not the key");
     }
 
     #[test]

@@ -10,6 +10,7 @@ pub mod envelope;
 pub mod keyring;
 pub mod kms;
 pub mod local;
+pub mod verifier;
 
 use base64::Engine;
 use base64::engine::general_purpose::STANDARD;

@@ -11,9 +11,10 @@ use rsa::traits::PublicKeyParts;
 use x509_cert::der::asn1::ObjectIdentifier;
 use x509_cert::spki::SubjectPublicKeyInfoOwned;
 
-/// Largest RSA modulus we accept. `rsa::RsaPublicKey::new` stops at 4096 bits, but 8192-bit SSH keys
-/// exist in the wild and Nova accepts them.
-pub(crate) const RSA_MAX_BITS: usize = 16384;
+/// Largest RSA modulus the parsers read: more than any request body can carry, so that a key longer than
+/// [`super::RSA_MAX_BITS`] is reported with its size (KPS.1204, checked by the caller) rather than as
+/// unparsable.
+const RSA_PARSE_MAX_BITS: usize = 1 << 21;
 
 const OID_RSA_ENCRYPTION: ObjectIdentifier = ObjectIdentifier::new_unwrap("1.2.840.113549.1.1.1");
 const OID_EC_PUBLIC_KEY: ObjectIdentifier = ObjectIdentifier::new_unwrap("1.2.840.10045.2.1");
@@ -81,12 +82,12 @@ pub(crate) enum SpkiError {
 }
 
 impl PublicKeyMaterial {
-    /// RSA key from big-endian `n` and `e`; `None` unless the rsa crate accepts it (odd `n` up to
-    /// [`RSA_MAX_BITS`], odd `e` with 3 ≤ e < n and e < 2^33).
+    /// RSA key from big-endian `n` and `e`; `None` unless the rsa crate accepts it (odd `n`, odd `e` with
+    /// 3 ≤ e < n and e < 2^33). Any size is read: the accepted range is the caller's check (KPS.1204).
     pub(crate) fn rsa(n: &[u8], e: &[u8]) -> Option<Self> {
         let n = BigUint::from_bytes_be(n);
         let e = BigUint::from_bytes_be(e);
-        rsa::RsaPublicKey::new_with_max_size(n, e, RSA_MAX_BITS).ok().map(PublicKeyMaterial::Rsa)
+        rsa::RsaPublicKey::new_with_max_size(n, e, RSA_PARSE_MAX_BITS).ok().map(PublicKeyMaterial::Rsa)
     }
 
     /// EC key from a SEC1 point (compressed or not); `None` unless it is a valid point on `curve`.

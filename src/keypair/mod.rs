@@ -12,6 +12,24 @@ mod ssh_wire;
 
 use std::fmt;
 
+/// The longest RSA key accepted, imported or stored (KPS.1204). `rsa::RsaPublicKey::new` stops at 4096
+/// bits, but 8192-bit SSH keys exist in the wild and Nova accepts them.
+pub const RSA_MAX_BITS: usize = 16384;
+/// `keys.min_rsa_bits` by default: imported RSA keys shorter than this are refused (KPS.1204).
+pub const DEFAULT_MIN_RSA_BITS: usize = 2048;
+/// The lowest `keys.min_rsa_bits` the configuration accepts.
+pub const MIN_RSA_BITS_FLOOR: usize = 1024;
+
+/// KPS.1204: an RSA key must have `min_rsa_bits` to [`RSA_MAX_BITS`] bits; other algorithms always pass.
+pub fn check_rsa_size(algorithm: KeyAlgorithm, min_rsa_bits: usize) -> Result<(), KeypairError> {
+    match algorithm {
+        KeyAlgorithm::Rsa { bits } if !(min_rsa_bits..=RSA_MAX_BITS).contains(&bits) => {
+            Err(KeypairError::RsaKeySize { bits, min: min_rsa_bits })
+        }
+        _ => Ok(()),
+    }
+}
+
 /// Kind of key pair, as in Nova's `type` field.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum KeyType {
@@ -182,6 +200,10 @@ pub enum KeypairError {
     /// KPS.1203: a well-formed key of an algorithm we do not accept (`sk-*`, certificates, …).
     #[error("Keypair data is invalid: unsupported public key type {0}")]
     UnsupportedKeyType(String),
+    /// KPS.1204: an RSA key (public, private or certificate key) shorter than `keys.min_rsa_bits` or longer
+    /// than [`RSA_MAX_BITS`].
+    #[error("Keypair data is invalid: RSA key of {bits} bits is outside the accepted range {min}-{RSA_MAX_BITS}")]
+    RsaKeySize { bits: usize, min: usize },
     /// KPS.1301: the private key is in no accepted encoding (or is a DSA key).
     #[error("Private key could not be parsed")]
     PrivateKeyUnparsable,
@@ -203,6 +225,7 @@ impl KeypairError {
             KeypairError::InvalidPublicKey => "KPS.1201",
             KeypairError::InvalidCertificate(_) => "KPS.1202",
             KeypairError::UnsupportedKeyType(_) => "KPS.1203",
+            KeypairError::RsaKeySize { .. } => "KPS.1204",
             KeypairError::PrivateKeyUnparsable => "KPS.1301",
             KeypairError::PrivateKeyMismatch => "KPS.1302",
             KeypairError::PrivateKeyEncrypted => "KPS.1304",
@@ -286,6 +309,22 @@ mod tests {
     }
 
     #[test]
+    fn rsa_sizes_outside_min_to_16384_bits_are_refused_other_algorithms_pass() {
+        for (bits, min, accepted) in
+            [(2048, 2048, true), (2047, 2048, false), (1024, 2048, false), (2048, 3072, false), (16384, 2048, true)]
+        {
+            let result = check_rsa_size(KeyAlgorithm::Rsa { bits }, min);
+            assert_eq!(result.is_ok(), accepted, "{bits} bits with min {min}: {result:?}");
+        }
+        let error = check_rsa_size(KeyAlgorithm::Rsa { bits: 16392 }, 2048).expect_err("too long");
+        assert_eq!(
+            error.to_string(),
+            "Keypair data is invalid: RSA key of 16392 bits is outside the accepted range 2048-16384"
+        );
+        check_rsa_size(KeyAlgorithm::Ed25519, 16384).expect("not RSA");
+    }
+
+    #[test]
     fn key_type_names() {
         assert_eq!(KeyType::Ssh.as_str(), "ssh");
         assert_eq!(KeyType::X509.as_str(), "x509");
@@ -306,6 +345,11 @@ mod tests {
                 KeypairError::UnsupportedKeyType("sk-ssh-ed25519@openssh.com".into()),
                 "KPS.1203",
                 "Keypair data is invalid: unsupported public key type sk-ssh-ed25519@openssh.com",
+            ),
+            (
+                KeypairError::RsaKeySize { bits: 1024, min: 2048 },
+                "KPS.1204",
+                "Keypair data is invalid: RSA key of 1024 bits is outside the accepted range 2048-16384",
             ),
             (KeypairError::PrivateKeyUnparsable, "KPS.1301", "Private key of keypair kp-1 could not be parsed"),
             (KeypairError::PrivateKeyMismatch, "KPS.1302", "Private key does not match the public key of keypair kp-1"),

@@ -106,6 +106,10 @@ fn rsa_public_checked(n: &[u8], e: &[u8], d: &[u8], p: &[u8], q: &[u8]) -> Optio
     let secret = |bytes: &[u8]| Zeroizing::new(BigUint::from_bytes_be(bytes));
     let (d, p, q) = (secret(d), secret(p), secret(q));
     let (modulus, exponent) = (BigUint::from_bytes_be(n), BigUint::from_bytes_be(e));
+    // No key longer than that is ever accepted: do not multiply and divide numbers of any size to find out.
+    if modulus.bits() > super::RSA_MAX_BITS {
+        return None;
+    }
     let one = BigUint::from(1u8);
     if *p <= one || *q <= one || *Zeroizing::new(&*p * &*q) != modulus {
         return None;

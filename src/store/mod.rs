@@ -18,15 +18,18 @@ pub enum Space {
     KeyPairs,
     /// The `(project_id, name)` name index of design.md.
     NameIndex,
+    /// Facts about the store as a whole: the master key verifiers (`custody::verifier`).
+    Meta,
 }
 
 impl Space {
-    pub const ALL: [Space; 2] = [Space::KeyPairs, Space::NameIndex];
+    pub const ALL: [Space; 3] = [Space::KeyPairs, Space::NameIndex, Space::Meta];
 
     pub fn name(self) -> &'static str {
         match self {
             Space::KeyPairs => "keypairs",
             Space::NameIndex => "name_index",
+            Space::Meta => "store_meta",
         }
     }
 }

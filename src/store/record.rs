@@ -218,6 +218,30 @@ pub fn split_name_index_key(key: &[u8]) -> Option<(&str, &str)> {
     Some((std::str::from_utf8(owner).ok()?, std::str::from_utf8(name).ok()?))
 }
 
+/// `Space::Meta`: the prefix of every master key verifier's key (`custody::verifier`).
+const MASTER_KEY_VERIFIER_PREFIX: &[u8] = b"master_key_verifier/";
+
+/// A master key's verifier as stored (HMAC-SHA256 under the key of a fixed label, hex): never the key.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct MasterKeyVerifier {
+    pub hmac_sha256: String,
+}
+
+/// `Space::Meta` key of the verifier of master key `id`.
+pub fn master_key_verifier_key(id: &str) -> Vec<u8> {
+    [MASTER_KEY_VERIFIER_PREFIX, id.as_bytes()].concat()
+}
+
+/// The prefix under which every verifier is stored (for scans).
+pub fn master_key_verifier_prefix() -> &'static [u8] {
+    MASTER_KEY_VERIFIER_PREFIX
+}
+
+/// The master key id of a `Space::Meta` key, if it is a verifier's.
+pub fn master_key_id_of(key: &[u8]) -> Option<&str> {
+    std::str::from_utf8(key.strip_prefix(MASTER_KEY_VERIFIER_PREFIX)?).ok()
+}
+
 /// The store key of a key pair record: by owner user for `user` keys, by project for `domain` keys.
 pub fn keypair_key(record: &KeypairRecord) -> Vec<u8> {
     match record.scope {
@@ -285,6 +309,13 @@ mod tests {
         assert_eq!(split_name_index_key(&key), Some(("p-42", "a name")));
         assert_eq!(split_name_index_key(&user_key("p-42", "a name")), None);
         assert_eq!(split_name_index_key(b"n\x00"), None);
+    }
+
+    #[test]
+    fn master_key_verifier_keys_give_back_their_id() {
+        assert_eq!(master_key_id_of(&master_key_verifier_key("mk-2026-01-02")), Some("mk-2026-01-02"));
+        assert!(master_key_verifier_key("a").starts_with(master_key_verifier_prefix()));
+        assert_eq!(master_key_id_of(b"store_format"), None);
     }
 
     #[test]

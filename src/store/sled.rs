@@ -325,6 +325,7 @@ fn space_tag(space: Space) -> u8 {
     match space {
         Space::KeyPairs => b'K',
         Space::NameIndex => b'N',
+        Space::Meta => b'M',
     }
 }
 
@@ -340,7 +341,9 @@ fn data_key(space: Space, key: &[u8]) -> Vec<u8> {
 /// `data` tree, makes that durable, then records format 2 and drops the old trees; a crash at any point
 /// leaves a store that migrates again (copying is idempotent) or is already migrated.
 fn migrate_from_format_1(db: &sled::Db, data: &sled::Tree, meta: &sled::Tree) -> Result<(), StoreError> {
-    for space in Space::ALL {
+    // The spaces format 1 had (`Space::Meta` came later, with format 2).
+    const FORMAT_1_SPACES: [Space; 2] = [Space::KeyPairs, Space::NameIndex];
+    for space in FORMAT_1_SPACES {
         let old = db.open_tree(space.name()).map_err(backend)?;
         let mut batch = sled::Batch::default();
         let mut pending = 0;
@@ -358,7 +361,7 @@ fn migrate_from_format_1(db: &sled::Db, data: &sled::Tree, meta: &sled::Tree) ->
     db.flush().map_err(backend)?;
     meta.insert(STORE_FORMAT_KEY, &[STORE_FORMAT]).map_err(backend)?;
     db.flush().map_err(backend)?;
-    for space in Space::ALL {
+    for space in FORMAT_1_SPACES {
         db.drop_tree(space.name()).map_err(backend)?;
     }
     db.flush().map_err(backend)?;

@@ -152,10 +152,15 @@ fn backup_exports_online_and_offline_and_imports_into_a_wiped_store() {
     assert_eq!(header["format_version"], 1);
     assert!(header["next_id"].as_u64().is_some_and(|n| n > 30));
 
-    // Wipe, import, export again: every record comes back identical.
+    // Wipe, import, export again: every record comes back identical. The keyring is restored with it (the
+    // backup carries its verifier: a new keyring would be refused).
+    let keyring = std::fs::read(data.join("master.key")).expect("keyring");
     std::fs::remove_dir_all(&data).expect("wipe");
     let out = kps(&["backup", "import", offline.to_str().expect("path")], &data);
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    std::fs::write(data.join("master.key"), keyring).expect("restore the keyring");
+    std::fs::set_permissions(data.join("master.key"), std::os::unix::fs::PermissionsExt::from_mode(0o600))
+        .expect("chmod");
     let again = parent.path().join("again.jsonl");
     assert!(kps(&["backup", "export", again.to_str().expect("path")], &data).status.success());
     assert_eq!(records(&again), records(&offline));

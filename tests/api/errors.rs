@@ -301,3 +301,71 @@ async fn legacy_v2_reports_an_empty_name_with_the_v2_name_message() {
         "An invalid 'name' value was provided. The name must be: printable characters with at least one non space character",
     );
 }
+
+const RSA_1024_PUBLIC_KEY: &str = include_str!("../../src/keypair/testdata/rsa1024.pub");
+const RSA_1024_PRIVATE_KEY: &str = include_str!("../../src/keypair/testdata/rsa1024_pkcs1.pem");
+const RSA_1024_CERTIFICATE: &str = include_str!("../../src/keypair/testdata/cert_rsa1024.pem");
+
+/// An `ssh-rsa` line whose modulus has `bits` bits (odd, not a real key: no private half is needed for an
+/// import of the public key alone), built by hand since ssh-keygen stops at 16384.
+fn rsa_public_key_line(bits: usize) -> String {
+    use base64::Engine;
+    let len = bits.div_ceil(8);
+    let mut modulus = vec![0xc5u8; len];
+    modulus[0] = 1 << (bits - (len - 1) * 8 - 1); // the top bit is bit `bits - 1`
+    if modulus[0] & 0x80 != 0 {
+        modulus.insert(0, 0); // an mpint with its sign bit set would be negative
+    }
+    let string = |bytes: &[u8]| [u32::try_from(bytes.len()).expect("len").to_be_bytes().as_slice(), bytes].concat();
+    let blob = [string(b"ssh-rsa"), string(&[0x01, 0x00, 0x01]), string(&modulus)].concat();
+    format!("ssh-rsa {} big", base64::engine::general_purpose::STANDARD.encode(blob))
+}
+
+fn out_of_range(bits: usize, min: usize) -> String {
+    format!("Keypair data is invalid: RSA key of {bits} bits is outside the accepted range {min}-16384")
+}
+
+#[tokio::test]
+async fn rsa_keys_below_2048_or_above_16384_bits_are_1204() {
+    let kps = Kps::new();
+    for (key_type, public_key, bits) in [
+        ("ssh", RSA_1024_PUBLIC_KEY.trim_end().to_owned(), 1024),
+        ("x509", RSA_1024_CERTIFICATE.to_owned(), 1024),
+        ("ssh", rsa_public_key_line(16385), 16385),
+        ("ssh", rsa_public_key_line(16392), 16392),
+    ] {
+        let body = serde_json::json!({"keypair": {"name": "k", "type": key_type, "public_key": public_key}});
+        let answer = kps.nova("POST", "/v2.1/os-keypairs", "u:p", Some("2.2"), Some(&body.to_string())).await;
+        answer.assert_error(400, "KPS.1204", &out_of_range(bits, 2048));
+        let v3 = kps.call("POST", "/v3/p/keypairs", &[("x-auth-token", "u:p")], Some(&body.to_string())).await;
+        v3.assert_error(400, "KPS.1204", &out_of_range(bits, 2048));
+    }
+    // The edges of the range are accepted.
+    kps.import("u:p", "rsa-2048", crate::RSA_PUBLIC_KEY.trim_end()).await;
+    kps.import("u:p", "rsa-16384", &rsa_public_key_line(16384)).await;
+    // A private key offered for escrow is held to the range too (before the match with the public key).
+    let body = serde_json::json!({"keypair": {"name": "escrow", "public_key": crate::RSA_PUBLIC_KEY.trim_end(),
+        "key_protection": {"private_key": RSA_1024_PRIVATE_KEY, "encryption": {"type": "default"}}}});
+    let answer = kps.call("POST", "/v3/p/keypairs", &[("x-auth-token", "u:p")], Some(&body.to_string())).await;
+    answer.assert_error(400, "KPS.1204", &out_of_range(1024, 2048));
+    let batch = serde_json::json!([{"keypair": {"name": "weak", "public_key": RSA_1024_PUBLIC_KEY.trim_end()}}]);
+    let batch = batch.to_string();
+    let answer = kps.call("POST", "/v3/p/keypairs/batch-import", &[("x-auth-token", "u:p")], Some(&batch)).await;
+    assert_eq!(answer.json()["failed_keypairs"][0]["failed_reason"], format!("KPS.1204: {}", out_of_range(1024, 2048)));
+}
+
+#[tokio::test]
+async fn a_raised_min_rsa_bits_refuses_2048_bit_imports_and_generations() {
+    let kps = Kps::with_config(|c| c.keys.min_rsa_bits = 3072);
+    let body = serde_json::json!({"keypair": {"name": "k", "public_key": crate::RSA_PUBLIC_KEY.trim_end()}});
+    let answer = kps.nova("POST", "/v2.1/os-keypairs", "u:p", None, Some(&body.to_string())).await;
+    answer.assert_error(400, "KPS.1204", &out_of_range(2048, 3072));
+    let explicit = serde_json::json!({"keypair": {"name": "g", "algorithm": "RSA_2048"}});
+    let answer = kps.call("POST", "/v3/p/keypairs", &[("x-auth-token", "u:p")], Some(&explicit.to_string())).await;
+    answer.assert_error(400, "KPS.1204", &out_of_range(2048, 3072));
+    // Without an algorithm, generation uses the shortest RSA size the minimum allows.
+    let answer = kps.nova("POST", "/v2.1/os-keypairs", "u:p", None, Some(r#"{"keypair": {"name": "gen"}}"#)).await;
+    assert_eq!(answer.status, 200, "{}", String::from_utf8_lossy(&answer.body));
+    let show = kps.call("GET", "/v3/p/keypairs/gen", &[("x-auth-token", "u:p")], None).await;
+    assert_eq!(show.json()["keypair"]["algorithm"], "RSA_3072");
+}

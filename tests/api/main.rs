@@ -16,6 +16,7 @@ mod keypairs;
 mod kms;
 mod kms_custody;
 mod limits;
+mod master_keyring;
 mod metrics;
 mod openapi;
 mod paging;

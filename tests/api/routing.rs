@@ -52,7 +52,7 @@ async fn authentication_comes_before_routing_on_api_paths() {
 #[tokio::test]
 async fn unknown_paths_and_trailing_slashes_are_json_404() {
     let kps = Kps::new();
-    for path in ["/nope", "/v2.1/os-keypairs/", "/v2.1/p/os-keypairs/", "/v2.1/os-keypairs/k/", "/v2/os-keypairs"] {
+    for path in ["/nope", "/v2.1/os-keypairs/", "/v2.1/p/os-keypairs/", "/v2.1/os-keypairs/k/", "/v2/os-keypairs/"] {
         let answer = kps.call("GET", path, &[("x-auth-token", "u:p"), ("accept", "text/html")], None).await;
         answer.assert_error(404, "KPS.1010", "The resource could not be found.");
     }

@@ -213,6 +213,50 @@ async fn domain_keys_are_shared_but_only_their_creator_or_an_admin_reveals_them(
 }
 
 #[tokio::test]
+async fn a_foreign_user_id_needs_admin_in_both_scopes() {
+    let kps = Kps::new();
+    let denied = "Policy doesn't allow kps:keypairs:create to be performed.";
+    for scope in ["user", "domain"] {
+        let name = format!("for-root-{scope}");
+        let body = json!({"keypair": {"name": name, "scope": scope, "user_id": "root", "public_key": ED25519_VECTOR}});
+        v3(&kps, "POST", "/v3/p/keypairs", "alice:p", Some(&body)).await.assert_error(403, "KPS.2003", denied);
+        let batch = json!([body.clone()]);
+        let answer = v3(&kps, "POST", "/v3/p/keypairs/batch-import", "alice:p", Some(&batch)).await;
+        answer.assert_error(403, "KPS.2003", "Policy doesn't allow kps:keypairs:batch_import to be performed.");
+        let own = json!({"keypair": {"name": name, "scope": scope, "user_id": "alice", "public_key": ED25519_VECTOR}});
+        assert_eq!(v3(&kps, "POST", "/v3/p/keypairs", "alice:p", Some(&own)).await.status, 200, "her own id");
+        let body = json!({"keypair": {"name": format!("{name}-2"), "scope": scope, "user_id": "root",
+            "public_key": ED25519_VECTOR}});
+        let created = v3(&kps, "POST", "/v3/p/keypairs", "admin:p:admin", Some(&body)).await;
+        assert_eq!(created.status, 200, "an admin may: {}", String::from_utf8_lossy(&created.body));
+        assert_eq!(created.json()["keypair"]["user_id"], "root");
+    }
+}
+
+#[tokio::test]
+async fn domain_keys_count_against_their_creators_quota() {
+    let kps = Kps::with_config(|c| c.quota.key_pairs = 2);
+    let create =
+        |name: &str, scope: &str| json!({"keypair": {"name": name, "scope": scope, "public_key": ED25519_VECTOR}});
+    for name in ["d1", "d2"] {
+        assert_eq!(v3(&kps, "POST", "/v3/p/keypairs", "bob:p", Some(&create(name, "domain"))).await.status, 200);
+    }
+    let full = v3(&kps, "POST", "/v3/p/keypairs", "bob:p", Some(&create("d3", "domain"))).await;
+    full.assert_error(403, "KPS.1501", "Quota exceeded, too many key pairs.");
+    let body = json!({"keypair": {"name": "u1", "public_key": ED25519_VECTOR}}).to_string();
+    let nova = kps.nova("POST", "/v2.1/os-keypairs", "bob:q", None, Some(&body)).await;
+    nova.assert_error(403, "KPS.1501", "Quota exceeded, too many key pairs.");
+
+    // Mixed: one user key and one domain key fill a quota of 2 too; another member's quota is their own.
+    assert_eq!(v3(&kps, "DELETE", "/v3/p/keypairs/d2", "alice:p", None).await.status, 204);
+    kps.import("bob:q", "u1", ED25519_VECTOR).await;
+    let full = v3(&kps, "POST", "/v3/p/keypairs", "bob:p", Some(&create("d3", "domain"))).await;
+    full.assert_error(403, "KPS.1501", "Quota exceeded, too many key pairs.");
+    assert_eq!(v3(&kps, "POST", "/v3/p/keypairs", "alice:p", Some(&create("a1", "domain"))).await.status, 200);
+    assert_eq!(v3(&kps, "POST", "/v3/p/keypairs", "alice:p", Some(&create("a2", "user"))).await.status, 200);
+}
+
+#[tokio::test]
 async fn batch_import_reports_each_item() {
     let kps = Kps::new();
     kps.import("u:p", "taken", ED25519_VECTOR).await;

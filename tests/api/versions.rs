@@ -128,3 +128,31 @@ async fn legacy_v2_ignores_version_headers_and_behaves_as_2_1() {
     let deleted = kps.nova("DELETE", "/v2/p/os-keypairs/legacy%20key", "u:p", Some("2.2"), None).await;
     assert_eq!(deleted.status, 202);
 }
+
+#[tokio::test]
+async fn legacy_v2_without_a_project_id_answers_as_with_one() {
+    let kps = Kps::new();
+    for root in ["/v2/os-keypairs", "/v2/p/os-keypairs"] {
+        let body = r#"{"keypair": {"name": "  legacy key  ", "public_key": "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIAOhB7/zzhC+HXDdGOdLwJln5NYwm6UNXx3chmQSVTG4", "bogus": 1}}"#;
+        let created = kps.nova("POST", root, "u:p", Some("2.200"), Some(body)).await;
+        assert_eq!(created.status, 200, "{root}: {}", String::from_utf8_lossy(&created.body));
+        assert_eq!(created.header("openstack-api-version"), None, "{root}");
+        assert_eq!(created.json()["keypair"]["name"], "legacy key", "{root}");
+        let list = kps.nova("GET", root, "u:p", None, None).await;
+        assert_eq!(list.json()["keypairs"][0]["keypair"]["name"], "legacy key", "{root}");
+        assert!(list.json()["keypairs"][0]["keypair"].get("type").is_none(), "{root}");
+        let show = kps.nova("GET", &format!("{root}/legacy%20key"), "u:p", None, None).await;
+        assert_eq!(show.status, 200, "{root}");
+        assert_eq!(show.json()["keypair"]["name"], "legacy key", "{root}");
+        let head = kps.nova("HEAD", &format!("{root}/legacy%20key"), "u:p", None, None).await;
+        assert_eq!(head.status, 200, "{root}");
+        let deleted = kps.nova("DELETE", &format!("{root}/legacy%20key"), "u:p", None, None).await;
+        assert_eq!(deleted.status, 202, "{root}");
+        let gone = kps.nova("GET", &format!("{root}/legacy%20key"), "u:p", None, None).await;
+        assert_eq!(gone.status, 404, "{root}");
+    }
+    let unauthenticated = kps.call("GET", "/v2/os-keypairs", &[], None).await;
+    assert_eq!(unauthenticated.status, 401);
+    let wrong_method = kps.nova("PUT", "/v2/os-keypairs", "u:p", None, None).await;
+    assert_eq!((wrong_method.status.as_u16(), wrong_method.header("allow")), (405, Some("GET, HEAD, POST")));
+}

@@ -1,0 +1,328 @@
+//! Master key verifiers: what the store records about the master keyring, so that a missing or replaced
+//! keyring stops kps at startup instead of silently sealing new escrows under a new key while every older
+//! one stays undecryptable (spec/interface.md, "Replicated store", master keyring — applied to every
+//! backend).
+//!
+//! For each master key id the store holds that key's verifier (`MasterKeyring::verifier`: an HMAC under the
+//! key, never the key) in `Space::Meta`. At startup, [`open_keyring`]:
+//! * creates a keyring file only for a store that records no verifier and holds no `default`-sealed record;
+//! * refuses a keyring that lacks a recorded id or holds other bytes under it, naming the ids;
+//! * for a store with `default`-sealed records but no verifiers yet (written before verifiers existed),
+//!   requires every master key id those records name to be in the keyring;
+//! * records the verifiers of keyring ids not recorded yet (a new store, `kps master-key generate`).
+
+use std::collections::BTreeMap;
+use std::path::Path;
+
+use serde::Deserialize;
+use subtle::ConstantTimeEq;
+
+use super::keyring::{KeyringError, MasterKeyring, Verifier};
+use crate::store::record::{self, EncryptorKind, MasterKeyVerifier};
+use crate::store::{ApplyError, Space, Store, StoreError, WriteOp};
+
+/// Loads the keyring at `path` for `store` (creating it only for a store that never used one), checks it
+/// against the verifiers the store recorded and records the verifiers of new key ids.
+pub async fn open_keyring(
+    path: &Path,
+    allow_group_readable: bool,
+    store: &dyn Store,
+) -> Result<MasterKeyring, KeyringError> {
+    let refuse = |message: String| KeyringError::Mismatch { path: path.into(), message };
+    let recorded = recorded_verifiers(store).await?;
+    // The master key ids `default`-sealed records name, read only while no verifier is recorded.
+    let mut sealed_ids = None;
+    if !path.exists() {
+        if !recorded.is_empty() {
+            return Err(refuse(format!(
+                "it does not exist, but this store records master keys {}. Restore that keyring: kps never creates \
+                 a new one for a store that has used one (its escrowed private keys would not open)",
+                list(recorded.keys())
+            )));
+        }
+        let ids = default_sealed_key_ids(store).await?;
+        if !ids.is_empty() {
+            return Err(refuse(format!(
+                "it does not exist, but this store holds {} private keys sealed under master keys {}. Restore that \
+                 keyring: kps never creates a new one for a store that has used one",
+                ids.values().sum::<u64>(),
+                list(ids.keys())
+            )));
+        }
+        sealed_ids = Some(ids);
+    }
+    let keyring = MasterKeyring::load_or_create(path, allow_group_readable)?;
+
+    let missing: Vec<&String> = recorded.keys().filter(|id| keyring.get(id).is_none()).collect();
+    let replaced: Vec<&String> = recorded
+        .iter()
+        .filter(|(id, stored)| keyring.verifier(id).is_some_and(|own| !bool::from(own.ct_eq(*stored))))
+        .map(|(id, _)| id)
+        .collect();
+    if !missing.is_empty() || !replaced.is_empty() {
+        let mut problems = Vec::new();
+        if !missing.is_empty() {
+            problems.push(format!("it lacks master keys {} that this store recorded", list(missing)));
+        }
+        if !replaced.is_empty() {
+            problems.push(format!(
+                "it holds other key bytes under master keys {} than this store recorded",
+                list(replaced)
+            ));
+        }
+        return Err(refuse(format!(
+            "{}. Restore the keyring this store was used with (never a new one: its escrowed private keys would not \
+             open)",
+            problems.join("; ")
+        )));
+    }
+    if recorded.is_empty() {
+        let ids = match sealed_ids {
+            Some(ids) => ids,
+            None => default_sealed_key_ids(store).await?,
+        };
+        let unknown: Vec<&String> = ids.keys().filter(|id| keyring.get(id).is_none()).collect();
+        if !unknown.is_empty() {
+            return Err(refuse(format!(
+                "this store holds private keys sealed under master keys {}, which it does not contain. Restore the \
+                 keyring this store was used with",
+                list(unknown)
+            )));
+        }
+    }
+    record_new_verifiers(store, &keyring, &recorded).await?;
+    Ok(keyring)
+}
+
+/// The verifiers the store records, by master key id.
+pub async fn recorded_verifiers(store: &dyn Store) -> Result<BTreeMap<String, Verifier>, StoreError> {
+    let prefix = record::master_key_verifier_prefix();
+    let mut recorded = BTreeMap::new();
+    let mut after: Option<Vec<u8>> = None;
+    loop {
+        let page = store.scan(Space::Meta, prefix, after.as_deref(), 100).await?;
+        let Some((last, _)) = page.last() else { break };
+        after = Some(last.clone());
+        for (key, value) in page {
+            let id = record::master_key_id_of(&key)
+                .ok_or_else(|| StoreError::Corrupt("master key verifier key is not UTF-8".into()))?;
+            recorded.insert(id.to_owned(), decode_verifier(&record::decode(&value)?)?);
+        }
+    }
+    Ok(recorded)
+}
+
+/// The stored form of a verifier.
+pub fn encode_verifier(verifier: &Verifier) -> MasterKeyVerifier {
+    MasterKeyVerifier { hmac_sha256: hex::encode(verifier) }
+}
+
+/// A stored verifier back to bytes; anything but 32 bytes of hex is corrupt.
+pub fn decode_verifier(stored: &MasterKeyVerifier) -> Result<Verifier, StoreError> {
+    hex::decode(&stored.hmac_sha256)
+        .ok()
+        .and_then(|bytes| Verifier::try_from(bytes).ok())
+        .ok_or_else(|| StoreError::Corrupt("master key verifier is not 32 bytes of hex".into()))
+}
+
+async fn record_new_verifiers(
+    store: &dyn Store,
+    keyring: &MasterKeyring,
+    recorded: &BTreeMap<String, Verifier>,
+) -> Result<(), KeyringError> {
+    let mut ops = Vec::new();
+    let mut added = Vec::new();
+    for id in keyring.ids().filter(|id| !recorded.contains_key(*id)) {
+        let Some(verifier) = keyring.verifier(id) else { continue };
+        ops.push(WriteOp::PutIfAbsent {
+            space: Space::Meta,
+            key: record::master_key_verifier_key(id),
+            value: record::encode(&encode_verifier(&verifier))?,
+        });
+        added.push(id);
+    }
+    if ops.is_empty() {
+        return Ok(());
+    }
+    match store.apply(ops).await {
+        Ok(()) => {
+            tracing::info!(ids = %list(added), "master key verifiers recorded in the store");
+            Ok(())
+        }
+        // The data directory is locked: only another process on a shared store could race us here.
+        Err(ApplyError::Conflict { .. }) => {
+            Err(StoreError::Backend("master key verifiers changed while being recorded; start again".into()).into())
+        }
+        Err(ApplyError::Store(error)) => Err(error.into()),
+    }
+}
+
+/// What a record says about its sealed key, decoded without the rest.
+#[derive(Deserialize)]
+struct SealedRef {
+    #[serde(default)]
+    sealed: Option<SealedKeyRef>,
+}
+
+#[derive(Deserialize)]
+struct SealedKeyRef {
+    encryptor: EncryptorKind,
+    key_ref: String,
+}
+
+/// The master key ids that `default`-sealed records name, with how many records each seals.
+async fn default_sealed_key_ids(store: &dyn Store) -> Result<BTreeMap<String, u64>, StoreError> {
+    let mut ids = BTreeMap::new();
+    let mut after: Option<Vec<u8>> = None;
+    loop {
+        let page = store.scan(Space::KeyPairs, b"", after.as_deref(), 1000).await?;
+        let Some((last, _)) = page.last() else { break };
+        after = Some(last.clone());
+        for (_, value) in page {
+            let found: SealedRef = record::decode(&value)?;
+            if let Some(sealed) = found.sealed.filter(|s| s.encryptor == EncryptorKind::Default) {
+                *ids.entry(sealed.key_ref).or_insert(0) += 1;
+            }
+        }
+    }
+    Ok(ids)
+}
+
+fn list<T: AsRef<str>>(ids: impl IntoIterator<Item = T>) -> String {
+    ids.into_iter().map(|id| id.as_ref().to_owned()).collect::<Vec<_>>().join(", ")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::store::memory::MemoryStore;
+    use crate::store::record::{KeypairRecord, Scope, SealedKey};
+
+    fn sealed_record(key_ref: &str, encryptor: EncryptorKind) -> WriteOp {
+        let record = KeypairRecord {
+            id: 1,
+            name: format!("k-{key_ref}"),
+            key_type: "ssh".into(),
+            public_key: "ssh-ed25519 AAAA".into(),
+            fingerprint: "f".into(),
+            algorithm: "ED25519".into(),
+            user_id: "u".into(),
+            project_id: "p".into(),
+            scope: Scope::User,
+            description: String::new(),
+            created_at_us: 1,
+            updated_at_us: None,
+            sealed: Some(SealedKey {
+                format_version: 2,
+                encryptor,
+                key_ref: key_ref.into(),
+                key_name: None,
+                salt: None,
+                wrapped_dek: String::new(),
+                nonce: String::new(),
+                ciphertext: String::new(),
+            }),
+        };
+        WriteOp::PutIfAbsent {
+            space: Space::KeyPairs,
+            key: record::keypair_key(&record),
+            value: record::encode(&record).expect("encode"),
+        }
+    }
+
+    fn refusal(result: Result<MasterKeyring, KeyringError>) -> String {
+        match result {
+            Err(error @ KeyringError::Mismatch { .. }) => error.to_string(),
+            other => panic!("expected a refusal, got {other:?}"),
+        }
+    }
+
+    #[tokio::test]
+    async fn a_new_store_gets_a_keyring_and_its_verifier() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("master.key");
+        let store = MemoryStore::new();
+        let keyring = open_keyring(&path, false, &store).await.expect("first start");
+        let recorded = recorded_verifiers(&store).await.expect("recorded");
+        assert_eq!(recorded.keys().collect::<Vec<_>>(), [keyring.current_id()]);
+        assert_eq!(recorded[keyring.current_id()], keyring.verifier(keyring.current_id()).expect("verifier"));
+        open_keyring(&path, false, &store).await.expect("second start");
+    }
+
+    #[tokio::test]
+    async fn a_missing_keyring_is_never_recreated_for_a_store_that_used_one() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("master.key");
+        let store = MemoryStore::new();
+        let id = open_keyring(&path, false, &store).await.expect("first start").current_id().to_owned();
+        std::fs::remove_file(&path).expect("remove");
+        let message = refusal(open_keyring(&path, false, &store).await);
+        assert!(message.contains("does not exist") && message.contains(&id), "{message}");
+        assert!(!path.exists(), "no keyring was created");
+    }
+
+    #[tokio::test]
+    async fn a_missing_keyring_is_never_created_over_default_sealed_records() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("master.key");
+        let store = MemoryStore::new();
+        store.apply(vec![sealed_record("mk-old", EncryptorKind::Default)]).await.expect("seed");
+        let message = refusal(open_keyring(&path, false, &store).await);
+        assert!(message.contains("1 private keys sealed under master keys mk-old"), "{message}");
+        assert!(!path.exists());
+    }
+
+    #[tokio::test]
+    async fn kms_sealed_records_alone_do_not_need_a_keyring() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("master.key");
+        let store = MemoryStore::new();
+        store.apply(vec![sealed_record("3c1d5a0e-kms", EncryptorKind::Kms)]).await.expect("seed");
+        open_keyring(&path, false, &store).await.expect("created");
+    }
+
+    #[tokio::test]
+    async fn a_replaced_key_under_a_recorded_id_is_refused_naming_it() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("master.key");
+        let store = MemoryStore::new();
+        let id = open_keyring(&path, false, &store).await.expect("first start").current_id().to_owned();
+        std::fs::remove_file(&path).expect("remove");
+        MasterKeyring::load_or_create(&path, false).expect("same id (same day), other bytes");
+        let message = refusal(open_keyring(&path, false, &store).await);
+        assert!(message.contains(&format!("other key bytes under master keys {id}")), "{message}");
+    }
+
+    #[tokio::test]
+    async fn new_keys_are_recorded_and_a_keyring_without_them_is_refused() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("master.key");
+        let store = MemoryStore::new();
+        let first = open_keyring(&path, false, &store).await.expect("first start").current_id().to_owned();
+        let backup = std::fs::read(&path).expect("read");
+        let (_, added) = crate::custody::keyring::generate(&path, false, false).expect("generate");
+        open_keyring(&path, false, &store).await.expect("after generate");
+        assert_eq!(recorded_verifiers(&store).await.expect("recorded").len(), 2);
+        std::fs::write(&path, backup).expect("the old keyring file back");
+        let message = refusal(open_keyring(&path, false, &store).await);
+        assert!(message.contains(&format!("lacks master keys {added} that")), "only the new one: {message}");
+        assert_ne!(first, added);
+    }
+
+    #[tokio::test]
+    async fn a_store_from_before_verifiers_is_checked_by_the_ids_its_records_name() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("master.key");
+        let keyring = MasterKeyring::load_or_create(&path, false).expect("keyring");
+        let store = MemoryStore::new();
+        store.apply(vec![sealed_record(keyring.current_id(), EncryptorKind::Default)]).await.expect("seed");
+        open_keyring(&path, false, &store).await.expect("upgrade: every id present");
+        assert_eq!(recorded_verifiers(&store).await.expect("recorded").len(), 1);
+
+        let other = MemoryStore::new();
+        other.apply(vec![sealed_record("mk-lost", EncryptorKind::Default)]).await.expect("seed");
+        let message = refusal(open_keyring(&path, false, &other).await);
+        assert!(message.contains("sealed under master keys mk-lost"), "{message}");
+        assert!(recorded_verifiers(&other).await.expect("recorded").is_empty(), "nothing recorded on a refusal");
+    }
+}
