@@ -431,7 +431,7 @@ const ENV_VARS: &[(&str, Setter)] = &[
     // rather than ignored, so nobody believes they run on PostgreSQL. (`[store]` in a file is an unknown key.)
     ("KPS_STORE_BACKEND", |_, v| match v {
         "sled" => Ok(()),
-        _ => Err("only sled is implemented yet (README, \"Not implemented yet\")".into()),
+        _ => Err("the PostgreSQL store is not implemented yet: only sled (README, \"Not implemented yet\")".into()),
     }),
     ("KPS_STORE_POSTGRES_URL", |_, _| Err(POSTGRES_NOT_YET.into())),
     ("KPS_STORE_POSTGRES_URL_FILE", |_, _| Err(POSTGRES_NOT_YET.into())),
