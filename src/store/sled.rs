@@ -240,6 +240,10 @@ impl SledStore {
         }
         let stats = Arc::new(CommitStats::default());
         let durability = Arc::new(Durability { db: db.clone(), log_file, step, failure: OnceLock::new() });
+        // What sled recovered may include a group that was written but never synced (a crash between its
+        // write and its fdatasync): it may still be only in the page cache. Sync it before the high-water mark
+        // can record its number, or a power loss now would make a healthy store look damaged.
+        durability.sync()?;
         let (commits, queue) = mpsc::channel();
         let durable_seq = Arc::new(AtomicU64::new(recovered_seq));
         let committer = Committer {
@@ -665,6 +669,20 @@ mod tests {
 
     fn is_unavailable<T: std::fmt::Debug>(result: &Result<T, StoreError>) -> bool {
         matches!(result, Err(StoreError::Unavailable(reason)) if reason.contains("Input/output error"))
+    }
+
+    #[test]
+    fn the_recovered_state_is_synced_at_open_before_the_mark_may_record_it() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let syncs = Arc::new(AtomicU64::new(0));
+        let counted = Arc::clone(&syncs);
+        let step: SyncStep = Box::new(move |db, log_file| {
+            counted.fetch_add(1, Ordering::SeqCst);
+            flush_and_fdatasync(db, log_file)
+        });
+        let store = SledStore::open_with(dir.path(), Some(&dir.path().join("commit.hwm")), step).expect("open");
+        assert_eq!(syncs.load(Ordering::SeqCst), 1, "one sync at open, before any commit");
+        drop(store);
     }
 
     /// PostgreSQL's fsync lesson: once a sync has failed, no write is ever acknowledged again by this
