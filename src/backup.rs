@@ -32,7 +32,7 @@ pub enum BackupError {
     Read(std::io::Error),
     #[error("line {line}: {message}")]
     Format { line: usize, message: String },
-    #[error("the store already holds {0} records; import only into an empty store, or pass --force to overwrite")]
+    #[error("the store already holds {0} records; import only into an empty store, or pass --force to replace its contents")]
     NotEmpty(u64),
 }
 
@@ -108,8 +108,9 @@ pub struct ImportSummary {
 }
 
 /// Loads backup lines into `store`, all or nothing. Refuses a non-empty store unless `force`, in which case
-/// records of the backup replace records with the same key (others stay). Every record id is kept and the
-/// id counter moves past them, so ids are never reused.
+/// the backup REPLACES the store's contents (`write_all`): afterwards the store holds exactly the backup's
+/// key pairs, name-index entries and master key verifiers. Every record id is kept and the id counter moves
+/// past them (never backwards: ids the store handed out before are not handed out again).
 ///
 /// The whole file is read and checked first (a bad or duplicate line is reported with its number and
 /// nothing is written), then the id counter is moved and every record written in ONE atomic `apply`. The
@@ -168,39 +169,33 @@ pub async fn import(store: &dyn Store, text: &str, force: bool) -> Result<Import
         staged.push((space, key, value));
     }
     store.advance_ids(summary.next_id).await?;
-    write_all(store, staged, existing == 0).await?;
+    write_all(store, staged).await?;
     Ok(summary)
 }
 
 /// How often `write_all` rebuilds its batch when the store changed under it.
 const WRITE_ATTEMPTS: usize = 3;
 
-/// Writes records unconditionally (put, or replace whatever is there), in one atomic batch. With
-/// `forget_verifiers` (an import into a store without records) the master key verifiers the store recorded
-/// and the backup does not carry are deleted in the same batch: a store without records has sealed nothing,
-/// and the keyring that belongs to the backup would otherwise be refused for lacking the unused keys of a
-/// server's first start on that store.
-async fn write_all(
-    store: &dyn Store,
-    batch: Vec<(Space, Vec<u8>, Vec<u8>)>,
-    forget_verifiers: bool,
-) -> Result<(), BackupError> {
+/// Replaces the store's contents with `batch`, in one atomic `apply`: every record of `Space::KeyPairs` and
+/// `Space::NameIndex` and every master key verifier the backup does not carry is deleted, every record of the
+/// backup is written (put, or replace whatever is under its key). Nothing of the old contents is merged: a
+/// name-index entry of the backup never has to account for a key pair it does not know, and ids from
+/// another deployment cannot collide with records that stay. A store without records still holds its own
+/// keyring's verifiers (a server's first start): those go too, or the keyring that belongs to the backup
+/// would be refused for lacking keys that sealed nothing.
+async fn write_all(store: &dyn Store, batch: Vec<(Space, Vec<u8>, Vec<u8>)>) -> Result<(), BackupError> {
     for _ in 0..WRITE_ATTEMPTS {
-        let mut ops = Vec::with_capacity(batch.len());
+        let mut current = replaced_records(store).await?;
+        let mut ops = Vec::with_capacity(batch.len() + current.len());
         for (space, key, value) in &batch {
             let (space, key, value) = (*space, key.clone(), value.clone());
-            ops.push(match store.get(space, &key).await? {
+            ops.push(match current.remove(&(space, key.clone())) {
                 None => WriteOp::PutIfAbsent { space, key, value },
                 Some(expected) => WriteOp::Replace { space, key, expected, value },
             });
         }
-        if forget_verifiers {
-            let recorded = store.scan(Space::Meta, record::master_key_verifier_prefix(), None, usize::MAX).await?;
-            for (key, expected) in recorded {
-                if !batch.iter().any(|(space, staged, _)| *space == Space::Meta && *staged == key) {
-                    ops.push(WriteOp::Delete { space: Space::Meta, key, expected });
-                }
-            }
+        for ((space, key), expected) in current {
+            ops.push(WriteOp::Delete { space, key, expected });
         }
         if ops.is_empty() {
             return Ok(());
@@ -213,6 +208,28 @@ async fn write_all(
         }
     }
     Err(StoreError::Backend("the store kept changing during the import".into()).into())
+}
+
+/// Every record an import replaces, by space and key: all key pairs, all name-index entries, and the master
+/// key verifiers of `Space::Meta` (other keys there, should a later version add any, are not backup data).
+async fn replaced_records(
+    store: &dyn Store,
+) -> Result<std::collections::BTreeMap<(Space, Vec<u8>), Vec<u8>>, StoreError> {
+    let mut records = std::collections::BTreeMap::new();
+    for (space, prefix) in [
+        (Space::KeyPairs, &b""[..]),
+        (Space::NameIndex, &b""[..]),
+        (Space::Meta, record::master_key_verifier_prefix()),
+    ] {
+        let mut after: Option<Vec<u8>> = None;
+        loop {
+            let page = store.scan(space, prefix, after.as_deref(), PAGE).await?;
+            let Some((last_key, _)) = page.last() else { break };
+            after = Some(last_key.clone());
+            records.extend(page.into_iter().map(|(key, value)| ((space, key), value)));
+        }
+    }
+    Ok(records)
 }
 
 #[cfg(test)]
@@ -299,6 +316,46 @@ mod tests {
         let text = export_text(&source).await;
         assert!(matches!(import(&source, &text, false).await, Err(BackupError::NotEmpty(4))));
         import(&source, &text, true).await.expect("forced");
+    }
+
+    /// `--force` replaces: a backup of another deployment (user w's `a` under id 3, which is u's `a` here)
+    /// leaves exactly its own records, name index and verifiers — nothing of the store merged in.
+    #[tokio::test]
+    async fn a_forced_import_replaces_the_store_contents() {
+        let verifier = |id: &str, byte: u8| WriteOp::PutIfAbsent {
+            space: Space::Meta,
+            key: record::master_key_verifier_key(id),
+            value: record::encode(&MasterKeyVerifier { hmac_sha256: hex::encode([byte; 32]) }).expect("encode"),
+        };
+        let target = seeded().await;
+        target.apply(vec![verifier("mk-here", 1)]).await.expect("seed");
+        let before = target.peek_next_id().await.expect("peek");
+
+        let source = MemoryStore::new();
+        let theirs = record(3, "w", "a");
+        let entry = NameIndexEntry { users: vec!["w".into()], domain_key: None };
+        source
+            .apply(vec![
+                WriteOp::PutIfAbsent {
+                    space: Space::KeyPairs,
+                    key: record::keypair_key(&theirs),
+                    value: record::encode(&theirs).expect("encode"),
+                },
+                WriteOp::PutIfAbsent {
+                    space: Space::NameIndex,
+                    key: record::name_index_key("p", "a"),
+                    value: record::encode(&entry).expect("encode"),
+                },
+                verifier("mk-there", 2),
+            ])
+            .await
+            .expect("seed");
+        let text = export_text(&source).await;
+
+        let summary = import(&target, &text, true).await.expect("forced");
+        assert_eq!((summary.keypairs, summary.name_index_entries), (1, 1));
+        assert_eq!(dump(&target).await, dump(&source).await, "exactly the backup's records");
+        assert!(target.next_id().await.expect("id") >= before, "the id counter never moves back");
     }
 
     /// A backup of `records` key pairs (ids 1..), one per line after the header.
