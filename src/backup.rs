@@ -4,13 +4,14 @@
 //! UTC>", "next_id": <n>}`, then one line per record — `{"type": "keypair", "record": {...}}` or
 //! `{"type": "name_index", "project_id": "...", "name": "...", "entry": {...}}` or
 //! `{"type": "master_key_verifier", "id": "...", "verifier": "<hex>"}` (`custody::verifier`: a restored store
-//! checks its keyring too). Records are written decoded (readable, independent of the store backend) and
+//! checks its keyring too; a backup with verifier lines must have one for every master key id its
+//! `default`-sealed records name). Records are written decoded (readable, independent of the store backend) and
 //! re-encoded on import, which gives back the same bytes.
 //! An export taken while the server runs is consistent per record, not a point-in-time snapshot.
 
 use serde::{Deserialize, Serialize};
 
-use crate::store::record::{self, KeypairRecord, MasterKeyVerifier, NameIndexEntry};
+use crate::store::record::{self, EncryptorKind, KeypairRecord, MasterKeyVerifier, NameIndexEntry};
 use crate::store::{ApplyError, Space, Store, StoreError, WriteOp};
 
 pub const BACKUP_FORMAT_VERSION: u32 = 1;
@@ -141,6 +142,10 @@ pub async fn import(store: &dyn Store, text: &str, force: bool) -> Result<Import
     let mut staged = Vec::new();
     // The line each store key came from, to report a duplicate.
     let mut seen: std::collections::HashMap<(Space, Vec<u8>), usize> = std::collections::HashMap::new();
+    // The master key ids the backup records verifiers for, and the line and master key id of every
+    // `default`-sealed key pair.
+    let mut verified_ids = std::collections::HashSet::new();
+    let mut default_sealed = Vec::new();
     for (number, text) in lines {
         let line: Line = serde_json::from_str(text).map_err(|e| format(number, e.to_string()))?;
         let encoded = |result: Result<Vec<u8>, StoreError>| result.map_err(|e| format(number, e.to_string()));
@@ -151,6 +156,9 @@ pub async fn import(store: &dyn Store, text: &str, force: bool) -> Result<Import
                 }
                 summary.keypairs += 1;
                 summary.next_id = summary.next_id.max(record.id + 1);
+                if let Some(sealed) = record.sealed.as_ref().filter(|s| s.encryptor == EncryptorKind::Default) {
+                    default_sealed.push((number, sealed.key_ref.clone()));
+                }
                 (Space::KeyPairs, record::keypair_key(&record), encoded(record::encode(&record))?)
             }
             Line::NameIndex { project_id, name, entry } => {
@@ -160,6 +168,7 @@ pub async fn import(store: &dyn Store, text: &str, force: bool) -> Result<Import
             Line::MasterKeyVerifier { id, verifier } => {
                 let stored = MasterKeyVerifier { hmac_sha256: verifier };
                 crate::custody::verifier::decode_verifier(&stored).map_err(|e| format(number, e.to_string()))?;
+                verified_ids.insert(id.clone());
                 (Space::Meta, record::master_key_verifier_key(&id), record::encode(&stored)?)
             }
         };
@@ -167,6 +176,20 @@ pub async fn import(store: &dyn Store, text: &str, force: bool) -> Result<Import
             return Err(format(number, format!("the same record as line {}", first + 1)));
         }
         staged.push((space, key, value));
+    }
+    // The backup's verifiers become the store's: they must cover every master key its records are sealed
+    // under, or a keyring lacking that key would pass the startup check. A backup without any verifier
+    // line (from before verifiers) leaves the store none, and the startup upgrade rule checks the keyring.
+    if !verified_ids.is_empty() {
+        if let Some((number, id)) = default_sealed.iter().find(|(_, id)| !verified_ids.contains(id)) {
+            return Err(format(
+                *number,
+                format!(
+                    "the key pair is sealed under master key {id}, for which the backup records no verifier \
+                     (master_key_verifier line); the backup is incomplete or edited"
+                ),
+            ));
+        }
     }
     store.advance_ids(summary.next_id).await?;
     write_all(store, staged).await?;
@@ -424,6 +447,52 @@ mod tests {
         let bad = text.replace(&"01".repeat(32), "zz");
         let error = import(&MemoryStore::new(), &bad, false).await.expect_err("bad verifier");
         assert!(error.to_string().contains("not 32 bytes of hex"), "{error}");
+    }
+
+    /// A backup line: a key pair `default`-sealed under master key `key_ref` (the envelope is not opened).
+    fn sealed_line(id: u64, name: &str, key_ref: &str) -> String {
+        let mut sealed = record(id, "u", name);
+        sealed.sealed = Some(record::SealedKey {
+            format_version: 2,
+            encryptor: EncryptorKind::Default,
+            key_ref: key_ref.into(),
+            key_name: None,
+            salt: Some("c2FsdA==".into()),
+            wrapped_dek: "d3JhcHBlZA==".into(),
+            nonce: "bm9uY2U=".into(),
+            ciphertext: "Y2lwaGVy".into(),
+        });
+        String::from_utf8(json_line(&Line::Keypair { record: Box::new(sealed) })).expect("utf8")
+    }
+
+    fn verifier_line(id: &str) -> String {
+        let line = Line::MasterKeyVerifier { id: id.into(), verifier: "ab".repeat(32) };
+        String::from_utf8(json_line(&line)).expect("utf8")
+    }
+
+    /// A backup whose verifier lines do not cover a master key its records are sealed under is refused,
+    /// naming the line, and nothing is written; one without any verifier line (from before verifiers) loads
+    /// and leaves the store no verifier (the startup upgrade rule then checks the keyring).
+    #[tokio::test]
+    async fn sealed_records_need_a_verifier_for_their_master_key_unless_the_backup_has_none() {
+        let header = backup_text(0).concat();
+        let store = MemoryStore::new();
+        let covered = [header.clone(), verifier_line("mk-1"), sealed_line(1, "a", "mk-1")].concat();
+        import(&store, &covered, false).await.expect("every sealing key has its verifier");
+        let stored = store.get(Space::Meta, &record::master_key_verifier_key("mk-1")).await.expect("get");
+        assert!(stored.is_some(), "the backup's verifier is the store's");
+
+        let lines = [header.clone(), verifier_line("mk-1"), sealed_line(1, "a", "mk-1"), sealed_line(2, "b", "mk-2")];
+        let target = MemoryStore::new();
+        let error = import(&target, &lines.concat(), false).await.expect_err("mk-2 has no verifier");
+        let message = error.to_string();
+        assert!(message.starts_with("line 4: ") && message.contains("master key mk-2"), "{message}");
+        assert!(dump(&target).await.is_empty(), "nothing written");
+
+        let before_verifiers = [header, sealed_line(1, "a", "mk-1"), sealed_line(2, "b", "mk-2")].concat();
+        import(&store, &before_verifiers, true).await.expect("a backup from before verifiers");
+        assert_eq!(store.count(Space::KeyPairs, b"").await.expect("count"), 2);
+        assert_eq!(store.count(Space::Meta, b"").await.expect("count"), 0, "the store keeps no verifier");
     }
 
     #[tokio::test]
