@@ -33,7 +33,9 @@ pub enum BackupError {
     Read(std::io::Error),
     #[error("line {line}: {message}")]
     Format { line: usize, message: String },
-    #[error("the store already holds {0} records; import only into an empty store, or pass --force to replace its contents")]
+    #[error(
+        "the store already holds {0} records; import only into an empty store, or pass --force to replace its contents"
+    )]
     NotEmpty(u64),
 }
 
@@ -239,11 +241,9 @@ async fn replaced_records(
     store: &dyn Store,
 ) -> Result<std::collections::BTreeMap<(Space, Vec<u8>), Vec<u8>>, StoreError> {
     let mut records = std::collections::BTreeMap::new();
-    for (space, prefix) in [
-        (Space::KeyPairs, &b""[..]),
-        (Space::NameIndex, &b""[..]),
-        (Space::Meta, record::master_key_verifier_prefix()),
-    ] {
+    for (space, prefix) in
+        [(Space::KeyPairs, &b""[..]), (Space::NameIndex, &b""[..]), (Space::Meta, record::master_key_verifier_prefix())]
+    {
         let mut after: Option<Vec<u8>> = None;
         loop {
             let page = store.scan(space, prefix, after.as_deref(), PAGE).await?;
