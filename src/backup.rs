@@ -4,13 +4,14 @@
 //! UTC>", "next_id": <n>}`, then one line per record — `{"type": "keypair", "record": {...}}` or
 //! `{"type": "name_index", "project_id": "...", "name": "...", "entry": {...}}` or
 //! `{"type": "master_key_verifier", "id": "...", "verifier": "<hex>"}` (`custody::verifier`: a restored store
-//! checks its keyring too). Records are written decoded (readable, independent of the store backend) and
+//! checks its keyring too; a backup with verifier lines must have one for every master key id its
+//! `default`-sealed records name). Records are written decoded (readable, independent of the store backend) and
 //! re-encoded on import, which gives back the same bytes.
 //! An export taken while the server runs is consistent per record, not a point-in-time snapshot.
 
 use serde::{Deserialize, Serialize};
 
-use crate::store::record::{self, KeypairRecord, MasterKeyVerifier, NameIndexEntry};
+use crate::store::record::{self, EncryptorKind, KeypairRecord, MasterKeyVerifier, NameIndexEntry};
 use crate::store::{ApplyError, Space, Store, StoreError, WriteOp};
 
 pub const BACKUP_FORMAT_VERSION: u32 = 1;
@@ -32,7 +33,9 @@ pub enum BackupError {
     Read(std::io::Error),
     #[error("line {line}: {message}")]
     Format { line: usize, message: String },
-    #[error("the store already holds {0} records; import only into an empty store, or pass --force to overwrite")]
+    #[error(
+        "the store already holds {0} records; import only into an empty store, or pass --force to replace its contents"
+    )]
     NotEmpty(u64),
 }
 
@@ -108,8 +111,9 @@ pub struct ImportSummary {
 }
 
 /// Loads backup lines into `store`, all or nothing. Refuses a non-empty store unless `force`, in which case
-/// records of the backup replace records with the same key (others stay). Every record id is kept and the
-/// id counter moves past them, so ids are never reused.
+/// the backup REPLACES the store's contents (`write_all`): afterwards the store holds exactly the backup's
+/// key pairs, name-index entries and master key verifiers. Every record id is kept and the id counter moves
+/// past them (never backwards: ids the store handed out before are not handed out again).
 ///
 /// The whole file is read and checked first (a bad or duplicate line is reported with its number and
 /// nothing is written), then the id counter is moved and every record written in ONE atomic `apply`. The
@@ -140,6 +144,10 @@ pub async fn import(store: &dyn Store, text: &str, force: bool) -> Result<Import
     let mut staged = Vec::new();
     // The line each store key came from, to report a duplicate.
     let mut seen: std::collections::HashMap<(Space, Vec<u8>), usize> = std::collections::HashMap::new();
+    // The master key ids the backup records verifiers for, and the line and master key id of every
+    // `default`-sealed key pair.
+    let mut verified_ids = std::collections::HashSet::new();
+    let mut default_sealed = Vec::new();
     for (number, text) in lines {
         let line: Line = serde_json::from_str(text).map_err(|e| format(number, e.to_string()))?;
         let encoded = |result: Result<Vec<u8>, StoreError>| result.map_err(|e| format(number, e.to_string()));
@@ -150,6 +158,9 @@ pub async fn import(store: &dyn Store, text: &str, force: bool) -> Result<Import
                 }
                 summary.keypairs += 1;
                 summary.next_id = summary.next_id.max(record.id + 1);
+                if let Some(sealed) = record.sealed.as_ref().filter(|s| s.encryptor == EncryptorKind::Default) {
+                    default_sealed.push((number, sealed.key_ref.clone()));
+                }
                 (Space::KeyPairs, record::keypair_key(&record), encoded(record::encode(&record))?)
             }
             Line::NameIndex { project_id, name, entry } => {
@@ -159,6 +170,7 @@ pub async fn import(store: &dyn Store, text: &str, force: bool) -> Result<Import
             Line::MasterKeyVerifier { id, verifier } => {
                 let stored = MasterKeyVerifier { hmac_sha256: verifier };
                 crate::custody::verifier::decode_verifier(&stored).map_err(|e| format(number, e.to_string()))?;
+                verified_ids.insert(id.clone());
                 (Space::Meta, record::master_key_verifier_key(&id), record::encode(&stored)?)
             }
         };
@@ -167,40 +179,48 @@ pub async fn import(store: &dyn Store, text: &str, force: bool) -> Result<Import
         }
         staged.push((space, key, value));
     }
+    // The backup's verifiers become the store's: they must cover every master key its records are sealed
+    // under, or a keyring lacking that key would pass the startup check. A backup without any verifier
+    // line (from before verifiers) leaves the store none, and the startup upgrade rule checks the keyring.
+    if !verified_ids.is_empty() {
+        if let Some((number, id)) = default_sealed.iter().find(|(_, id)| !verified_ids.contains(id)) {
+            return Err(format(
+                *number,
+                format!(
+                    "the key pair is sealed under master key {id}, for which the backup records no verifier \
+                     (master_key_verifier line); the backup is incomplete or edited"
+                ),
+            ));
+        }
+    }
     store.advance_ids(summary.next_id).await?;
-    write_all(store, staged, existing == 0).await?;
+    write_all(store, staged).await?;
     Ok(summary)
 }
 
 /// How often `write_all` rebuilds its batch when the store changed under it.
 const WRITE_ATTEMPTS: usize = 3;
 
-/// Writes records unconditionally (put, or replace whatever is there), in one atomic batch. With
-/// `forget_verifiers` (an import into a store without records) the master key verifiers the store recorded
-/// and the backup does not carry are deleted in the same batch: a store without records has sealed nothing,
-/// and the keyring that belongs to the backup would otherwise be refused for lacking the unused keys of a
-/// server's first start on that store.
-async fn write_all(
-    store: &dyn Store,
-    batch: Vec<(Space, Vec<u8>, Vec<u8>)>,
-    forget_verifiers: bool,
-) -> Result<(), BackupError> {
+/// Replaces the store's contents with `batch`, in one atomic `apply`: every record of `Space::KeyPairs` and
+/// `Space::NameIndex` and every master key verifier the backup does not carry is deleted, every record of the
+/// backup is written (put, or replace whatever is under its key). Nothing of the old contents is merged: a
+/// name-index entry of the backup never has to account for a key pair it does not know, and ids from
+/// another deployment cannot collide with records that stay. A store without records still holds its own
+/// keyring's verifiers (a server's first start): those go too, or the keyring that belongs to the backup
+/// would be refused for lacking keys that sealed nothing.
+async fn write_all(store: &dyn Store, batch: Vec<(Space, Vec<u8>, Vec<u8>)>) -> Result<(), BackupError> {
     for _ in 0..WRITE_ATTEMPTS {
-        let mut ops = Vec::with_capacity(batch.len());
+        let mut current = replaced_records(store).await?;
+        let mut ops = Vec::with_capacity(batch.len() + current.len());
         for (space, key, value) in &batch {
             let (space, key, value) = (*space, key.clone(), value.clone());
-            ops.push(match store.get(space, &key).await? {
+            ops.push(match current.remove(&(space, key.clone())) {
                 None => WriteOp::PutIfAbsent { space, key, value },
                 Some(expected) => WriteOp::Replace { space, key, expected, value },
             });
         }
-        if forget_verifiers {
-            let recorded = store.scan(Space::Meta, record::master_key_verifier_prefix(), None, usize::MAX).await?;
-            for (key, expected) in recorded {
-                if !batch.iter().any(|(space, staged, _)| *space == Space::Meta && *staged == key) {
-                    ops.push(WriteOp::Delete { space: Space::Meta, key, expected });
-                }
-            }
+        for ((space, key), expected) in current {
+            ops.push(WriteOp::Delete { space, key, expected });
         }
         if ops.is_empty() {
             return Ok(());
@@ -213,6 +233,26 @@ async fn write_all(
         }
     }
     Err(StoreError::Backend("the store kept changing during the import".into()).into())
+}
+
+/// Every record an import replaces, by space and key: all key pairs, all name-index entries, and the master
+/// key verifiers of `Space::Meta` (other keys there, should a later version add any, are not backup data).
+async fn replaced_records(
+    store: &dyn Store,
+) -> Result<std::collections::BTreeMap<(Space, Vec<u8>), Vec<u8>>, StoreError> {
+    let mut records = std::collections::BTreeMap::new();
+    for (space, prefix) in
+        [(Space::KeyPairs, &b""[..]), (Space::NameIndex, &b""[..]), (Space::Meta, record::master_key_verifier_prefix())]
+    {
+        let mut after: Option<Vec<u8>> = None;
+        loop {
+            let page = store.scan(space, prefix, after.as_deref(), PAGE).await?;
+            let Some((last_key, _)) = page.last() else { break };
+            after = Some(last_key.clone());
+            records.extend(page.into_iter().map(|(key, value)| ((space, key), value)));
+        }
+    }
+    Ok(records)
 }
 
 #[cfg(test)]
@@ -301,6 +341,46 @@ mod tests {
         import(&source, &text, true).await.expect("forced");
     }
 
+    /// `--force` replaces: a backup of another deployment (user w's `a` under id 3, which is u's `a` here)
+    /// leaves exactly its own records, name index and verifiers — nothing of the store merged in.
+    #[tokio::test]
+    async fn a_forced_import_replaces_the_store_contents() {
+        let verifier = |id: &str, byte: u8| WriteOp::PutIfAbsent {
+            space: Space::Meta,
+            key: record::master_key_verifier_key(id),
+            value: record::encode(&MasterKeyVerifier { hmac_sha256: hex::encode([byte; 32]) }).expect("encode"),
+        };
+        let target = seeded().await;
+        target.apply(vec![verifier("mk-here", 1)]).await.expect("seed");
+        let before = target.peek_next_id().await.expect("peek");
+
+        let source = MemoryStore::new();
+        let theirs = record(3, "w", "a");
+        let entry = NameIndexEntry { users: vec!["w".into()], domain_key: None };
+        source
+            .apply(vec![
+                WriteOp::PutIfAbsent {
+                    space: Space::KeyPairs,
+                    key: record::keypair_key(&theirs),
+                    value: record::encode(&theirs).expect("encode"),
+                },
+                WriteOp::PutIfAbsent {
+                    space: Space::NameIndex,
+                    key: record::name_index_key("p", "a"),
+                    value: record::encode(&entry).expect("encode"),
+                },
+                verifier("mk-there", 2),
+            ])
+            .await
+            .expect("seed");
+        let text = export_text(&source).await;
+
+        let summary = import(&target, &text, true).await.expect("forced");
+        assert_eq!((summary.keypairs, summary.name_index_entries), (1, 1));
+        assert_eq!(dump(&target).await, dump(&source).await, "exactly the backup's records");
+        assert!(target.next_id().await.expect("id") >= before, "the id counter never moves back");
+    }
+
     /// A backup of `records` key pairs (ids 1..), one per line after the header.
     fn backup_text(records: u64) -> Vec<String> {
         let header = Header { format_version: BACKUP_FORMAT_VERSION, created_at: "x".into(), next_id: 1 };
@@ -367,6 +447,52 @@ mod tests {
         let bad = text.replace(&"01".repeat(32), "zz");
         let error = import(&MemoryStore::new(), &bad, false).await.expect_err("bad verifier");
         assert!(error.to_string().contains("not 32 bytes of hex"), "{error}");
+    }
+
+    /// A backup line: a key pair `default`-sealed under master key `key_ref` (the envelope is not opened).
+    fn sealed_line(id: u64, name: &str, key_ref: &str) -> String {
+        let mut sealed = record(id, "u", name);
+        sealed.sealed = Some(record::SealedKey {
+            format_version: 2,
+            encryptor: EncryptorKind::Default,
+            key_ref: key_ref.into(),
+            key_name: None,
+            salt: Some("c2FsdA==".into()),
+            wrapped_dek: "d3JhcHBlZA==".into(),
+            nonce: "bm9uY2U=".into(),
+            ciphertext: "Y2lwaGVy".into(),
+        });
+        String::from_utf8(json_line(&Line::Keypair { record: Box::new(sealed) })).expect("utf8")
+    }
+
+    fn verifier_line(id: &str) -> String {
+        let line = Line::MasterKeyVerifier { id: id.into(), verifier: "ab".repeat(32) };
+        String::from_utf8(json_line(&line)).expect("utf8")
+    }
+
+    /// A backup whose verifier lines do not cover a master key its records are sealed under is refused,
+    /// naming the line, and nothing is written; one without any verifier line (from before verifiers) loads
+    /// and leaves the store no verifier (the startup upgrade rule then checks the keyring).
+    #[tokio::test]
+    async fn sealed_records_need_a_verifier_for_their_master_key_unless_the_backup_has_none() {
+        let header = backup_text(0).concat();
+        let store = MemoryStore::new();
+        let covered = [header.clone(), verifier_line("mk-1"), sealed_line(1, "a", "mk-1")].concat();
+        import(&store, &covered, false).await.expect("every sealing key has its verifier");
+        let stored = store.get(Space::Meta, &record::master_key_verifier_key("mk-1")).await.expect("get");
+        assert!(stored.is_some(), "the backup's verifier is the store's");
+
+        let lines = [header.clone(), verifier_line("mk-1"), sealed_line(1, "a", "mk-1"), sealed_line(2, "b", "mk-2")];
+        let target = MemoryStore::new();
+        let error = import(&target, &lines.concat(), false).await.expect_err("mk-2 has no verifier");
+        let message = error.to_string();
+        assert!(message.starts_with("line 4: ") && message.contains("master key mk-2"), "{message}");
+        assert!(dump(&target).await.is_empty(), "nothing written");
+
+        let before_verifiers = [header, sealed_line(1, "a", "mk-1"), sealed_line(2, "b", "mk-2")].concat();
+        import(&store, &before_verifiers, true).await.expect("a backup from before verifiers");
+        assert_eq!(store.count(Space::KeyPairs, b"").await.expect("count"), 2);
+        assert_eq!(store.count(Space::Meta, b"").await.expect("count"), 0, "the store keeps no verifier");
     }
 
     #[tokio::test]

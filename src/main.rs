@@ -78,7 +78,8 @@ enum BackupCommand {
         file: PathBuf,
         #[command(flatten)]
         common: CommonArgs,
-        /// Overwrite records with the same key.
+        /// Replace the store's contents: every key pair, name-index entry and master key verifier it holds is
+        /// deleted, in the same atomic write that loads FILE (ids still never go back).
         #[arg(long)]
         force: bool,
     },

@@ -944,12 +944,7 @@ struct Loaded {
 
 /// The identity a record's sealed key is bound to.
 fn aad_of(record: &KeypairRecord) -> Aad {
-    Aad {
-        project_id: record.project_id.clone(),
-        user_id: record.user_id.clone(),
-        name: record.name.clone(),
-        record_id: record.id,
-    }
+    Aad::of_record(record)
 }
 
 /// `escrows()` is true with neither a generated nor a given key only through a bug.

@@ -26,12 +26,7 @@ impl LocalEncryptor {
     }
 
     fn kek(&self, key_id: &str, salt: &[u8]) -> Result<SymmetricKey, CustodyError> {
-        let master = self.keyring.get(key_id).ok_or_else(|| CustodyError::UnknownMasterKey(key_id.to_owned()))?;
-        let mut okm = Zeroizing::new([0u8; KEY_LEN]);
-        Hkdf::<Sha256>::new(Some(salt), master.expose())
-            .expand(format!("kps/kek/v1/{key_id}").as_bytes(), okm.as_mut())
-            .map_err(|_| CustodyError::Malformed("hkdf length".into()))?;
-        SymmetricKey::from_bytes(okm.as_ref())
+        kek(&self.keyring, key_id, salt)
     }
 
     pub fn seal(&self, aad: &Aad, private_key: &PrivateKeyText) -> Result<SealedKey, CustodyError> {
@@ -57,24 +52,39 @@ impl LocalEncryptor {
     }
 
     pub fn open(&self, aad: &Aad, sealed: &SealedKey) -> Result<PrivateKeyText, CustodyError> {
-        if sealed.encryptor != EncryptorKind::Default {
-            return Err(CustodyError::Malformed("not a default-encryptor envelope".into()));
-        }
-        let bytes = |field: &str, text: &str| field_bytes(sealed, field, text);
-        let salt = bytes("salt", sealed.salt.as_deref().unwrap_or_default())?;
-        let wrapped = bytes("wrapped_dek", &sealed.wrapped_dek)?;
-        if wrapped.len() <= NONCE_LEN {
-            return Err(CustodyError::Malformed("wrapped_dek".into()));
-        }
-        let aad = aad.bytes();
-        let (wrap_nonce, wrapped) = wrapped.split_at(NONCE_LEN);
-        let dek = self.kek(&sealed.key_ref, &salt)?.decrypt(wrap_nonce, wrapped, &aad)?;
-        let dek = SymmetricKey::from_bytes(&dek)?;
-        let plaintext =
-            dek.decrypt(&bytes("nonce", &sealed.nonce)?, &bytes("ciphertext", &sealed.ciphertext)?, &aad)?;
-        let text = String::from_utf8(plaintext.to_vec()).map_err(|_| CustodyError::Integrity)?;
-        Ok(PrivateKeyText::new(Zeroizing::new(text)))
+        open_with(&self.keyring, aad, sealed)
     }
+}
+
+/// The KEK of master key `key_id` of `keyring` for a record's `salt`.
+fn kek(keyring: &MasterKeyring, key_id: &str, salt: &[u8]) -> Result<SymmetricKey, CustodyError> {
+    let master = keyring.get(key_id).ok_or_else(|| CustodyError::UnknownMasterKey(key_id.to_owned()))?;
+    let mut okm = Zeroizing::new([0u8; KEY_LEN]);
+    Hkdf::<Sha256>::new(Some(salt), master.expose())
+        .expand(format!("kps/kek/v1/{key_id}").as_bytes(), okm.as_mut())
+        .map_err(|_| CustodyError::Malformed("hkdf length".into()))?;
+    SymmetricKey::from_bytes(okm.as_ref())
+}
+
+/// Opens a `default` envelope with `keyring` (what `LocalEncryptor::open` does, for a keyring not yet
+/// handed to an encryptor: the startup check of `custody::verifier`).
+pub fn open_with(keyring: &MasterKeyring, aad: &Aad, sealed: &SealedKey) -> Result<PrivateKeyText, CustodyError> {
+    if sealed.encryptor != EncryptorKind::Default {
+        return Err(CustodyError::Malformed("not a default-encryptor envelope".into()));
+    }
+    let bytes = |field: &str, text: &str| field_bytes(sealed, field, text);
+    let salt = bytes("salt", sealed.salt.as_deref().unwrap_or_default())?;
+    let wrapped = bytes("wrapped_dek", &sealed.wrapped_dek)?;
+    if wrapped.len() <= NONCE_LEN {
+        return Err(CustodyError::Malformed("wrapped_dek".into()));
+    }
+    let aad = aad.bytes();
+    let (wrap_nonce, wrapped) = wrapped.split_at(NONCE_LEN);
+    let dek = kek(keyring, &sealed.key_ref, &salt)?.decrypt(wrap_nonce, wrapped, &aad)?;
+    let dek = SymmetricKey::from_bytes(&dek)?;
+    let plaintext = dek.decrypt(&bytes("nonce", &sealed.nonce)?, &bytes("ciphertext", &sealed.ciphertext)?, &aad)?;
+    let text = String::from_utf8(plaintext.to_vec()).map_err(|_| CustodyError::Integrity)?;
+    Ok(PrivateKeyText::new(Zeroizing::new(text)))
 }
 
 #[cfg(test)]

@@ -73,6 +73,16 @@ pub struct Aad {
 }
 
 impl Aad {
+    /// The identity of a stored key pair record.
+    pub fn of_record(record: &crate::store::record::KeypairRecord) -> Self {
+        Self {
+            project_id: record.project_id.clone(),
+            user_id: record.user_id.clone(),
+            name: record.name.clone(),
+            record_id: record.id,
+        }
+    }
+
     pub fn bytes(&self) -> Vec<u8> {
         let record = self.record_id.to_string();
         let mut out = Vec::with_capacity(64 + self.project_id.len() + self.user_id.len() + self.name.len());

@@ -8,7 +8,8 @@
 //! * creates a keyring file only for a store that records no verifier and holds no `default`-sealed record;
 //! * refuses a keyring that lacks a recorded id or holds other bytes under it, naming the ids;
 //! * for a store with `default`-sealed records but no verifiers yet (written before verifiers existed),
-//!   requires every master key id those records name to be in the keyring;
+//!   requires every master key id those records name to be in the keyring AND one record sealed under each
+//!   to open with it (ids are dates: a keyring recreated the same day has the right ids, other bytes);
 //! * records the verifiers of keyring ids not recorded yet (a new store, `kps master-key generate`).
 
 use std::collections::BTreeMap;
@@ -18,7 +19,8 @@ use serde::Deserialize;
 use subtle::ConstantTimeEq;
 
 use super::keyring::{KeyringError, MasterKeyring, Verifier};
-use crate::store::record::{self, EncryptorKind, MasterKeyVerifier};
+use super::{Aad, local};
+use crate::store::record::{self, EncryptorKind, KeypairRecord, MasterKeyVerifier};
 use crate::store::{ApplyError, Space, Store, StoreError, WriteOp};
 
 /// Loads the keyring at `path` for `store` (creating it only for a store that never used one), checks it
@@ -45,7 +47,7 @@ pub async fn open_keyring(
             return Err(refuse(format!(
                 "it does not exist, but this store holds {} private keys sealed under master keys {}. Restore that \
                  keyring: kps never creates a new one for a store that has used one",
-                ids.values().sum::<u64>(),
+                ids.values().map(|sealed| sealed.records).sum::<u64>(),
                 list(ids.keys())
             )));
         }
@@ -87,6 +89,16 @@ pub async fn open_keyring(
                 "this store holds private keys sealed under master keys {}, which it does not contain. Restore the \
                  keyring this store was used with",
                 list(unknown)
+            )));
+        }
+        // The ids match; the bytes are only known to be right once a record sealed under each opens.
+        let unopened: Vec<&String> =
+            ids.iter().filter(|(_, sealed)| !opens(&keyring, &sealed.sample)).map(|(id, _)| id).collect();
+        if !unopened.is_empty() {
+            return Err(refuse(format!(
+                "it holds other key bytes under master keys {} than sealed this store's private keys (a record \
+                 sealed under each was tried and does not open). Restore the keyring this store was used with",
+                list(unopened)
             )));
         }
     }
@@ -170,9 +182,16 @@ struct SealedKeyRef {
     key_ref: String,
 }
 
+/// The records sealed under one master key id.
+struct SealedUnder {
+    records: u64,
+    /// The first of them (in key order), to try the keyring on.
+    sample: KeypairRecord,
+}
+
 /// The master key ids that `default`-sealed records name, with how many records each seals.
-async fn default_sealed_key_ids(store: &dyn Store) -> Result<BTreeMap<String, u64>, StoreError> {
-    let mut ids = BTreeMap::new();
+async fn default_sealed_key_ids(store: &dyn Store) -> Result<BTreeMap<String, SealedUnder>, StoreError> {
+    let mut ids: BTreeMap<String, SealedUnder> = BTreeMap::new();
     let mut after: Option<Vec<u8>> = None;
     loop {
         let page = store.scan(Space::KeyPairs, b"", after.as_deref(), 1000).await?;
@@ -180,12 +199,23 @@ async fn default_sealed_key_ids(store: &dyn Store) -> Result<BTreeMap<String, u6
         after = Some(last.clone());
         for (_, value) in page {
             let found: SealedRef = record::decode(&value)?;
-            if let Some(sealed) = found.sealed.filter(|s| s.encryptor == EncryptorKind::Default) {
-                *ids.entry(sealed.key_ref).or_insert(0) += 1;
+            let Some(sealed) = found.sealed.filter(|s| s.encryptor == EncryptorKind::Default) else { continue };
+            match ids.get_mut(&sealed.key_ref) {
+                Some(under) => under.records += 1,
+                None => {
+                    let sample = record::decode(&value)?;
+                    ids.insert(sealed.key_ref, SealedUnder { records: 1, sample });
+                }
             }
         }
     }
     Ok(ids)
+}
+
+/// Whether `record`'s sealed private key opens (AEAD-decrypts under its record AAD) with `keyring`. The
+/// plaintext is dropped at once (zeroized).
+fn opens(keyring: &MasterKeyring, record: &KeypairRecord) -> bool {
+    record.sealed.as_ref().is_some_and(|sealed| local::open_with(keyring, &Aad::of_record(record), sealed).is_ok())
 }
 
 fn list<T: AsRef<str>>(ids: impl IntoIterator<Item = T>) -> String {
@@ -309,13 +339,82 @@ mod tests {
         assert_ne!(first, added);
     }
 
+    /// A record really sealed with the keyring at `path` (its current key).
+    fn escrowed_record(path: &Path, id: u64) -> WriteOp {
+        let local = super::super::LocalEncryptor::new(MasterKeyring::load_or_create(path, false).expect("keyring"));
+        let mut record = KeypairRecord {
+            id,
+            name: format!("escrowed-{id}"),
+            key_type: "ssh".into(),
+            public_key: "ssh-ed25519 AAAA".into(),
+            fingerprint: "f".into(),
+            algorithm: "ED25519".into(),
+            user_id: "u".into(),
+            project_id: "p".into(),
+            scope: Scope::User,
+            description: String::new(),
+            created_at_us: 1,
+            updated_at_us: None,
+            sealed: None,
+        };
+        let text = super::super::PrivateKeyText::new(zeroize::Zeroizing::new("a private key".into()));
+        record.sealed = Some(local.seal(&Aad::of_record(&record), &text).expect("seal"));
+        WriteOp::PutIfAbsent {
+            space: Space::KeyPairs,
+            key: record::keypair_key(&record),
+            value: record::encode(&record).expect("encode"),
+        }
+    }
+
+    /// The keyring file at `path` with the first hex digit of every key flipped: same ids, other bytes.
+    fn replace_key_bytes(path: &Path) {
+        let text = std::fs::read_to_string(path).expect("read");
+        let flipped: Vec<String> = text
+            .lines()
+            .map(|line| match line.split_once("key_hex = \"") {
+                Some((head, hex)) => {
+                    let first = if hex.starts_with('0') { '1' } else { '0' };
+                    format!("{head}key_hex = \"{first}{}", &hex[1..])
+                }
+                None => line.to_owned(),
+            })
+            .collect();
+        assert_ne!(flipped.join("\n"), text.trim_end());
+        std::fs::write(path, flipped.join("\n") + "\n").expect("write");
+    }
+
+    /// Issue: the upgrade rule trusted a keyring with the right ids (dates) but other bytes. A record sealed
+    /// under each id must open with it before its verifier is recorded.
+    #[tokio::test]
+    async fn a_store_from_before_verifiers_needs_its_records_to_open_with_the_keyring() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("master.key");
+        let keyring = MasterKeyring::load_or_create(&path, false).expect("keyring");
+        let id = keyring.current_id().to_owned();
+        let original = std::fs::read(&path).expect("read");
+        let store = MemoryStore::new();
+        store.apply(vec![escrowed_record(&path, 1), escrowed_record(&path, 2)]).await.expect("seed");
+
+        replace_key_bytes(&path);
+        assert_eq!(MasterKeyring::load_or_create(&path, false).expect("other bytes").current_id(), id);
+        let message = refusal(open_keyring(&path, false, &store).await);
+        assert!(message.contains(&format!("other key bytes under master keys {id} than sealed")), "{message}");
+        assert!(recorded_verifiers(&store).await.expect("recorded").is_empty(), "nothing recorded on a refusal");
+
+        std::fs::write(&path, original).expect("the right keyring back");
+        let opened = open_keyring(&path, false, &store).await.expect("the right keyring");
+        let recorded = recorded_verifiers(&store).await.expect("recorded");
+        assert_eq!(recorded.keys().collect::<Vec<_>>(), [&id]);
+        assert_eq!(recorded[&id], opened.verifier(&id).expect("verifier"));
+    }
+
     #[tokio::test]
     async fn a_store_from_before_verifiers_is_checked_by_the_ids_its_records_name() {
         let dir = tempfile::tempdir().expect("tempdir");
         let path = dir.path().join("master.key");
-        let keyring = MasterKeyring::load_or_create(&path, false).expect("keyring");
+        MasterKeyring::load_or_create(&path, false).expect("keyring");
         let store = MemoryStore::new();
-        store.apply(vec![sealed_record(keyring.current_id(), EncryptorKind::Default)]).await.expect("seed");
+        store.apply(vec![escrowed_record(&path, 1)]).await.expect("seed");
         open_keyring(&path, false, &store).await.expect("upgrade: every id present");
         assert_eq!(recorded_verifiers(&store).await.expect("recorded").len(), 1);
 

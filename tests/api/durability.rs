@@ -182,6 +182,67 @@ fn backup_exports_online_and_offline_and_imports_into_a_wiped_store() {
     assert!(server.stop().success());
 }
 
+/// A Nova call as `token` ("user:project"): status and JSON body (null when there is none).
+fn nova(method: &str, url: &str, path: &str, token: &str, body: Option<serde_json::Value>) -> (u16, serde_json::Value) {
+    let client = reqwest::blocking::Client::new();
+    let mut request = client
+        .request(method.parse().expect("method"), format!("{url}/v2.1/os-keypairs{path}"))
+        .header("x-auth-token", token);
+    if let Some(body) = body {
+        request = request.header("content-type", "application/json").body(body.to_string());
+    }
+    let response = request.send().expect("send");
+    let status = response.status().as_u16();
+    (status, response.json().unwrap_or(serde_json::Value::Null))
+}
+
+fn create(url: &str, token: &str, name: &str, seed: u64) -> (u16, serde_json::Value) {
+    let body = serde_json::json!({"keypair": {"name": name, "public_key": ed25519_public_key(seed)}});
+    nova("POST", url, "", token, Some(body))
+}
+
+/// `backup import --force` into a store that has records replaces them: alice's `k` here and bob's `k` in the
+/// backup (same project, same record id) leave exactly bob's, with a name index that knows it. (Before, the
+/// two merged: the backup's name-index entry replaced the store's and forgot alice's `k`, whose record stayed.)
+#[test]
+fn a_forced_import_replaces_a_non_empty_store() {
+    let parent = tempfile::tempdir().expect("tempdir");
+    let (here, there) = (parent.path().join("here"), parent.path().join("there"));
+    let server = Server::start(&here);
+    assert_eq!(create(&server.url, "alice:p", "k", 1).0, 200);
+    let alices = nova("GET", &server.url, "/k", "alice:p", None).1;
+    assert_eq!(create(&server.url, "alice:p", "only-here", 2).0, 200);
+    assert!(server.stop().success());
+    let server = Server::start(&there);
+    assert_eq!(create(&server.url, "bob:p", "k", 3).0, 200);
+    let bobs = nova("GET", &server.url, "/k", "bob:p", None).1;
+    assert!(server.stop().success());
+    let (alices_id, bobs_id) = (&alices["keypair"]["id"], &bobs["keypair"]["id"]);
+    assert!(alices_id.is_u64() && alices_id == bobs_id, "two fresh stores hand out the same first id");
+
+    let backup = parent.path().join("there.jsonl");
+    assert!(kps(&["backup", "export", backup.to_str().expect("path")], &there).status.success());
+    let out = kps(&["backup", "import", "--force", backup.to_str().expect("path")], &here);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    // The backup's verifiers replaced the store's: its keyring comes with it.
+    std::fs::copy(there.join("master.key"), here.join("master.key")).expect("the backup's keyring");
+
+    let server = Server::start(&here);
+    let url = server.url.as_str();
+    assert_eq!(nova("GET", url, "", "alice:p", None).1["keypairs"], serde_json::json!([]), "nothing of alice's");
+    let (status, shown) = nova("GET", url, "/k", "bob:p", None);
+    assert_eq!(status, 200);
+    assert_eq!((&shown["keypair"]["id"], &shown["keypair"]["fingerprint"]), (bobs_id, &bobs["keypair"]["fingerprint"]));
+    assert_eq!(create(url, "bob:p", "k", 4).0, 409, "the name index knows bob's k");
+    assert_eq!(create(url, "alice:p", "k", 5).0, 200);
+    let (status, created) = nova("GET", url, "/k", "alice:p", None);
+    assert_eq!(status, 200);
+    assert!(created["keypair"]["id"].as_u64() > bobs_id.as_u64(), "ids move past the imported ones");
+    assert_eq!(nova("DELETE", url, "/k", "bob:p", None).0, 202);
+    assert_eq!(nova("GET", url, "/k", "alice:p", None).0, 200, "alice's k outlives bob's");
+    assert!(server.stop().success());
+}
+
 /// The `strace -f -y -ttt` lines of one syscall, completed: a line split by another thread's syscall
 /// (`fsync(5</p> <unfinished ...>` ... `<... fsync resumed>) = 0`) is joined, and the timestamp is that of the
 /// completion.

@@ -148,3 +148,48 @@ fn master_key_generate_then_restart_records_the_new_key() {
     expected.sort();
     assert_eq!(recorded(&data), expected);
 }
+
+/// Deletes every verifier from the (stopped) server's store: a store written before verifiers existed.
+fn forget_verifiers(data: &Path) {
+    use kps::store::{Space, Store, WriteOp};
+    let runtime = tokio::runtime::Builder::new_current_thread().build().expect("runtime");
+    let store = kps::store::sled::SledStore::open(&data.join("db")).expect("store");
+    runtime.block_on(async {
+        let prefix = kps::store::record::master_key_verifier_prefix();
+        let recorded = store.scan(Space::Meta, prefix, None, usize::MAX).await.expect("scan");
+        assert!(!recorded.is_empty());
+        let ops =
+            recorded.into_iter().map(|(key, expected)| WriteOp::Delete { space: Space::Meta, key, expected }).collect();
+        store.apply(ops).await.expect("delete the verifiers");
+        store.flush().await.expect("flush");
+    });
+}
+
+/// A store from before verifiers, with an escrowed key: a keyring with the same id (ids are dates, so one
+/// recreated the same day has it) but other bytes is refused, naming the id, and nothing is recorded; the
+/// right keyring starts and has its verifier recorded. (Before, matching ids were enough.)
+#[test]
+fn a_store_from_before_verifiers_refuses_a_keyring_whose_bytes_do_not_open_its_escrows() {
+    let parent = tempfile::tempdir().expect("tempdir");
+    let data = parent.path().join("data");
+    let server = Server::start(&data);
+    escrow(&server, "kept");
+    assert!(server.stop().success());
+    forget_verifiers(&data);
+    assert!(recorded(&data).is_empty());
+    let keyring = data.join("master.key");
+    let id = current_id(&keyring);
+    let original = std::fs::read_to_string(&keyring).expect("read");
+    let hex = original.lines().find_map(|l| l.strip_prefix("key_hex = ")).expect("key_hex").trim_matches('"');
+    let first = if hex.starts_with('0') { '1' } else { '0' };
+    std::fs::write(&keyring, original.replace(hex, &format!("{first}{}", &hex[1..]))).expect("other bytes");
+
+    let stderr = refused_start(&data);
+    assert!(stderr.contains(&format!("other key bytes under master keys {id} than sealed")), "{stderr}");
+    assert!(recorded(&data).is_empty(), "no verifier recorded for the wrong keyring");
+
+    std::fs::write(&keyring, original).expect("the right keyring back");
+    let server = Server::start(&data);
+    assert!(server.stop().success());
+    assert_eq!(recorded(&data), [id]);
+}
