@@ -259,24 +259,9 @@ async fn replaced_records(
 mod tests {
     use super::*;
     use crate::store::memory::MemoryStore;
-    use crate::store::record::Scope;
 
     fn record(id: u64, user: &str, name: &str) -> KeypairRecord {
-        KeypairRecord {
-            id,
-            name: name.into(),
-            key_type: "ssh".into(),
-            public_key: "ssh-ed25519 AAAA".into(),
-            fingerprint: "f".into(),
-            algorithm: "ED25519".into(),
-            user_id: user.into(),
-            project_id: "p".into(),
-            scope: Scope::User,
-            description: String::new(),
-            created_at_us: 1,
-            updated_at_us: None,
-            sealed: None,
-        }
+        KeypairRecord::sample(id, user, name)
     }
 
     async fn seeded() -> MemoryStore {

@@ -226,22 +226,10 @@ fn list<T: AsRef<str>>(ids: impl IntoIterator<Item = T>) -> String {
 mod tests {
     use super::*;
     use crate::store::memory::MemoryStore;
-    use crate::store::record::{KeypairRecord, Scope, SealedKey};
+    use crate::store::record::{KeypairRecord, SealedKey};
 
     fn sealed_record(key_ref: &str, encryptor: EncryptorKind) -> WriteOp {
         let record = KeypairRecord {
-            id: 1,
-            name: format!("k-{key_ref}"),
-            key_type: "ssh".into(),
-            public_key: "ssh-ed25519 AAAA".into(),
-            fingerprint: "f".into(),
-            algorithm: "ED25519".into(),
-            user_id: "u".into(),
-            project_id: "p".into(),
-            scope: Scope::User,
-            description: String::new(),
-            created_at_us: 1,
-            updated_at_us: None,
             sealed: Some(SealedKey {
                 format_version: 2,
                 encryptor,
@@ -252,6 +240,7 @@ mod tests {
                 nonce: String::new(),
                 ciphertext: String::new(),
             }),
+            ..KeypairRecord::sample(1, "u", &format!("k-{key_ref}"))
         };
         WriteOp::PutIfAbsent {
             space: Space::KeyPairs,
@@ -342,21 +331,7 @@ mod tests {
     /// A record really sealed with the keyring at `path` (its current key).
     fn escrowed_record(path: &Path, id: u64) -> WriteOp {
         let local = super::super::LocalEncryptor::new(MasterKeyring::load_or_create(path, false).expect("keyring"));
-        let mut record = KeypairRecord {
-            id,
-            name: format!("escrowed-{id}"),
-            key_type: "ssh".into(),
-            public_key: "ssh-ed25519 AAAA".into(),
-            fingerprint: "f".into(),
-            algorithm: "ED25519".into(),
-            user_id: "u".into(),
-            project_id: "p".into(),
-            scope: Scope::User,
-            description: String::new(),
-            created_at_us: 1,
-            updated_at_us: None,
-            sealed: None,
-        };
+        let mut record = KeypairRecord::sample(id, "u", &format!("escrowed-{id}"));
         let text = super::super::PrivateKeyText::new(zeroize::Zeroizing::new("a private key".into()));
         record.sealed = Some(local.seal(&Aad::of_record(&record), &text).expect("seal"));
         WriteOp::PutIfAbsent {

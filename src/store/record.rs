@@ -256,18 +256,17 @@ pub fn name_from_key<'a>(key: &'a [u8], prefix: &[u8]) -> Option<&'a str> {
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn record() -> KeypairRecord {
+impl KeypairRecord {
+    /// A plain user key pair for tests: Ed25519 text that is not a real key, project `p`, no escrow.
+    pub fn sample(id: u64, user: &str, name: &str) -> Self {
         KeypairRecord {
-            id: 7,
-            name: "k".into(),
+            id,
+            name: name.into(),
             key_type: "ssh".into(),
             public_key: "ssh-ed25519 AAAA".into(),
-            fingerprint: "f1".into(),
+            fingerprint: "f".into(),
             algorithm: "ED25519".into(),
-            user_id: "u".into(),
+            user_id: user.into(),
             project_id: "p".into(),
             scope: Scope::User,
             description: String::new(),
@@ -275,6 +274,15 @@ mod tests {
             updated_at_us: None,
             sealed: None,
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn record() -> KeypairRecord {
+        KeypairRecord { id: 7, fingerprint: "f1".into(), ..KeypairRecord::sample(7, "u", "k") }
     }
 
     #[test]
