@@ -126,7 +126,7 @@ pub async fn rewrap(config: &Config, options: &RewrapOptions, remote: &Remote) -
                 .await
                 .map_err(|e| CommandError::Remote(format!("rewrap failed: {e}")))?;
             store.flush().await?;
-            serde_json::json!({"escrowed": report.escrowed, "rewrapped": report.rewrapped, "dry_run": options.dry_run})
+            serde_json::json!(report)
         }
         Err(DataDirError::Locked { .. }) => {
             let token = remote.token.as_deref().ok_or_else(|| {

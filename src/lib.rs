@@ -193,7 +193,8 @@ async fn run_until_stopped(
 ) {
     let (stopping, stopped) = tokio::sync::oneshot::channel::<()>();
     let server = connections::serve(listener, tls, app, limits, async move {
-        shutdown_signal().await;
+        connections::shutdown_signal().await;
+        tracing::info!("shutting down: finishing in-flight requests");
         let _ = stop_admin.send(());
         let _ = stopping.send(());
     });
@@ -204,25 +205,4 @@ async fn run_until_stopped(
             tokio::time::sleep(grace).await;
         } => tracing::warn!(grace_s = grace.as_secs(), "in-flight requests did not finish in time; stopping anyway"),
     }
-}
-
-async fn shutdown_signal() {
-    let ctrl_c = async {
-        if tokio::signal::ctrl_c().await.is_err() {
-            std::future::pending::<()>().await;
-        }
-    };
-    let terminate = async {
-        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-            Ok(mut signal) => {
-                signal.recv().await;
-            }
-            Err(_) => std::future::pending::<()>().await,
-        }
-    };
-    tokio::select! {
-        () = ctrl_c => {}
-        () = terminate => {}
-    }
-    tracing::info!("shutting down: finishing in-flight requests");
 }

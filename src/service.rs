@@ -102,6 +102,8 @@ pub struct RewrapReport {
     pub escrowed: u64,
     /// Records re-sealed (or that would be).
     pub rewrapped: u64,
+    /// Whether nothing was written, only counted.
+    pub dry_run: bool,
 }
 
 /// What `key_protection` asks for, after shape validation at the edge.
@@ -649,7 +651,7 @@ impl KeypairService {
                 }
             }
         };
-        let mut report = RewrapReport::default();
+        let mut report = RewrapReport { dry_run, ..RewrapReport::default() };
         let mut after: Option<Vec<u8>> = None;
         loop {
             let page = self.store.scan(Space::KeyPairs, b"", after.as_deref(), 200).await?;

@@ -564,10 +564,7 @@ async fn admin_rewrap(
         .await
         .map_err(|error| nova::service_error(error, request_id))?;
     tracing::info!(target: "kps::audit", user = caller.user_id, action = "rewrap", ?report, "custody action");
-    Ok(nova::json_ok(
-        StatusCode::OK,
-        &serde_json::json!({"escrowed": report.escrowed, "rewrapped": report.rewrapped, "dry_run": options.dry_run}),
-    ))
+    Ok(nova::json_ok(StatusCode::OK, &serde_json::json!(report)))
 }
 
 /// `POST /admin/v1/backup`: streams the backup lines of `crate::backup` (policy `kps:admin:backup`).

@@ -23,7 +23,7 @@ use zeroize::Zeroizing;
 use super::cache::{DEFAULT_CAPACITY, DEFAULT_TTL, KeyCache, MISS_TTL};
 use super::stats::KmsCallStats;
 use super::transport::{Failure, FailureKind, Transport, plausible_code};
-use super::{DATA_KEY_LEN, DataKey, KeyRef, KmsConfigError, KmsError, ResolvedKey};
+use super::{DATA_KEY_LEN, DataKey, KeyRef, KmsConfigError, KmsError, ResolvedKey, UsableKey};
 use crate::custody::Aad;
 
 /// The only state in which a key can make or unwrap data keys, and the one disabled state (§7).
@@ -108,7 +108,7 @@ impl AwsKms {
     /// DescribeKey on the id or alias (no list call is needed at AWS), cached; then the state and spec checks.
     pub async fn resolve(&self, key: &KeyRef) -> Result<ResolvedKey, KmsError> {
         let found = self.cache.get_or_resolve(key, || self.describe_key(key)).await?;
-        check_usable(key.as_str(), &found)?;
+        found.check_usable(key.as_str(), &USABLE)?;
         Ok(found)
     }
 
@@ -300,18 +300,8 @@ impl HasStatus for aws_sdk_kms::config::http::HttpResponse {
     }
 }
 
-/// The state and spec checks of §7.
-fn check_usable(key: &str, found: &ResolvedKey) -> Result<(), KmsError> {
-    match found.state.as_str() {
-        STATE_ENABLED => {}
-        STATE_DISABLED => return Err(KmsError::KeyDisabled { key: key.to_owned() }),
-        other => return Err(KmsError::KeyUnusable { key: key.to_owned(), state: other.to_owned() }),
-    }
-    if found.spec != SPEC_SYMMETRIC {
-        return Err(KmsError::UnsupportedKeySpec { key: key.to_owned(), spec: found.spec.clone() });
-    }
-    Ok(())
-}
+/// What this provider calls a usable key.
+const USABLE: UsableKey = UsableKey { enabled: STATE_ENABLED, disabled: STATE_DISABLED, spec: SPEC_SYMMETRIC };
 
 #[cfg(test)]
 mod tests {
@@ -346,13 +336,11 @@ mod tests {
             state: state.into(),
             spec: spec.into(),
         };
-        assert!(check_usable("k", &key("Enabled", "SYMMETRIC_DEFAULT")).is_ok());
-        assert_eq!(check_usable("k", &key("Disabled", "SYMMETRIC_DEFAULT")).expect_err("refused").code(), "KPS.1803");
-        assert_eq!(
-            check_usable("k", &key("PendingDeletion", "SYMMETRIC_DEFAULT")).expect_err("refused").code(),
-            "KPS.1804"
-        );
-        assert_eq!(check_usable("k", &key("Enabled", "RSA_2048")).expect_err("refused").code(), "KPS.1401");
+        let key_check = |found: &ResolvedKey| found.check_usable("k", &USABLE);
+        assert!(key_check(&key("Enabled", "SYMMETRIC_DEFAULT")).is_ok());
+        assert_eq!(key_check(&key("Disabled", "SYMMETRIC_DEFAULT")).expect_err("refused").code(), "KPS.1803");
+        assert_eq!(key_check(&key("PendingDeletion", "SYMMETRIC_DEFAULT")).expect_err("refused").code(), "KPS.1804");
+        assert_eq!(key_check(&key("Enabled", "RSA_2048")).expect_err("refused").code(), "KPS.1401");
     }
 
     #[test]

@@ -19,7 +19,7 @@ use zeroize::Zeroizing;
 use super::cache::{DEFAULT_CAPACITY, DEFAULT_TTL, KeyCache, Listing, MISS_TTL};
 use super::stats::KmsCallStats;
 use super::transport::{Failure, FailureKind, Transport, plausible_code};
-use super::{DATA_KEY_LEN, DataKey, KeyRef, KmsConfigError, KmsError, ResolvedKey};
+use super::{DATA_KEY_LEN, DataKey, KeyRef, KmsConfigError, KmsError, ResolvedKey, UsableKey};
 use crate::signing::{self, Credentials, SignedRequest};
 
 /// The only state in which a key can make or unwrap data keys.
@@ -135,7 +135,7 @@ impl HuaweiKms {
             KeyRef::Alias(alias) => self.cache.resolve_alias(alias, || self.list_keys_until(alias)).await?,
             KeyRef::Id(key_id) => self.cache.get_or_resolve(key, || self.describe_key(key_id)).await?,
         };
-        check_usable(key.as_str(), &found)?;
+        found.check_usable(key.as_str(), &USABLE)?;
         Ok(found)
     }
 
@@ -365,18 +365,8 @@ fn body_bytes(body: &impl serde::Serialize) -> Zeroizing<Vec<u8>> {
     bytes
 }
 
-/// The state and spec checks of §3 steps 4-5.
-fn check_usable(key: &str, found: &ResolvedKey) -> Result<(), KmsError> {
-    match found.state.as_str() {
-        STATE_ENABLED => {}
-        STATE_DISABLED => return Err(KmsError::KeyDisabled { key: key.to_owned() }),
-        other => return Err(KmsError::KeyUnusable { key: key.to_owned(), state: other.to_owned() }),
-    }
-    if found.spec != SPEC_AES_256 {
-        return Err(KmsError::UnsupportedKeySpec { key: key.to_owned(), spec: found.spec.clone() });
-    }
-    Ok(())
-}
+/// What this provider calls a usable key.
+const USABLE: UsableKey = UsableKey { enabled: STATE_ENABLED, disabled: STATE_DISABLED, spec: SPEC_AES_256 };
 
 /// `error.error_code` (or a top-level `error_code`) of a Huawei error body, if it looks like a code. Only
 /// the code is ever reported; the upstream message text is not.

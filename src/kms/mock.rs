@@ -159,24 +159,9 @@ pub async fn run(args: MockArgs) -> Result<(), MockError> {
     writeln!(stdout, "listening on {}", server.addr())?;
     stdout.flush()?;
     drop(stdout);
-    shutdown_signal().await;
+    crate::connections::shutdown_signal().await;
     server.shutdown().await;
     Ok(())
-}
-
-async fn shutdown_signal() {
-    let terminate = async {
-        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-            Ok(mut signal) => {
-                signal.recv().await;
-            }
-            Err(_) => std::future::pending::<()>().await,
-        }
-    };
-    tokio::select! {
-        _ = tokio::signal::ctrl_c() => {}
-        () = terminate => {}
-    }
 }
 
 /// A fault to inject into the next `count` KMS calls (§5.4).

@@ -89,6 +89,29 @@ pub struct ResolvedKey {
     pub spec: String,
 }
 
+/// What a provider calls a usable key: its enabled and disabled states and the one key spec kps accepts.
+pub(crate) struct UsableKey {
+    pub enabled: &'static str,
+    pub disabled: &'static str,
+    pub spec: &'static str,
+}
+
+impl ResolvedKey {
+    /// The state and spec checks before any data-key call (kms-huawei.md §3 steps 4-5, §7): a disabled key,
+    /// a key in any other state than enabled, or one of another spec is refused; `key` names it in the error.
+    pub(crate) fn check_usable(&self, key: &str, usable: &UsableKey) -> Result<(), KmsError> {
+        match self.state.as_str() {
+            state if state == usable.enabled => {}
+            state if state == usable.disabled => return Err(KmsError::KeyDisabled { key: key.to_owned() }),
+            other => return Err(KmsError::KeyUnusable { key: key.to_owned(), state: other.to_owned() }),
+        }
+        if self.spec != usable.spec {
+            return Err(KmsError::UnsupportedKeySpec { key: key.to_owned(), spec: self.spec.clone() });
+        }
+        Ok(())
+    }
+}
+
 /// A fresh data key: the plaintext for local encryption (zeroized on drop, never printed) and the KMS-wrapped
 /// form to store.
 pub struct DataKey {
