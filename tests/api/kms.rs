@@ -107,6 +107,16 @@ impl KmsMock {
         kps::kms::from_config(&config, false).expect("valid config").expect("a provider is configured")
     }
 
+    /// Points `config` at this mock as its Huawei KMS (the credentials as values).
+    pub fn configure(&self, config: &mut kps::config::Config) {
+        config.kms.provider = Some("huawei".into());
+        config.kms.endpoint = Some(self.endpoint.clone());
+        config.kms.project_id = Some(PROJECT.into());
+        config.kms.region = Some("test".into());
+        config.kms.ak = Some(AK.into());
+        config.kms.sk = Some(SK.into());
+    }
+
     pub async fn fault(&self, fault: Value) {
         let answer = reqwest::Client::new()
             .post(format!("{}/_mock/fault", self.endpoint))

@@ -3,19 +3,11 @@
 
 use serde_json::{Value, json};
 
-use crate::kms::{AK, DISABLED_ID, ESCROW_ID, KmsMock, PROJECT, SK};
+use crate::kms::{DISABLED_ID, ESCROW_ID, KmsMock};
 use crate::{ED25519_PRIVATE_KEY, ED25519_PUBLIC_KEY, Kps};
 
 fn kps_with(kms: &KmsMock) -> Kps {
-    let endpoint = kms.endpoint.clone();
-    Kps::with_config(move |c| {
-        c.kms.provider = Some("huawei".into());
-        c.kms.endpoint = Some(endpoint);
-        c.kms.project_id = Some(PROJECT.into());
-        c.kms.region = Some("test".into());
-        c.kms.ak = Some(AK.into());
-        c.kms.sk = Some(SK.into());
-    })
+    Kps::with_config(|c| kms.configure(c))
 }
 
 async fn v3(kps: &Kps, method: &str, path: &str, body: Option<&Value>) -> crate::Answer {

@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use serde_json::json;
 
-use crate::kms::{AK, KmsMock, PROJECT, SK};
+use crate::kms::KmsMock;
 use crate::{ED25519_PRIVATE_KEY, ED25519_PUBLIC_KEY, Kps};
 
 #[tokio::test]
@@ -51,15 +51,9 @@ async fn a_caller_over_its_rate_gets_429_with_retry_after() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_caller_with_too_many_requests_in_flight_gets_429() {
     let kms = KmsMock::start();
-    let endpoint = kms.endpoint.clone();
-    let kps = Arc::new(Kps::with_config(move |c| {
+    let kps = Arc::new(Kps::with_config(|c| {
         c.limits.per_caller_concurrency = 1;
-        c.kms.provider = Some("huawei".into());
-        c.kms.endpoint = Some(endpoint);
-        c.kms.project_id = Some(PROJECT.into());
-        c.kms.region = Some("test".into());
-        c.kms.ak = Some(AK.into());
-        c.kms.sk = Some(SK.into());
+        kms.configure(c);
     }));
     // The next KMS call takes 3 s: the escrow below stays in flight that long.
     kms.fault(json!({"delay_ms": 3000, "count": 1})).await;

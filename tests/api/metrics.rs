@@ -3,7 +3,7 @@
 
 use serde_json::json;
 
-use crate::kms::{AK, KmsMock, PROJECT, SK};
+use crate::kms::KmsMock;
 use crate::{ED25519_PRIVATE_KEY, ED25519_PUBLIC_KEY, Kps};
 
 async fn scrape(kps: &Kps) -> String {
@@ -73,14 +73,8 @@ async fn metrics_need_no_token_and_are_not_an_api_path() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn custody_actions_and_kms_calls_are_counted() {
     let kms = KmsMock::start();
-    let endpoint = kms.endpoint.clone();
-    let kps = Kps::with_config(move |c| {
-        c.kms.provider = Some("huawei".into());
-        c.kms.endpoint = Some(endpoint);
-        c.kms.project_id = Some(PROJECT.into());
-        c.kms.region = Some("test".into());
-        c.kms.ak = Some(AK.into());
-        c.kms.sk = Some(SK.into());
+    let kps = Kps::with_config(|c| {
+        kms.configure(c);
     });
     let headers = [("x-auth-token", "u:p"), ("content-type", "application/json")];
     let escrow = |name: &str, encryption: serde_json::Value| {

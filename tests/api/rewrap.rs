@@ -6,7 +6,7 @@ use std::process::Command;
 use serde_json::{Value, json};
 
 use crate::binary::Server;
-use crate::kms::{AK, ESCROW_ID, KmsMock, PROJECT, SK};
+use crate::kms::{ESCROW_ID, KmsMock};
 use crate::{ED25519_PRIVATE_KEY, ED25519_PUBLIC_KEY, Kps, RSA_PRIVATE_KEY, RSA_PUBLIC_KEY};
 
 fn escrow_body(name: &str, public_key: &str, private_key: &str) -> String {
@@ -146,14 +146,8 @@ fn records_sealed_in_format_1_still_export_and_rewrap_moves_them_to_format_2() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn rewrap_onto_a_kms_key_and_back() {
     let kms = KmsMock::start();
-    let endpoint = kms.endpoint.clone();
-    let kps = Kps::with_config(move |c| {
-        c.kms.provider = Some("huawei".into());
-        c.kms.endpoint = Some(endpoint);
-        c.kms.project_id = Some(PROJECT.into());
-        c.kms.region = Some("test".into());
-        c.kms.ak = Some(AK.into());
-        c.kms.sk = Some(SK.into());
+    let kps = Kps::with_config(|c| {
+        kms.configure(c);
     });
     let create = kps
         .nova(
