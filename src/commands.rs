@@ -15,6 +15,8 @@ use crate::config::Config;
 use crate::datadir::{DataDir, DataDirError};
 use crate::store::{Store, StoreError};
 
+pub use crate::service::RewrapOptions;
+
 #[derive(Debug, thiserror::Error)]
 pub enum CommandError {
     #[error(transparent)]
@@ -72,41 +74,6 @@ pub async fn backup_export(config: &Config, file: &Path, remote: &Remote) -> Res
             Ok(format!("exported {bytes} bytes from the running server to {}", file.display()))
         }
         Err(error) => Err(error.into()),
-    }
-}
-
-/// The options of `kps rewrap`, also the JSON body of `POST /admin/v1/rewrap`.
-#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct RewrapOptions {
-    #[serde(default)]
-    pub to_default: bool,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub to_kms_key: Option<String>,
-    #[serde(default)]
-    pub dry_run: bool,
-}
-
-impl RewrapOptions {
-    /// Reads the admin API body (`null`/empty = no options); the message says what is wrong.
-    pub fn from_json(value: &serde_json::Value) -> Result<Self, String> {
-        if value.is_null() {
-            return Ok(Self::default());
-        }
-        let options: Self =
-            serde_json::from_value(value.clone()).map_err(|e| format!("Invalid rewrap options: {e}"))?;
-        if options.to_default && options.to_kms_key.is_some() {
-            return Err("Invalid rewrap options: to_default and to_kms_key exclude each other".into());
-        }
-        Ok(options)
-    }
-
-    pub fn target(&self) -> crate::service::RewrapTarget {
-        match (&self.to_kms_key, self.to_default) {
-            (Some(key), _) => crate::service::RewrapTarget::Kms(crate::kms::KeyRef::parse(key)),
-            (None, true) => crate::service::RewrapTarget::Default,
-            (None, false) => crate::service::RewrapTarget::CurrentMasterKey,
-        }
     }
 }
 

@@ -557,7 +557,7 @@ async fn admin_rewrap(
 ) -> Result<Response, ApiError> {
     let json = parse_json_body(&parts.headers, body)?;
     state.policy.enforce(Action::AdminRewrap, caller, &Target::nothing())?;
-    let options = crate::commands::RewrapOptions::from_json(&json).map_err(ApiError::schema)?;
+    let options = crate::service::RewrapOptions::from_json(&json).map_err(ApiError::schema)?;
     let report = state
         .service
         .rewrap(&options.target(), options.dry_run)
