@@ -204,7 +204,13 @@ pub struct KeypairService {
     domain_counts: std::sync::Mutex<Option<DomainCounts>>,
     /// Write generations per key owner, for the list page cache (`page_cache`).
     generations: Generations,
+    /// Turns for the final quota check and the write of a create, one stripe per group of users, so that
+    /// concurrent creates at the edge of the quota cannot all pass (one process owns the store).
+    quota_turns: Vec<tokio::sync::Mutex<()>>,
 }
+
+/// Stripes of `quota_turns`: creates of users in different stripes never wait for each other.
+const QUOTA_STRIPES: usize = 64;
 
 /// A policy check run on a record as soon as it is loaded (errors.md §4 step 8: `creator`, domain keys).
 pub type RecordCheck<'a> = &'a (dyn Fn(&KeypairRecord) -> Result<(), ServiceError> + Send + Sync);
@@ -220,6 +226,7 @@ impl KeypairService {
             allow_default: false,
             domain_counts: Default::default(),
             generations: Generations::default(),
+            quota_turns: (0..QUOTA_STRIPES).map(|_| tokio::sync::Mutex::new(())).collect(),
         }
     }
 
@@ -389,6 +396,10 @@ impl KeypairService {
             updated_at_us: None,
             sealed,
         };
+        // The quota again, now in this user's turn and right before the write: the early check above only
+        // spares the expensive work; this one is exact (a concurrent create of the same user waits here).
+        let _turn = self.quota_turn(&record.user_id).await;
+        self.check_quota(&record.user_id).await?;
         self.insert(&record).await?;
         Ok(Created { record, private_key: generated_private_key })
     }
@@ -776,6 +787,15 @@ impl KeypairService {
     }
 
     /// The owner's key pairs of both scopes (kps-v3.md §2): `user` keys, and the `domain` keys they created.
+    /// The user's turn for the final quota check and write; `None` (no waiting) without a quota.
+    async fn quota_turn(&self, user_id: &str) -> Option<tokio::sync::MutexGuard<'_, ()>> {
+        self.quota?;
+        use std::hash::{BuildHasher, BuildHasherDefault};
+        let hash = BuildHasherDefault::<std::collections::hash_map::DefaultHasher>::default().hash_one(user_id);
+        let stripe = usize::try_from(hash % QUOTA_STRIPES as u64).unwrap_or(0);
+        Some(self.quota_turns[stripe].lock().await)
+    }
+
     async fn check_quota(&self, user_id: &str) -> Result<(), ServiceError> {
         let Some(quota) = self.quota else { return Ok(()) };
         let used = self.store.count(Space::KeyPairs, &record::user_prefix(user_id)).await?

@@ -341,3 +341,33 @@ async fn unknown_query_parameters_are_400_from_2_75_on_show_and_delete() {
         answer.assert_error(400, "KPS.1003", "Additional properties are not allowed ('foo' was unexpected)");
     }
 }
+
+/// Concurrent creates of one user at the edge of the quota: exactly the quota's worth succeed (user and
+/// `domain` keys alike), whatever the interleaving; the rest are 403 KPS.1501.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn concurrent_creates_never_exceed_the_quota() {
+    let kps = std::sync::Arc::new(Kps::with_config(|c| c.quota.key_pairs = 3));
+    let creates: Vec<_> = (0..24)
+        .map(|i| {
+            let kps = std::sync::Arc::clone(&kps);
+            tokio::spawn(async move {
+                let answer = if i % 2 == 0 {
+                    let body = json!({"keypair": {"name": format!("k{i}"), "public_key": ED25519_VECTOR}});
+                    kps.nova("POST", "/v2.1/os-keypairs", "u:p", None, Some(&body.to_string())).await
+                } else {
+                    let body = json!({"keypair": {"name": format!("d{i}"), "scope": "domain",
+                        "public_key": ED25519_VECTOR}});
+                    let headers = [("x-auth-token", "u:p"), ("content-type", "application/json")];
+                    kps.call("POST", "/v3/p/keypairs", &headers, Some(&body.to_string())).await
+                };
+                answer.status.as_u16()
+            })
+        })
+        .collect();
+    let mut statuses = Vec::new();
+    for create in creates {
+        statuses.push(create.await.expect("task"));
+    }
+    assert_eq!(statuses.iter().filter(|s| **s == 200).count(), 3, "{statuses:?}");
+    assert_eq!(statuses.iter().filter(|s| **s == 403).count(), 21, "{statuses:?}");
+}
