@@ -32,7 +32,7 @@ fn main() {
     for path in std::env::args().skip(1) {
         let text = std::fs::read_to_string(&path).expect("private key file");
         per_call(&format!("{path}: parse + derive public half"), || {
-            parse_private_key(&text).expect("parses");
+            parse_private_key(&text, kps::keypair::DEFAULT_MIN_RSA_BITS).expect("parses");
         });
         let secret = PrivateKeyText::new(Zeroizing::new(text.clone()));
         per_call(&format!("{path}: seal (default encryptor)"), || {

@@ -414,8 +414,7 @@ impl KeypairService {
     ) -> Result<(&Custody, SealWith), ServiceError> {
         if let Some(text) = &protection.private_key {
             let public_key = public_key.ok_or(ServiceError::PrivateKeyWithoutPublicKey)?;
-            let private_key = parse::parse_private_key(text)
-                .and_then(|key| check_rsa_size(key.algorithm(), self.min_rsa_bits).map(|()| key))
+            let private_key = parse::parse_private_key(text, self.min_rsa_bits)
                 .map_err(|error| ServiceError::PrivateKey { error, name: name.to_owned() })?;
             private_key
                 .check_matches(public_key)

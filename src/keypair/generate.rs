@@ -276,7 +276,8 @@ mod tests {
         let public = parse_public_key(KeyType::Ssh, &generated.public_key).expect("public key");
         assert_eq!(public.fingerprint, generated.fingerprint);
         assert_eq!(public.algorithm, generated.algorithm);
-        let private = parse_private_key(&generated.private_key).expect("private key");
+        let private =
+            parse_private_key(&generated.private_key, crate::keypair::MIN_RSA_BITS_FLOOR).expect("private key");
         assert!(private.matches(&public));
     }
 
@@ -361,7 +362,7 @@ mod tests {
     fn generated_private_key_does_not_match_another_public_key() {
         let a = generate_ssh(Algorithm::Ed25519).expect("generated");
         let b = generate_ssh(Algorithm::Ed25519).expect("generated");
-        let private = parse_private_key(&a.private_key).expect("private");
+        let private = parse_private_key(&a.private_key, crate::keypair::MIN_RSA_BITS_FLOOR).expect("private");
         let public = parse_public_key(KeyType::Ssh, &b.public_key).expect("public");
         assert!(!private.matches(&public));
         assert_ne!(a.fingerprint, b.fingerprint);
@@ -421,7 +422,7 @@ mod tests {
         // The certificate is the public half of the key given.
         let public = parse_public_key(KeyType::X509, &generated.public_key).expect("import");
         let private_pem = key.to_pkcs1_pem(LineEnding::LF).expect("PEM");
-        assert!(parse_private_key(&private_pem).expect("key").matches(&public));
+        assert!(parse_private_key(&private_pem, crate::keypair::MIN_RSA_BITS_FLOOR).expect("key").matches(&public));
     }
 
     #[test]

@@ -57,7 +57,8 @@ impl PrivateKey {
 /// Errors: passphrase protection (`ENCRYPTED PRIVATE KEY`, `Proc-Type: 4,ENCRYPTED`, OpenSSH cipher other
 /// than `none`) → [`KeypairError::PrivateKeyEncrypted`]; anything else that is not an accepted key,
 /// including DSA keys, → [`KeypairError::PrivateKeyUnparsable`].
-pub fn parse_private_key(text: &str) -> Result<PrivateKey, KeypairError> {
+/// RSA keys outside `min_rsa_bits`–[`super::RSA_MAX_BITS`] bits → [`KeypairError::RsaKeySize`].
+pub fn parse_private_key(text: &str, min_rsa_bits: usize) -> Result<PrivateKey, KeypairError> {
     let pem = text.trim_matches(|c: char| c.is_ascii_whitespace());
     let label = pem_label(pem).ok_or(KeypairError::PrivateKeyUnparsable)?;
     let derived_public = match label {
@@ -79,6 +80,7 @@ pub fn parse_private_key(text: &str) -> Result<PrivateKey, KeypairError> {
         }
         _ => return Err(KeypairError::PrivateKeyUnparsable),
     };
+    super::check_rsa_size(derived_public.algorithm(), min_rsa_bits)?;
     Ok(PrivateKey { derived_public })
 }
 
@@ -107,8 +109,10 @@ fn rsa_public_checked(n: &[u8], e: &[u8], d: &[u8], p: &[u8], q: &[u8]) -> Optio
     let (d, p, q) = (secret(d), secret(p), secret(q));
     let (modulus, exponent) = (BigUint::from_bytes_be(n), BigUint::from_bytes_be(e));
     // No key longer than that is ever accepted: do not multiply and divide numbers of any size to find out.
+    // Its public half is returned unchecked for its size alone, which `parse_private_key` refuses (KPS.1204)
+    // before anything else can see it.
     if modulus.bits() > super::RSA_MAX_BITS {
-        return None;
+        return PublicKeyMaterial::rsa(n, e);
     }
     let one = BigUint::from(1u8);
     if *p <= one || *q <= one || *Zeroizing::new(&*p * &*q) != modulus {
@@ -278,6 +282,36 @@ fn openssh_cipher_is_set(binary: &[u8]) -> Option<bool> {
 mod tests {
     use super::super::KeyType;
 
+    /// A PKCS#1 key with a 16,392-bit modulus is refused for its size (KPS.1204) before any consistency
+    /// check: its other numbers are nonsense, and no big-number work is done on them.
+    #[test]
+    fn an_rsa_private_key_longer_than_16384_bits_is_1204() {
+        use base64::Engine as _;
+        use rsa::pkcs1::der::{Encode, asn1::UintRef};
+        let modulus = [0xc3u8; 2049];
+        let small = |bytes: &'static [u8]| UintRef::new(bytes).expect("uint");
+        let key = rsa::pkcs1::RsaPrivateKey {
+            modulus: UintRef::new(&modulus).expect("uint"),
+            public_exponent: small(&[1, 0, 1]),
+            private_exponent: small(&[3]),
+            prime1: small(&[5]),
+            prime2: small(&[7]),
+            exponent1: small(&[1]),
+            exponent2: small(&[1]),
+            coefficient: small(&[1]),
+            other_prime_infos: None,
+        };
+        let der = key.to_der().expect("der");
+        let body = base64::engine::general_purpose::STANDARD.encode(der);
+        let lines: Vec<&str> = body.as_bytes().chunks(64).map(|c| std::str::from_utf8(c).expect("ascii")).collect();
+        let pem = format!("-----BEGIN RSA PRIVATE KEY-----\n{}\n-----END RSA PRIVATE KEY-----\n", lines.join("\n"));
+        assert!(
+            matches!(parse_private_key(&pem, 2048), Err(KeypairError::RsaKeySize { bits: 16392, min: 2048 })),
+            "{:?}",
+            parse_private_key(&pem, 2048).map(|_| ())
+        );
+    }
+
     /// The same OpenSSH key with its base64 body wrapped at `width` columns.
     fn rewrapped(pem: &str, width: usize) -> String {
         let lines: Vec<&str> = pem.lines().collect();
@@ -292,7 +326,8 @@ mod tests {
         let public = parse_public_key(KeyType::Ssh, include_str!("testdata/ed25519.pub").trim_end()).expect("public");
         for width in [64, 70, 76, 1000] {
             let pem = rewrapped(include_str!("testdata/ed25519_openssh.key"), width);
-            let key = parse_private_key(&pem).unwrap_or_else(|e| panic!("width {width}: {e}"));
+            let key = parse_private_key(&pem, crate::keypair::MIN_RSA_BITS_FLOOR)
+                .unwrap_or_else(|e| panic!("width {width}: {e}"));
             assert!(key.matches(&public), "width {width}");
         }
     }
@@ -349,7 +384,8 @@ mod tests {
     #[test]
     fn every_accepted_encoding_parses_and_matches_its_public_key() {
         for (name, private_pem, public_line) in matching_pairs() {
-            let private = parse_private_key(private_pem).unwrap_or_else(|e| panic!("{name}: {e:?}"));
+            let private = parse_private_key(private_pem, crate::keypair::MIN_RSA_BITS_FLOOR)
+                .unwrap_or_else(|e| panic!("{name}: {e:?}"));
             let public = ssh_public(public_line);
             assert!(private.matches(&public), "{name}");
             assert!(private.check_matches(&public).is_ok(), "{name}");
@@ -403,14 +439,17 @@ mod tests {
         // The fixture's own armour lines around the altered body.
         let armour: Vec<&str> = fixture.lines().collect();
         let pem = format!("{}\n{}\n{}\n", armour[0], STANDARD.encode(&swapped), armour[armour.len() - 1]);
-        assert!(matches!(parse_private_key(&pem), Err(KeypairError::PrivateKeyUnparsable)));
+        assert!(matches!(
+            parse_private_key(&pem, crate::keypair::MIN_RSA_BITS_FLOOR),
+            Err(KeypairError::PrivateKeyUnparsable)
+        ));
     }
 
     #[test]
     fn a_private_key_does_not_match_any_other_public_key() {
         let publics = [RSA_PUB, P256_PUB, P384_PUB, P521_PUB, ED25519_PUB, SPEC_ED25519_PUB];
         for (name, private_pem, own_public) in matching_pairs() {
-            let private = parse_private_key(private_pem).expect("valid");
+            let private = parse_private_key(private_pem, crate::keypair::MIN_RSA_BITS_FLOOR).expect("valid");
             for other in publics.iter().filter(|p| **p != own_public) {
                 let public = ssh_public(other);
                 assert!(!private.matches(&public), "{name} vs {other}");
@@ -429,10 +468,10 @@ mod tests {
         ];
         for (private_pem, certificate) in table {
             let public = parse_public_key(KeyType::X509, certificate).expect("certificate");
-            let private = parse_private_key(private_pem).expect("private key");
+            let private = parse_private_key(private_pem, crate::keypair::MIN_RSA_BITS_FLOOR).expect("private key");
             assert!(private.matches(&public));
         }
-        let other = parse_private_key(P384_SEC1).expect("private key");
+        let other = parse_private_key(P384_SEC1, crate::keypair::MIN_RSA_BITS_FLOOR).expect("private key");
         let certificate = parse_public_key(KeyType::X509, include_str!("testdata/cert_p256.pem")).expect("cert");
         assert!(!other.matches(&certificate));
     }
@@ -440,10 +479,10 @@ mod tests {
     #[test]
     fn surrounding_whitespace_and_crlf_line_endings_are_accepted() {
         let crlf = format!("\n  {}\r\n", RSA_PKCS1.replace('\n', "\r\n"));
-        let private = parse_private_key(&crlf).expect("CRLF PKCS#1");
+        let private = parse_private_key(&crlf, crate::keypair::MIN_RSA_BITS_FLOOR).expect("CRLF PKCS#1");
         assert!(private.matches(&ssh_public(RSA_PUB)));
         let crlf = P256_OPENSSH.replace('\n', "\r\n");
-        let private = parse_private_key(&crlf).expect("CRLF OpenSSH");
+        let private = parse_private_key(&crlf, crate::keypair::MIN_RSA_BITS_FLOOR).expect("CRLF OpenSSH");
         assert!(private.matches(&ssh_public(P256_PUB)));
     }
 
@@ -455,7 +494,7 @@ mod tests {
             ("OpenSSH with passphrase", include_str!("testdata/ed25519_openssh_enc.key")),
         ];
         for (name, pem) in table {
-            match parse_private_key(pem) {
+            match parse_private_key(pem, crate::keypair::MIN_RSA_BITS_FLOOR) {
                 Err(KeypairError::PrivateKeyEncrypted) => {}
                 other => panic!("{name}: expected PrivateKeyEncrypted, got {other:?}"),
             }
@@ -487,7 +526,7 @@ mod tests {
             ),
         ];
         for (name, pem) in table {
-            match parse_private_key(&pem) {
+            match parse_private_key(&pem, crate::keypair::MIN_RSA_BITS_FLOOR) {
                 Err(KeypairError::PrivateKeyUnparsable) => {}
                 other => panic!("{name}: expected PrivateKeyUnparsable, got {other:?}"),
             }
@@ -508,7 +547,7 @@ mod tests {
 
     #[test]
     fn debug_output_is_redacted() {
-        let private = parse_private_key(RSA_PKCS1).expect("valid");
+        let private = parse_private_key(RSA_PKCS1, crate::keypair::MIN_RSA_BITS_FLOOR).expect("valid");
         assert_eq!(format!("{private:?}"), "[REDACTED]");
         assert_eq!(format!("{private:#?}"), "[REDACTED]");
     }
