@@ -282,36 +282,6 @@ fn openssh_cipher_is_set(binary: &[u8]) -> Option<bool> {
 mod tests {
     use super::super::KeyType;
 
-    /// A PKCS#1 key with a 16,392-bit modulus is refused for its size (KPS.1204) before any consistency
-    /// check: its other numbers are nonsense, and no big-number work is done on them.
-    #[test]
-    fn an_rsa_private_key_longer_than_16384_bits_is_1204() {
-        use base64::Engine as _;
-        use rsa::pkcs1::der::{Encode, asn1::UintRef};
-        let modulus = [0xc3u8; 2049];
-        let small = |bytes: &'static [u8]| UintRef::new(bytes).expect("uint");
-        let key = rsa::pkcs1::RsaPrivateKey {
-            modulus: UintRef::new(&modulus).expect("uint"),
-            public_exponent: small(&[1, 0, 1]),
-            private_exponent: small(&[3]),
-            prime1: small(&[5]),
-            prime2: small(&[7]),
-            exponent1: small(&[1]),
-            exponent2: small(&[1]),
-            coefficient: small(&[1]),
-            other_prime_infos: None,
-        };
-        let der = key.to_der().expect("der");
-        let body = base64::engine::general_purpose::STANDARD.encode(der);
-        let lines: Vec<&str> = body.as_bytes().chunks(64).map(|c| std::str::from_utf8(c).expect("ascii")).collect();
-        let pem = format!("-----BEGIN RSA PRIVATE KEY-----\n{}\n-----END RSA PRIVATE KEY-----\n", lines.join("\n"));
-        assert!(
-            matches!(parse_private_key(&pem, 2048), Err(KeypairError::RsaKeySize { bits: 16392, min: 2048 })),
-            "{:?}",
-            parse_private_key(&pem, 2048).map(|_| ())
-        );
-    }
-
     /// The same OpenSSH key with its base64 body wrapped at `width` columns.
     fn rewrapped(pem: &str, width: usize) -> String {
         let lines: Vec<&str> = pem.lines().collect();

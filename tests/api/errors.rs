@@ -369,3 +369,32 @@ async fn a_raised_min_rsa_bits_refuses_2048_bit_imports_and_generations() {
     let show = kps.call("GET", "/v3/p/keypairs/gen", &[("x-auth-token", "u:p")], None).await;
     assert_eq!(show.json()["keypair"]["algorithm"], "RSA_3072");
 }
+
+/// An escrowed RSA private key with a 16,392-bit modulus is refused for its size (KPS.1204), not as
+/// unparsable, and before any consistency check: its other numbers are nonsense. Built here, DER by hand.
+#[tokio::test]
+async fn an_rsa_private_key_longer_than_16384_bits_is_1204() {
+    use base64::Engine as _;
+    use rsa::pkcs1::der::{Encode, asn1::UintRef};
+    let modulus = [0xc3u8; 2049];
+    let small = |bytes: &'static [u8]| UintRef::new(bytes).expect("uint");
+    let key = rsa::pkcs1::RsaPrivateKey {
+        modulus: UintRef::new(&modulus).expect("uint"),
+        public_exponent: small(&[1, 0, 1]),
+        private_exponent: small(&[3]),
+        prime1: small(&[5]),
+        prime2: small(&[7]),
+        exponent1: small(&[1]),
+        exponent2: small(&[1]),
+        coefficient: small(&[1]),
+        other_prime_infos: None,
+    };
+    let body = base64::engine::general_purpose::STANDARD.encode(key.to_der().expect("der"));
+    let lines: Vec<&str> = body.as_bytes().chunks(64).map(|c| std::str::from_utf8(c).expect("ascii")).collect();
+    let label = ["RSA", "PRIVATE", "KEY"].join(" ");
+    let pem = format!("-----BEGIN {label}-----\n{}\n-----END {label}-----\n", lines.join("\n"));
+    let request = serde_json::json!({"keypair": {"name": "big", "public_key": crate::RSA_PUBLIC_KEY.trim_end(),
+        "key_protection": {"private_key": pem, "encryption": {"type": "default"}}}});
+    let answer = Kps::new().nova("POST", "/v2.1/os-keypairs", "u:p", None, Some(&request.to_string())).await;
+    answer.assert_error(400, "KPS.1204", &out_of_range(16392, 2048));
+}
