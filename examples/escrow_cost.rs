@@ -6,8 +6,9 @@
 
 use std::time::Instant;
 
-use kps::custody::{Aad, LocalEncryptor, MasterKeyring, PrivateKeyText};
+use kps::custody::{Aad, LocalEncryptor, MasterKeyring};
 use kps::keypair::parse::parse_private_key;
+use kps::model::PrivateKeyText;
 use zeroize::Zeroizing;
 
 const ROUNDS: u32 = 2000;

@@ -6,7 +6,7 @@
 //! kps's committer does (src/store/sled.rs): `Db::flush()` and then `fdatasync` of sled's `db` file, because
 //! sled's flush ends in `sync_file_range`, which is not durable on its own. Rounds repeat for `--seconds`.
 //!
-//! Records are real kps records: a `KeypairRecord` as `POST /v2.1/os-keypairs` with bench/lua/import.lua's
+//! Records are real kps records: a `Keypair` as `POST /v2.1/os-keypairs` with bench/lua/import.lua's
 //! Ed25519 public key stores it, encoded with `kps::store::record::encode` (format byte + JSON), under its
 //! real store key (`record::keypair_key`), with a unique name per record.
 //!
@@ -32,7 +32,8 @@ use std::fs::File;
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
-use kps::store::record::{self, KeypairRecord, NameIndexEntry, Scope};
+use kps::model::{KeyAlgorithm, KeyType, Keypair, Scope};
+use kps::store::record::{self, NameIndexEntry};
 use sled::Transactional;
 use sled::transaction::ConflictableTransactionError;
 
@@ -87,14 +88,14 @@ fn parse_args() -> Result<Args, String> {
 }
 
 /// The record kps stores for import.lua's request number `n` (name shaped like `impm-1-12345`).
-fn record(n: u64, extra_bytes: usize) -> KeypairRecord {
-    KeypairRecord {
+fn record(n: u64, extra_bytes: usize) -> Keypair {
+    Keypair {
         id: n + 1,
         name: format!("impm-{}-{}", n % 2 + 1, n / 2 + 1),
-        key_type: "ssh".into(),
+        key_type: KeyType::Ssh,
         public_key: PUBLIC_KEY.into(),
         fingerprint: FINGERPRINT.into(),
-        algorithm: "ED25519".into(),
+        algorithm: KeyAlgorithm::Ed25519,
         user_id: USER.into(),
         project_id: PROJECT.into(),
         scope: Scope::User,

@@ -10,9 +10,9 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use crate::atomic_file::AtomicFile;
-use crate::backup::{self, BackupError, ImportSummary};
 use crate::config::Config;
 use crate::datadir::{DataDir, DataDirError};
+use crate::service::backup::{self, BackupError, ImportSummary};
 use crate::store::{Store, StoreError};
 
 pub use crate::service::RewrapOptions;

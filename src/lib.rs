@@ -8,7 +8,6 @@
 
 pub mod api;
 pub mod atomic_file;
-pub mod backup;
 pub mod commands;
 pub mod config;
 pub mod connections;
@@ -18,6 +17,7 @@ pub mod keypair;
 pub mod kms;
 pub mod logging;
 pub mod metrics;
+pub mod model;
 pub mod page_cache;
 pub mod process;
 pub mod service;
@@ -98,13 +98,13 @@ pub fn master_key_path(config: &Config) -> std::path::PathBuf {
 }
 
 /// Checks the master keyring against the verifiers recorded in `store`, creating the file only for a store
-/// that never used one, and records verifiers for new key ids (`custody::verifier`). `serve` and the offline
+/// that never used one, and records verifiers for new key ids (`service::master_keys`). `serve` and the offline
 /// commands that open escrows call it before [`service`], so that a missing or replaced keyring refuses to
 /// start instead of being silently replaced (even when new `default` seals are disabled: older records
 /// still need it).
 pub async fn check_master_keyring(config: &Config, store: &dyn Store) -> Result<(), ServeError> {
     let path = master_key_path(config);
-    custody::verifier::open_keyring(&path, config.secrets.allow_group_readable, store).await?;
+    service::master_keys::open_keyring(&path, config.secrets.allow_group_readable, store).await?;
     Ok(())
 }
 
@@ -135,8 +135,8 @@ pub async fn serve(config: Config) -> Result<(), ServeError> {
     if let Some(key) = config.kms.check_key.clone() {
         let state = Arc::clone(&state);
         tokio::spawn(async move {
-            let Some(kms) = state.service.custody().and_then(custody::Custody::kms) else { return };
-            match kms.client().resolve(&kms::KeyRef::parse(&key)).await {
+            let Some(kms) = state.service.kms_client() else { return };
+            match kms.resolve(&kms::KeyRef::parse(&key)).await {
                 Ok(resolved) => tracing::info!(key, key_id = resolved.key_id, "kms.check_key resolved"),
                 Err(error) => tracing::warn!(key, %error, "kms.check_key failed: escrows with this key will fail"),
             }

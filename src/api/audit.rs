@@ -9,32 +9,25 @@
 use super::AppState;
 use super::auth::Caller;
 use super::metrics::CustodyAction;
-use crate::custody::EncryptorKind;
-use crate::store::record::KeypairRecord;
+use crate::model::{EncryptorKind, Keypair};
 
 /// Records a custody action on one key pair (`record` as stored after the action, or as it was before a
 /// clear or delete).
-pub fn custody_action(
-    state: &AppState,
-    caller: &Caller,
-    action: CustodyAction,
-    record: &KeypairRecord,
-    request_id: &str,
-) {
+pub fn custody_action(state: &AppState, caller: &Caller, action: CustodyAction, record: &Keypair, request_id: &str) {
     let revealed = u64::from(matches!(action, CustodyAction::ExportPrivateKey));
     state.metrics.record_custody(action, revealed);
     log(caller, action, record, request_id);
 }
 
 /// Records one batch export: counted once, one audit line per key pair revealed.
-pub fn batch_export(state: &AppState, caller: &Caller, records: &[&KeypairRecord], request_id: &str) {
+pub fn batch_export(state: &AppState, caller: &Caller, records: &[&Keypair], request_id: &str) {
     state.metrics.record_custody(CustodyAction::BatchExport, records.len() as u64);
     for record in records {
         log(caller, CustodyAction::BatchExport, record, request_id);
     }
 }
 
-fn log(caller: &Caller, action: CustodyAction, record: &KeypairRecord, request_id: &str) {
+fn log(caller: &Caller, action: CustodyAction, record: &Keypair, request_id: &str) {
     let (encryptor, key_ref) = match &record.sealed {
         Some(sealed) => (
             match sealed.encryptor {

@@ -10,7 +10,7 @@ use axum::response::{IntoResponse, Response};
 use serde_json::{Map, Value};
 
 use crate::keypair::KeypairError;
-use crate::store::StoreError;
+use crate::service::ServiceError;
 
 /// A catalogue error: HTTP status, `KPS.NNNN` code and the message sent to the client.
 ///
@@ -226,15 +226,15 @@ impl From<KeypairError> for ApiError {
 impl ApiError {
     /// Maps a store failure to KPS.9002, or KPS.9005 when the store takes no writes (outcome unknown,
     /// retry), logging the cause with the request id.
-    pub fn from_store(error: &StoreError, request_id: &str) -> Self {
+    pub fn from_store(error: &ServiceError, request_id: &str) -> Self {
         tracing::error!(%error, request_id, "store failure");
         match error {
-            StoreError::Unavailable(_) => Self::new(
+            ServiceError::StoreUnavailable(_) => Self::new(
                 StatusCode::SERVICE_UNAVAILABLE,
                 "KPS.9005",
                 format!("Storage is unavailable. Request id {request_id}."),
             ),
-            StoreError::Backend(_) | StoreError::Corrupt(_) | StoreError::Damaged(_) => Self::storage(request_id),
+            _ => Self::storage(request_id),
         }
     }
 }
@@ -289,10 +289,10 @@ mod tests {
 
     #[test]
     fn a_store_taking_no_writes_is_503_kps_9005_and_other_store_failures_500_kps_9002() {
-        let unavailable = ApiError::from_store(&StoreError::Unavailable("fdatasync failed".into()), "req-1");
+        let unavailable = ApiError::from_store(&ServiceError::StoreUnavailable("fdatasync failed".into()), "req-1");
         assert_eq!((unavailable.status.as_u16(), unavailable.code), (503, "KPS.9005"));
         assert_eq!(unavailable.message, "Storage is unavailable. Request id req-1.", "no detail sent");
-        let backend = ApiError::from_store(&StoreError::Backend("io".into()), "req-2");
+        let backend = ApiError::from_store(&ServiceError::Storage("io".into()), "req-2");
         assert_eq!((backend.status.as_u16(), backend.code), (500, "KPS.9002"));
     }
 }

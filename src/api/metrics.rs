@@ -170,7 +170,7 @@ pub fn render(state: &AppState) -> String {
     );
     page.sample("kps_private_keys_exported_total", &[], metrics.keys_exported.get() as f64);
 
-    if let Some(stats) = state.service.store().group_commit_stats() {
+    if let Some(stats) = state.service.store_commit_stats() {
         use std::sync::atomic::Ordering::Relaxed;
         page.family("kps_store_commits_total", "counter", "Atomic write batches committed by the store.");
         page.sample("kps_store_commits_total", &[], stats.batches.load(Relaxed) as f64);
@@ -180,8 +180,7 @@ pub fn render(state: &AppState) -> String {
         page.histogram("kps_store_commit_group_size", &[], &stats.group_sizes);
     }
 
-    if let Some(kms) = state.service.custody().and_then(crate::custody::Custody::kms) {
-        let client = kms.client();
+    if let Some(client) = state.service.kms_client() {
         let provider = client.provider();
         page.family("kps_kms_calls_total", "counter", "KMS calls made (retries included in one call), by operation.");
         let snapshot: Vec<_> = client.call_stats().snapshot().collect();

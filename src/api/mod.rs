@@ -567,16 +567,16 @@ async fn admin_rewrap(
     Ok(nova::json_ok(StatusCode::OK, &serde_json::json!(report)))
 }
 
-/// `POST /admin/v1/backup`: streams the backup lines of `crate::backup` (policy `kps:admin:backup`).
+/// `POST /admin/v1/backup`: streams the backup lines of `service::backup` (policy `kps:admin:backup`).
 fn admin_backup(state: &AppState, caller: &Caller) -> Response {
     if let Err(denied) = state.policy.enforce(Action::AdminBackup, caller, &Target::nothing()) {
         return denied.into_response();
     }
-    let store = std::sync::Arc::clone(state.service.store());
     let (sender, receiver) = tokio::sync::mpsc::channel::<Vec<u8>>(4);
     let (failed_sender, failed) = tokio::sync::oneshot::channel::<()>();
+    let export = state.service.export_backup(sender);
     tokio::spawn(async move {
-        if let Err(error) = crate::backup::export(store.as_ref(), &sender).await {
+        if let Err(error) = export.await {
             tracing::error!(%error, "backup stream failed");
             let _ = failed_sender.send(());
         }
@@ -769,7 +769,7 @@ const READINESS_DEADLINE: Duration = Duration::from_secs(1);
 /// `GET /readyz`: 200 while the store takes writes and answers a trivial read within a second, else 503
 /// with the reason, so that a load balancer or orchestrator acts (`/healthz` stays a liveness check).
 async fn readiness(state: &AppState) -> Response {
-    let unready = match tokio::time::timeout(READINESS_DEADLINE, state.service.store().ready()).await {
+    let unready = match tokio::time::timeout(READINESS_DEADLINE, state.service.ready()).await {
         Ok(Ok(())) => return json_response(&serde_json::json!({"status": "ready"})),
         Ok(Err(error)) => error.to_string(),
         Err(_) => format!("no answer within {READINESS_DEADLINE:?}"),

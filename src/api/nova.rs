@@ -16,9 +16,9 @@ use super::microversion::MicroVersion;
 use super::policy::{Action, Decision, Target};
 use super::schema::{additional_properties, field_message, not_of_type, not_one_of, repr, str_repr};
 use super::{AppState, private_key_response};
-use crate::keypair::{Algorithm, KeyType};
+use crate::model::{Algorithm, KeyType};
+use crate::model::{Keypair, ListFields, Scope};
 use crate::service::{self, EncryptionRequest, MAX_LIST_LIMIT, NewKeypair, ProtectionRequest, ServiceError};
-use crate::store::record::{self, KeypairRecord, ListFields};
 use bytes::Bytes;
 use serde_json::value::RawValue;
 
@@ -395,7 +395,7 @@ pub(super) async fn authorize_keypair(
     action: Action,
     user: &str,
     name: &str,
-) -> Result<Option<KeypairRecord>, ApiError> {
+) -> Result<Option<Keypair>, ApiError> {
     if state.policy.enforce(action, caller, &Target::user_before_load(user))? == Decision::Allow {
         return Ok(None);
     }
@@ -457,7 +457,7 @@ pub fn service_error(error: ServiceError, request_id: &str) -> ApiError {
             tracing::error!(%error, request_id, "sealing failed");
             ApiError::internal(request_id)
         }
-        ServiceError::Store(error) => ApiError::from_store(&error, request_id),
+        ServiceError::StoreUnavailable(_) | ServiceError::Storage(_) => ApiError::from_store(&error, request_id),
     }
 }
 
@@ -485,7 +485,7 @@ pub async fn create(state: &AppState, request: &NovaRequest<'_>, body: &Value) -
         algorithm: body.algorithm,
         user_id: owner,
         project_id: caller.project_id.clone(),
-        scope: crate::store::record::Scope::User,
+        scope: Scope::User,
         protection: body.key_protection,
     };
     let created = state.service.create(new).await.map_err(|e| service_error(e, request.request_id))?;
@@ -498,7 +498,7 @@ pub async fn create(state: &AppState, request: &NovaRequest<'_>, body: &Value) -
     let mut keypair = Map::new();
     keypair.insert("name".into(), record.name.clone().into());
     if with_type {
-        keypair.insert("type".into(), record.key_type.clone().into());
+        keypair.insert("type".into(), record.key_type.as_str().into());
     }
     keypair.insert("public_key".into(), record.public_key.clone().into());
     keypair.insert("fingerprint".into(), record.fingerprint.clone().into());
@@ -544,9 +544,7 @@ pub async fn list(state: &AppState, request: &NovaRequest<'_>) -> Result<Respons
         state.service.list_all_encoded(&user, project_id).await
     }
     .map_err(|e| service_error(e, request.request_id))?;
-    let corrupt = |e: crate::store::StoreError| service_error(e.into(), request.request_id);
-    let records: Vec<ListFields> =
-        page.iter().map(|bytes| record::decode_borrowed(bytes)).collect::<Result<_, _>>().map_err(corrupt)?;
+    let records: Vec<ListFields> = page.fields().map_err(|e| service_error(e, request.request_id))?;
     let with_type = api.at_least(2);
     let keypairs = records
         .iter()
@@ -562,7 +560,9 @@ pub async fn list(state: &AppState, request: &NovaRequest<'_>) -> Result<Respons
     let full_page = paging && page_size > 0 && records.len() == page_size;
     let keypairs_links = match records.last().filter(|_| full_page) {
         Some(last) => {
-            let last_name = last.name_text().map_err(corrupt)?;
+            let last_name = last
+                .name_text()
+                .map_err(|e| service_error(ServiceError::Storage(e.to_string()), request.request_id))?;
             Some([Link { rel: "next", href: next_link(request, &allowed, &last_name) }])
         }
         None => None,

@@ -14,7 +14,7 @@ use std::path::{Path, PathBuf};
 
 use super::auth::Caller;
 use super::error::ApiError;
-use crate::store::record::{KeypairRecord, Scope};
+use crate::model::{Keypair, Scope};
 
 /// A policy action: the Nova and V3 route actions and the admin API.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
@@ -214,7 +214,7 @@ impl<'a> Target<'a> {
     }
 
     /// A stored key pair: a `user` key targets its owner; a `domain` key no user, only its project.
-    pub fn keypair(record: &'a KeypairRecord) -> Self {
+    pub fn keypair(record: &'a Keypair) -> Self {
         let (user_id, project_id, scope) = (record.user_id.as_str(), record.project_id.as_str(), record.scope);
         Self {
             user_id: (scope == Scope::User).then_some(user_id),
@@ -416,22 +416,22 @@ mod tests {
     const CAROL_OTHER_PROJECT: &str = "carol:q";
     const ADMIN: &str = "root:q:admin";
 
-    fn user_key_of_alice() -> KeypairRecord {
+    fn user_key_of_alice() -> Keypair {
         record("alice", "p", Scope::User)
     }
 
-    fn domain_key_of_p_by_alice() -> KeypairRecord {
+    fn domain_key_of_p_by_alice() -> Keypair {
         record("alice", "p", Scope::Domain)
     }
 
-    fn record(user: &str, project: &str, scope: Scope) -> KeypairRecord {
-        KeypairRecord {
+    fn record(user: &str, project: &str, scope: Scope) -> Keypair {
+        Keypair {
             id: 1,
             name: "k".into(),
-            key_type: "ssh".into(),
+            key_type: crate::model::KeyType::Ssh,
             public_key: String::new(),
             fingerprint: String::new(),
-            algorithm: "ED25519".into(),
+            algorithm: crate::model::KeyAlgorithm::Ed25519,
             user_id: user.into(),
             project_id: project.into(),
             scope,

@@ -19,10 +19,10 @@ use super::nova::{self, check_algorithm_use, json_body, masked, service_error, v
 use super::policy::{Action, Decision, Target};
 use super::schema::{additional_properties, field_message, not_of_type, not_one_of, repr};
 use super::{AppState, private_key_response};
-use crate::custody::EncryptorKind;
-use crate::keypair::KeyType;
+use crate::model::EncryptorKind;
+use crate::model::KeyType;
+use crate::model::{Keypair, KeypairSummary, Scope};
 use crate::service::{EncryptionRequest, NewKeypair, ProtectionRequest, ServiceError};
-use crate::store::record::{KeypairRecord, Scope};
 
 /// A V3 route below `/v3/{project_id}/`.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -131,7 +131,7 @@ fn record_check<'a>(
     state: &'a AppState,
     caller: &'a Caller,
     action: Action,
-) -> impl Fn(&KeypairRecord) -> Result<(), ServiceError> + Send + Sync + 'a {
+) -> impl Fn(&Keypair) -> Result<(), ServiceError> + Send + Sync + 'a {
     move |record| match state.policy.decide(action, caller, &Target::keypair(record)) {
         Decision::Allow => Ok(()),
         Decision::Deny | Decision::Undecided => Err(ServiceError::Denied(action.name().to_owned())),
@@ -255,7 +255,7 @@ struct V3Create {
     key_type: KeyType,
     public_key: Option<String>,
     scope: Scope,
-    algorithm: Option<crate::keypair::Algorithm>,
+    algorithm: Option<crate::model::Algorithm>,
     user_id: Option<String>,
     key_protection: Option<ProtectionRequest>,
 }
@@ -328,7 +328,7 @@ pub async fn create(state: &AppState, request: &V3Request<'_>, body: &Value) -> 
     let record = &created.record;
     let mut keypair = Map::new();
     keypair.insert("name".into(), record.name.clone().into());
-    keypair.insert("type".into(), record.key_type.clone().into());
+    keypair.insert("type".into(), record.key_type.as_str().into());
     keypair.insert("public_key".into(), record.public_key.clone().into());
     keypair.insert("fingerprint".into(), record.fingerprint.clone().into());
     keypair.insert("user_id".into(), record.user_id.clone().into());
@@ -380,9 +380,9 @@ pub async fn list(state: &AppState, request: &V3Request<'_>) -> Result<Response,
     let caller = request.caller;
     state.policy.enforce(Action::List, caller, &Target::user(&caller.user_id))?;
     let page_size = limit.min(crate::service::MAX_LIST_LIMIT);
-    let mut records: Vec<crate::store::record::KeypairSummary> = state
+    let mut records: Vec<KeypairSummary> = state
         .service
-        .list(&caller.user_id, &caller.project_id, marker, page_size + 1)
+        .list_summaries(&caller.user_id, &caller.project_id, marker, page_size + 1)
         .await
         .map_err(|e| service_error(e, request.request_id))?;
     let more = records.len() > page_size;
@@ -447,7 +447,7 @@ pub async fn show(state: &AppState, request: &V3Request<'_>, name: &str) -> Resu
     let mut keypair = Map::new();
     keypair.insert("name".into(), record.name.clone().into());
     keypair.insert("id".into(), record.id.into());
-    keypair.insert("type".into(), record.key_type.clone().into());
+    keypair.insert("type".into(), record.key_type.as_str().into());
     keypair.insert("scope".into(), scope_name(record.scope).into());
     keypair.insert("public_key".into(), record.public_key.clone().into());
     keypair.insert("fingerprint".into(), record.fingerprint.clone().into());
@@ -461,7 +461,7 @@ pub async fn show(state: &AppState, request: &V3Request<'_>, name: &str) -> Resu
     if let Some(sealed) = record.sealed.as_ref().filter(|s| s.encryptor == EncryptorKind::Kms) {
         keypair.insert("key_id".into(), sealed.key_ref.clone().into());
     }
-    keypair.insert("algorithm".into(), record.algorithm.clone().into());
+    keypair.insert("algorithm".into(), record.algorithm.to_string().into());
     Ok((StatusCode::OK, json_body(&json!({ "keypair": keypair }))).into_response())
 }
 
@@ -713,7 +713,7 @@ pub fn zip_entry_name(name: &str) -> String {
 }
 
 /// A stored (uncompressed) ZIP in one pre-sized zeroizing buffer.
-fn build_zip(keys: &[(String, crate::custody::PrivateKeyText)]) -> Result<Zeroizing<Vec<u8>>, zip::result::ZipError> {
+fn build_zip(keys: &[(String, crate::model::PrivateKeyText)]) -> Result<Zeroizing<Vec<u8>>, zip::result::ZipError> {
     let capacity = keys.iter().map(|(name, key)| 3 * name.len() + key.expose().len() + 256).sum::<usize>() + 256;
     let mut buffer = Zeroizing::new(Vec::with_capacity(capacity));
     {

@@ -25,11 +25,13 @@ pub enum KeyringError {
     Permissions { path: PathBuf, mode: u32 },
     #[error("master key file {path} is invalid: {message}")]
     Invalid { path: PathBuf, message: String },
-    /// The keyring does not match what the store recorded or holds (`custody::verifier`).
+    /// The keyring does not match what the store recorded or holds (`service::master_keys`).
     #[error("master key file {path}: {message}")]
     Mismatch { path: PathBuf, message: String },
+    /// The store could not be read or written while checking (the store's error, as text: custody never
+    /// sees the store).
     #[error("cannot check the master keyring against the store: {0}")]
-    Store(#[from] crate::store::StoreError),
+    Store(String),
 }
 
 /// The fixed message whose HMAC under a master key is that key's verifier.

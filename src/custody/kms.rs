@@ -26,7 +26,7 @@ impl KmsEncryptor {
     /// Resolves `key` (state and spec checked, no data-key call), then seals with a fresh data key.
     pub async fn seal(&self, aad: &Aad, private_key: &PrivateKeyText, key: &KeyRef) -> Result<SealedKey, CustodyError> {
         let resolved = self.client.resolve(key).await?;
-        let data_key = self.client.generate_data_key(&resolved.key_id, aad).await?;
+        let data_key = self.client.generate_data_key(&resolved.key_id, &aad.encryption_context()).await?;
         let dek = SymmetricKey::from_bytes(data_key.plaintext())?;
         let (nonce, ciphertext) = dek.encrypt(private_key.expose().as_bytes(), &aad.bytes())?;
         let key_name = resolved.alias.clone().or_else(|| match key {
@@ -53,7 +53,7 @@ impl KmsEncryptor {
         // The fields are decoded first: a malformed record makes no KMS call.
         let nonce = field_bytes(sealed, "nonce", &sealed.nonce)?;
         let ciphertext = field_bytes(sealed, "ciphertext", &sealed.ciphertext)?;
-        let dek = self.client.decrypt_data_key(&sealed.key_ref, &sealed.wrapped_dek, aad).await?;
+        let dek = self.client.decrypt_data_key(&sealed.key_ref, &sealed.wrapped_dek, &aad.encryption_context()).await?;
         let dek = SymmetricKey::from_bytes(dek.as_ref())?;
         let plaintext = dek.decrypt(&nonce, &ciphertext, &aad.bytes())?;
         let text = String::from_utf8(plaintext.to_vec()).map_err(|_| CustodyError::Integrity)?;

@@ -67,7 +67,7 @@ fn kek(keyring: &MasterKeyring, key_id: &str, salt: &[u8]) -> Result<SymmetricKe
 }
 
 /// Opens a `default` envelope with `keyring` (what `LocalEncryptor::open` does, for a keyring not yet
-/// handed to an encryptor: the startup check of `custody::verifier`).
+/// handed to an encryptor: the startup check of `service::master_keys`).
 pub fn open_with(keyring: &MasterKeyring, aad: &Aad, sealed: &SealedKey) -> Result<PrivateKeyText, CustodyError> {
     if sealed.encryptor != EncryptorKind::Default {
         return Err(CustodyError::Malformed("not a default-encryptor envelope".into()));

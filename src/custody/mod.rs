@@ -10,13 +10,12 @@ pub mod envelope;
 pub mod keyring;
 pub mod kms;
 pub mod local;
-pub mod verifier;
 
 use base64::Engine;
 use base64::engine::general_purpose::STANDARD;
-use zeroize::Zeroizing;
 
-pub use crate::store::record::{EncryptorKind, SealedKey};
+use crate::kms::EncryptionContext;
+use crate::model::{EncryptorKind, Keypair, PrivateKeyText, SealedKey};
 
 pub use keyring::{KeyringError, MasterKeyring};
 pub use kms::KmsEncryptor;
@@ -43,25 +42,6 @@ fn field_bytes(sealed: &SealedKey, field: &str, text: &str) -> Result<Vec<u8>, C
     decoded.ok_or_else(|| CustodyError::Malformed(field.into()))
 }
 
-/// A private key in plaintext: zeroized on drop, never printed.
-pub struct PrivateKeyText(Zeroizing<String>);
-
-impl PrivateKeyText {
-    pub fn new(text: Zeroizing<String>) -> Self {
-        Self(text)
-    }
-
-    pub fn expose(&self) -> &str {
-        &self.0
-    }
-}
-
-impl std::fmt::Debug for PrivateKeyText {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str("PrivateKeyText([REDACTED])")
-    }
-}
-
 /// The identity a sealed key is bound to: `kps/v1`, then project, user, name and the decimal record id, each
 /// preceded by its length as a big-endian u32 (design.md "Records and keys").
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -74,13 +54,23 @@ pub struct Aad {
 
 impl Aad {
     /// The identity of a stored key pair record.
-    pub fn of_record(record: &crate::store::record::KeypairRecord) -> Self {
+    pub fn of_record(record: &Keypair) -> Self {
         Self {
             project_id: record.project_id.clone(),
             user_id: record.user_id.clone(),
             name: record.name.clone(),
             record_id: record.id,
         }
+    }
+
+    /// The same identity as the KMS EncryptionContext of spec/kms-huawei.md §7.
+    pub fn encryption_context(&self) -> EncryptionContext {
+        EncryptionContext::new([
+            ("kps:project", self.project_id.clone()),
+            ("kps:user", self.user_id.clone()),
+            ("kps:name", self.name.clone()),
+            ("kps:record", self.record_id.to_string()),
+        ])
     }
 
     pub fn bytes(&self) -> Vec<u8> {
@@ -185,7 +175,18 @@ mod tests {
 
     #[test]
     fn plaintext_debug_is_redacted() {
-        let text = PrivateKeyText::new(Zeroizing::new("SECRET".into()));
+        let text = PrivateKeyText::new(zeroize::Zeroizing::new("SECRET".into()));
         assert!(!format!("{text:?}").contains("SECRET"));
+    }
+
+    #[test]
+    fn the_encryption_context_is_the_record_identity() {
+        let aad = Aad { project_id: "p-42".into(), user_id: "u-1001".into(), name: "db-admin".into(), record_id: 18 };
+        let context: std::collections::HashMap<_, _> = aad.encryption_context().pairs().iter().cloned().collect();
+        assert_eq!(context.len(), 4);
+        assert_eq!(context["kps:project"], "p-42");
+        assert_eq!(context["kps:user"], "u-1001");
+        assert_eq!(context["kps:name"], "db-admin");
+        assert_eq!(context["kps:record"], "18");
     }
 }

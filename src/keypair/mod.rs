@@ -10,7 +10,7 @@ pub mod pool;
 mod private_key;
 mod ssh_wire;
 
-use std::fmt;
+use crate::model::{Algorithm, KeyAlgorithm, KeyType};
 
 /// The longest RSA key accepted, imported or stored (KPS.1204). `rsa::RsaPublicKey::new` stops at 4096
 /// bits, but 8192-bit SSH keys exist in the wild and Nova accepts them.
@@ -27,162 +27,6 @@ pub fn check_rsa_size(algorithm: KeyAlgorithm, min_rsa_bits: usize) -> Result<()
             Err(KeypairError::RsaKeySize { bits, min: min_rsa_bits })
         }
         _ => Ok(()),
-    }
-}
-
-/// Kind of key pair, as in Nova's `type` field.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum KeyType {
-    /// An OpenSSH public key line.
-    Ssh,
-    /// A PEM X.509 certificate (Nova's WinRM certificates).
-    X509,
-}
-
-impl KeyType {
-    /// The wire name: `ssh` or `x509`.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            KeyType::Ssh => "ssh",
-            KeyType::X509 => "x509",
-        }
-    }
-
-    /// Parses the wire name; anything but `ssh`/`x509` is `None`.
-    pub fn from_name(name: &str) -> Option<Self> {
-        match name {
-            "ssh" => Some(KeyType::Ssh),
-            "x509" => Some(KeyType::X509),
-            _ => None,
-        }
-    }
-}
-
-impl fmt::Display for KeyType {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(self.as_str())
-    }
-}
-
-/// Algorithm that can be requested for generation (the `algorithm` extension).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
-pub enum Algorithm {
-    /// Nova's only behaviour, and the default when `algorithm` is absent.
-    #[default]
-    Rsa2048,
-    Rsa3072,
-    Rsa4096,
-    Ed25519,
-    EcP256,
-    EcP384,
-}
-
-impl Algorithm {
-    /// Every requestable algorithm, in the order the spec lists them.
-    pub const ALL: [Algorithm; 6] = [
-        Algorithm::Rsa2048,
-        Algorithm::Rsa3072,
-        Algorithm::Rsa4096,
-        Algorithm::Ed25519,
-        Algorithm::EcP256,
-        Algorithm::EcP384,
-    ];
-
-    /// The wire name (`RSA_2048`, …), identical to the V3 `algorithm` value of the resulting key.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Algorithm::Rsa2048 => "RSA_2048",
-            Algorithm::Rsa3072 => "RSA_3072",
-            Algorithm::Rsa4096 => "RSA_4096",
-            Algorithm::Ed25519 => "ED25519",
-            Algorithm::EcP256 => "EC_P256",
-            Algorithm::EcP384 => "EC_P384",
-        }
-    }
-
-    /// Parses a wire name exactly (case-sensitive); unknown names are `None`.
-    pub fn from_name(name: &str) -> Option<Self> {
-        Algorithm::ALL.into_iter().find(|a| a.as_str() == name)
-    }
-
-    /// True for the `RSA_*` algorithms, the only ones allowed with `type=x509`.
-    pub fn is_rsa(self) -> bool {
-        self.rsa_bits().is_some()
-    }
-
-    /// Modulus size for the `RSA_*` algorithms.
-    pub fn rsa_bits(self) -> Option<usize> {
-        match self {
-            Algorithm::Rsa2048 => Some(2048),
-            Algorithm::Rsa3072 => Some(3072),
-            Algorithm::Rsa4096 => Some(4096),
-            Algorithm::Ed25519 | Algorithm::EcP256 | Algorithm::EcP384 => None,
-        }
-    }
-}
-
-impl fmt::Display for Algorithm {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(self.as_str())
-    }
-}
-
-/// Algorithm of a stored or imported key as reported by the V3 `algorithm` field: `RSA_<bits>`,
-/// `EC_P256`, `EC_P384`, `EC_P521` or `ED25519`. For x509 key pairs it is the certificate key's algorithm.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub enum KeyAlgorithm {
-    /// RSA with the bit length of the modulus (2048 for a 2048-bit key).
-    Rsa {
-        bits: usize,
-    },
-    EcP256,
-    EcP384,
-    EcP521,
-    Ed25519,
-}
-
-impl KeyAlgorithm {
-    /// Parses the V3 name back (e.g. from a stored record). `RSA_0` and non-decimal sizes are `None`.
-    pub fn from_name(name: &str) -> Option<Self> {
-        match name {
-            "EC_P256" => Some(KeyAlgorithm::EcP256),
-            "EC_P384" => Some(KeyAlgorithm::EcP384),
-            "EC_P521" => Some(KeyAlgorithm::EcP521),
-            "ED25519" => Some(KeyAlgorithm::Ed25519),
-            _ => {
-                let digits = name.strip_prefix("RSA_")?;
-                if digits.is_empty() || !digits.bytes().all(|b| b.is_ascii_digit()) {
-                    return None;
-                }
-                let bits: usize = digits.parse().ok()?;
-                (bits > 0).then_some(KeyAlgorithm::Rsa { bits })
-            }
-        }
-    }
-}
-
-impl From<Algorithm> for KeyAlgorithm {
-    fn from(algorithm: Algorithm) -> Self {
-        match algorithm {
-            Algorithm::Rsa2048 => KeyAlgorithm::Rsa { bits: 2048 },
-            Algorithm::Rsa3072 => KeyAlgorithm::Rsa { bits: 3072 },
-            Algorithm::Rsa4096 => KeyAlgorithm::Rsa { bits: 4096 },
-            Algorithm::Ed25519 => KeyAlgorithm::Ed25519,
-            Algorithm::EcP256 => KeyAlgorithm::EcP256,
-            Algorithm::EcP384 => KeyAlgorithm::EcP384,
-        }
-    }
-}
-
-impl fmt::Display for KeyAlgorithm {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match self {
-            KeyAlgorithm::Rsa { bits } => write!(f, "RSA_{bits}"),
-            KeyAlgorithm::EcP256 => f.write_str("EC_P256"),
-            KeyAlgorithm::EcP384 => f.write_str("EC_P384"),
-            KeyAlgorithm::EcP521 => f.write_str("EC_P521"),
-            KeyAlgorithm::Ed25519 => f.write_str("ED25519"),
-        }
     }
 }
 
@@ -262,53 +106,6 @@ mod tests {
     use super::*;
 
     #[test]
-    fn algorithm_names_round_trip_and_match_the_spec_list() {
-        let names: Vec<&str> = Algorithm::ALL.iter().map(|a| a.as_str()).collect();
-        assert_eq!(names, ["RSA_2048", "RSA_3072", "RSA_4096", "ED25519", "EC_P256", "EC_P384"]);
-        for algorithm in Algorithm::ALL {
-            assert_eq!(Algorithm::from_name(algorithm.as_str()), Some(algorithm));
-            assert_eq!(KeyAlgorithm::from(algorithm).to_string(), algorithm.as_str());
-        }
-    }
-
-    #[test]
-    fn algorithm_from_name_rejects_unknown_and_differently_cased_names() {
-        for name in ["", "rsa_2048", "RSA_1024", "EC_P521", "DSA", "ED448", " RSA_2048"] {
-            assert_eq!(Algorithm::from_name(name), None, "{name:?}");
-        }
-    }
-
-    #[test]
-    fn default_algorithm_is_rsa_2048_as_in_nova() {
-        assert_eq!(Algorithm::default(), Algorithm::Rsa2048);
-    }
-
-    #[test]
-    fn only_rsa_algorithms_are_rsa() {
-        let rsa: Vec<Algorithm> = Algorithm::ALL.into_iter().filter(|a| a.is_rsa()).collect();
-        assert_eq!(rsa, [Algorithm::Rsa2048, Algorithm::Rsa3072, Algorithm::Rsa4096]);
-    }
-
-    #[test]
-    fn key_algorithm_names_follow_v3() {
-        let table = [
-            (KeyAlgorithm::Rsa { bits: 2048 }, "RSA_2048"),
-            (KeyAlgorithm::Rsa { bits: 8192 }, "RSA_8192"),
-            (KeyAlgorithm::EcP256, "EC_P256"),
-            (KeyAlgorithm::EcP384, "EC_P384"),
-            (KeyAlgorithm::EcP521, "EC_P521"),
-            (KeyAlgorithm::Ed25519, "ED25519"),
-        ];
-        for (algorithm, name) in table {
-            assert_eq!(algorithm.to_string(), name);
-            assert_eq!(KeyAlgorithm::from_name(name), Some(algorithm));
-        }
-        for bad in ["RSA_", "RSA_0", "RSA_-1", "RSA_+2048", "rsa_2048", "EC_P224"] {
-            assert_eq!(KeyAlgorithm::from_name(bad), None, "{bad:?}");
-        }
-    }
-
-    #[test]
     fn rsa_sizes_outside_min_to_16384_bits_are_refused_other_algorithms_pass() {
         for (bits, min, accepted) in
             [(2048, 2048, true), (2047, 2048, false), (1024, 2048, false), (2048, 3072, false), (16384, 2048, true)]
@@ -322,14 +119,6 @@ mod tests {
             "Keypair data is invalid: RSA key of 16392 bits is outside the accepted range 2048-16384"
         );
         check_rsa_size(KeyAlgorithm::Ed25519, 16384).expect("not RSA");
-    }
-
-    #[test]
-    fn key_type_names() {
-        assert_eq!(KeyType::Ssh.as_str(), "ssh");
-        assert_eq!(KeyType::X509.as_str(), "x509");
-        assert_eq!(KeyType::from_name("x509"), Some(KeyType::X509));
-        assert_eq!(KeyType::from_name("SSH"), None);
     }
 
     #[test]

@@ -23,8 +23,7 @@ use zeroize::Zeroizing;
 use super::cache::{DEFAULT_CAPACITY, DEFAULT_TTL, KeyCache, MISS_TTL};
 use super::stats::KmsCallStats;
 use super::transport::{Failure, FailureKind, Transport, plausible_code};
-use super::{DATA_KEY_LEN, DataKey, KeyRef, KmsConfigError, KmsError, ResolvedKey, UsableKey};
-use crate::custody::Aad;
+use super::{DATA_KEY_LEN, DataKey, EncryptionContext, KeyRef, KmsConfigError, KmsError, ResolvedKey, UsableKey};
 
 /// The only state in which a key can make or unwrap data keys, and the one disabled state (§7).
 const STATE_ENABLED: &str = "Enabled";
@@ -139,7 +138,7 @@ impl AwsKms {
     }
 
     /// Exactly one GenerateDataKey (AES_256) under `key_id`, bound to `record`.
-    pub async fn generate_data_key(&self, key_id: &str, record: &Aad) -> Result<DataKey, KmsError> {
+    pub async fn generate_data_key(&self, key_id: &str, context: &EncryptionContext) -> Result<DataKey, KmsError> {
         const OPERATION: &str = "GenerateDataKey";
         let mut output = self
             .data_key_call(OPERATION, key_id, || async {
@@ -147,7 +146,7 @@ impl AwsKms {
                     .generate_data_key()
                     .key_id(key_id)
                     .key_spec(DataKeySpec::Aes256)
-                    .set_encryption_context(Some(encryption_context(record)))
+                    .set_encryption_context(Some(encryption_context(context)))
                     .send()
                     .await
                     .map_err(classify)
@@ -165,7 +164,7 @@ impl AwsKms {
         &self,
         key_id: &str,
         cipher_text: &str,
-        record: &Aad,
+        context: &EncryptionContext,
     ) -> Result<Zeroizing<[u8; DATA_KEY_LEN]>, KmsError> {
         const OPERATION: &str = "Decrypt";
         let undecryptable = |detail: &str| KmsError::Undecryptable { detail: format!("{OPERATION}: {detail}") };
@@ -176,7 +175,7 @@ impl AwsKms {
                     .decrypt()
                     .key_id(key_id)
                     .ciphertext_blob(Blob::new(blob.clone()))
-                    .set_encryption_context(Some(encryption_context(record)))
+                    .set_encryption_context(Some(encryption_context(context)))
                     .send()
                     .await
                     .map_err(classify)
@@ -193,7 +192,7 @@ impl AwsKms {
         &self,
         key_id: &str,
         plaintext: &[u8; DATA_KEY_LEN],
-        record: &Aad,
+        context: &EncryptionContext,
     ) -> Result<String, KmsError> {
         const OPERATION: &str = "Encrypt";
         let output = self
@@ -203,7 +202,7 @@ impl AwsKms {
                     .encrypt()
                     .key_id(key_id)
                     .plaintext(Blob::new(plaintext.to_vec()))
-                    .set_encryption_context(Some(encryption_context(record)))
+                    .set_encryption_context(Some(encryption_context(context)))
                     .send()
                     .await
                     .map_err(classify)
@@ -249,17 +248,9 @@ fn aws_key_id(key: &KeyRef) -> String {
     }
 }
 
-/// The four-string EncryptionContext of §7: the same identity as the local AAD.
-fn encryption_context(record: &Aad) -> std::collections::HashMap<String, String> {
-    [
-        ("kps:project", record.project_id.clone()),
-        ("kps:user", record.user_id.clone()),
-        ("kps:name", record.name.clone()),
-        ("kps:record", record.record_id.to_string()),
-    ]
-    .into_iter()
-    .map(|(k, v)| (k.to_owned(), v))
-    .collect()
+/// The EncryptionContext of §7 as the SDK takes it.
+fn encryption_context(context: &EncryptionContext) -> std::collections::HashMap<String, String> {
+    context.pairs().iter().cloned().collect()
 }
 
 fn data_key_array(bytes: &[u8]) -> Option<Zeroizing<[u8; DATA_KEY_LEN]>> {
@@ -315,17 +306,6 @@ mod tests {
         assert_eq!(aws_key_id(&KeyRef::Alias("alias/kps-escrow".into())), "alias/kps-escrow");
         let arn = "arn:aws:kms:eu-west-1:111122223333:alias/kps-escrow";
         assert_eq!(aws_key_id(&KeyRef::Alias(arn.into())), arn);
-    }
-
-    #[test]
-    fn the_encryption_context_is_the_record_identity() {
-        let aad = Aad { project_id: "p-42".into(), user_id: "u-1001".into(), name: "db-admin".into(), record_id: 18 };
-        let context = encryption_context(&aad);
-        assert_eq!(context.len(), 4);
-        assert_eq!(context["kps:project"], "p-42");
-        assert_eq!(context["kps:user"], "u-1001");
-        assert_eq!(context["kps:name"], "db-admin");
-        assert_eq!(context["kps:record"], "18");
     }
 
     #[test]

@@ -7,8 +7,9 @@
 //!   state and spec **without** any data-key call; found keys are cached 60 s, unknown ones 10 s, and
 //!   concurrent lookups share one KMS call (`cache`);
 //! * [`KmsClient::generate_data_key`] makes exactly one data-key call;
-//! * the data-key calls get the record identity ([`Aad`]); AWS binds it as the EncryptionContext (§7),
-//!   Huawei's API has no such field (the local AAD binds the record there);
+//! * the data-key calls get the record identity as an [`EncryptionContext`] that custody builds; AWS binds it
+//!   (§7), Huawei's API has no such field (custody's local AAD binds the record there). This module never
+//!   sees custody's types: the dependency runs one way, custody → kms;
 //! * every failure is a [`KmsError`], one variant per catalogue code (KPS.1801–1806, KPS.1401), whose text
 //!   names only the operation, the attempt count and the upstream error code — never upstream text, URLs or
 //!   secrets.
@@ -28,7 +29,6 @@ use secrecy::{ExposeSecret, SecretString};
 use zeroize::Zeroizing;
 
 use crate::config::KmsConfig;
-use crate::custody::Aad;
 
 pub use aws::AwsKms;
 pub use huawei::HuaweiKms;
@@ -36,6 +36,22 @@ pub use transport::Transport;
 
 /// Length of the data keys kps uses (AES-256).
 pub const DATA_KEY_LEN: usize = 32;
+
+/// Name/value pairs a data key is bound to, built by custody from the record identity (the same identity as
+/// its AAD). AWS sends them as the EncryptionContext of every data-key call (spec/kms-huawei.md §7), so AWS
+/// itself refuses to unwrap a data key for another record; Huawei's API has no such field.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct EncryptionContext(Vec<(String, String)>);
+
+impl EncryptionContext {
+    pub fn new<K: Into<String>, V: Into<String>>(pairs: impl IntoIterator<Item = (K, V)>) -> Self {
+        Self(pairs.into_iter().map(|(k, v)| (k.into(), v.into())).collect())
+    }
+
+    pub fn pairs(&self) -> &[(String, String)] {
+        &self.0
+    }
+}
 
 /// What a caller names a KMS key by.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
@@ -231,10 +247,10 @@ impl KmsClient {
     }
 
     /// Exactly one create-datakey call for a 256-bit DEK under `key_id` (a resolved id).
-    pub async fn generate_data_key(&self, key_id: &str, record: &Aad) -> Result<DataKey, KmsError> {
+    pub async fn generate_data_key(&self, key_id: &str, context: &EncryptionContext) -> Result<DataKey, KmsError> {
         match self {
             Self::Huawei(huawei) => huawei.generate_data_key(key_id).await,
-            Self::Aws(aws) => aws.generate_data_key(key_id, record).await,
+            Self::Aws(aws) => aws.generate_data_key(key_id, context).await,
         }
     }
 
@@ -243,11 +259,11 @@ impl KmsClient {
         &self,
         key_id: &str,
         cipher_text: &str,
-        record: &Aad,
+        context: &EncryptionContext,
     ) -> Result<Zeroizing<[u8; DATA_KEY_LEN]>, KmsError> {
         match self {
             Self::Huawei(huawei) => huawei.decrypt_data_key(key_id, cipher_text).await,
-            Self::Aws(aws) => aws.decrypt_data_key(key_id, cipher_text, record).await,
+            Self::Aws(aws) => aws.decrypt_data_key(key_id, cipher_text, context).await,
         }
     }
 
@@ -257,11 +273,11 @@ impl KmsClient {
         &self,
         key_id: &str,
         plaintext: &[u8; DATA_KEY_LEN],
-        record: &Aad,
+        context: &EncryptionContext,
     ) -> Result<String, KmsError> {
         match self {
             Self::Huawei(huawei) => huawei.encrypt_data_key(key_id, plaintext).await,
-            Self::Aws(aws) => aws.encrypt_data_key(key_id, plaintext, record).await,
+            Self::Aws(aws) => aws.encrypt_data_key(key_id, plaintext, context).await,
         }
     }
 

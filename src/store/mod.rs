@@ -18,7 +18,7 @@ pub enum Space {
     KeyPairs,
     /// The `(project_id, name)` name index of design.md.
     NameIndex,
-    /// Facts about the store as a whole: the master key verifiers (`custody::verifier`).
+    /// Facts about the store as a whole: the master key verifiers (`service::master_keys`).
     Meta,
 }
 

@@ -8,114 +8,10 @@
 use serde::{Deserialize, Serialize};
 
 use super::StoreError;
+use crate::model::{Keypair, Scope};
 
 /// Current record format.
 pub const FORMAT_VERSION: u8 = 1;
-
-/// Who sees a key pair: its owner user (`user`, Nova's model) or every user of its project (`domain`).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum Scope {
-    User,
-    Domain,
-}
-
-/// A stored key pair.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct KeypairRecord {
-    pub id: u64,
-    pub name: String,
-    /// `ssh` or `x509`.
-    pub key_type: String,
-    pub public_key: String,
-    pub fingerprint: String,
-    /// `RSA_2048`, `ED25519`, … (kps-v3.md §2).
-    pub algorithm: String,
-    /// Owner (the creator for `domain` keys).
-    pub user_id: String,
-    /// Project of the creating request.
-    pub project_id: String,
-    pub scope: Scope,
-    #[serde(default)]
-    pub description: String,
-    /// Microseconds since the Unix epoch, UTC.
-    pub created_at_us: i64,
-    #[serde(default)]
-    pub updated_at_us: Option<i64>,
-    /// The escrowed private key, sealed (custody); `None` when nothing is escrowed.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub sealed: Option<SealedKey>,
-}
-
-/// Which encryptor wrapped the data key.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum EncryptorKind {
-    Default,
-    Kms,
-}
-
-/// A sealed private key as stored: ciphertext and what is needed to unwrap its data key. Nothing secret.
-/// Binary fields are text in the encoding of `format_version` (custody: 1 = hex, 2 = base64).
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct SealedKey {
-    pub format_version: u8,
-    pub encryptor: EncryptorKind,
-    /// Master key id (`default`) or KMS key id (`kms`).
-    pub key_ref: String,
-    /// KMS key alias as given or resolved, for display only.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub key_name: Option<String>,
-    /// HKDF salt, 32 random bytes per record (`default` only).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub salt: Option<String>,
-    /// The wrapped data key: `default`: nonce + AES-GCM ciphertext; `kms`: the KMS's own text form of it.
-    pub wrapped_dek: String,
-    /// Nonce of the private-key ciphertext.
-    pub nonce: String,
-    /// AES-256-GCM ciphertext (with tag) of the private key text.
-    pub ciphertext: String,
-}
-
-/// The fields of a stored key pair that list views show: decodes without copying the sealed key.
-#[derive(Debug, Clone, Deserialize)]
-pub struct KeypairSummary {
-    pub name: String,
-    pub key_type: String,
-    pub public_key: String,
-    pub fingerprint: String,
-    pub scope: Scope,
-    #[serde(default)]
-    sealed: Option<serde::de::IgnoredAny>,
-}
-
-impl KeypairSummary {
-    /// Whether a sealed private key is stored with the key pair.
-    pub fn is_key_protection(&self) -> bool {
-        self.sealed.is_some()
-    }
-}
-
-/// The fields of a stored key pair that Nova's list shows, borrowed from the stored bytes as JSON text:
-/// a page is rendered by copying them, with no string decoding, allocation or re-escaping per record.
-#[derive(Debug, Deserialize)]
-pub struct ListFields<'a> {
-    #[serde(borrow)]
-    pub name: &'a serde_json::value::RawValue,
-    #[serde(borrow)]
-    pub key_type: &'a serde_json::value::RawValue,
-    #[serde(borrow)]
-    pub public_key: &'a serde_json::value::RawValue,
-    #[serde(borrow)]
-    pub fingerprint: &'a serde_json::value::RawValue,
-}
-
-impl ListFields<'_> {
-    /// The name as text (for the `next` link).
-    pub fn name_text(&self) -> Result<String, StoreError> {
-        serde_json::from_str(self.name.get()).map_err(|e| StoreError::Corrupt(e.to_string()))
-    }
-}
 
 /// A name-index entry for `(project_id, name)`: the users whose `user` key of that name was created in
 /// that project, or the `domain` key holding the name.
@@ -218,7 +114,7 @@ pub fn split_name_index_key(key: &[u8]) -> Option<(&str, &str)> {
     Some((std::str::from_utf8(owner).ok()?, std::str::from_utf8(name).ok()?))
 }
 
-/// `Space::Meta`: the prefix of every master key verifier's key (`custody::verifier`).
+/// `Space::Meta`: the prefix of every master key verifier's key (`service::master_keys`).
 const MASTER_KEY_VERIFIER_PREFIX: &[u8] = b"master_key_verifier/";
 
 /// A master key's verifier as stored (HMAC-SHA256 under the key of a fixed label, hex): never the key.
@@ -243,7 +139,7 @@ pub fn master_key_id_of(key: &[u8]) -> Option<&str> {
 }
 
 /// The store key of a key pair record: by owner user for `user` keys, by project for `domain` keys.
-pub fn keypair_key(record: &KeypairRecord) -> Vec<u8> {
+pub fn keypair_key(record: &Keypair) -> Vec<u8> {
     match record.scope {
         Scope::User => user_key(&record.user_id, &record.name),
         Scope::Domain => domain_key(&record.project_id, &record.name),
@@ -256,33 +152,11 @@ pub fn name_from_key<'a>(key: &'a [u8], prefix: &[u8]) -> Option<&'a str> {
 }
 
 #[cfg(test)]
-impl KeypairRecord {
-    /// A plain user key pair for tests: Ed25519 text that is not a real key, project `p`, no escrow.
-    pub fn sample(id: u64, user: &str, name: &str) -> Self {
-        KeypairRecord {
-            id,
-            name: name.into(),
-            key_type: "ssh".into(),
-            public_key: "ssh-ed25519 AAAA".into(),
-            fingerprint: "f".into(),
-            algorithm: "ED25519".into(),
-            user_id: user.into(),
-            project_id: "p".into(),
-            scope: Scope::User,
-            description: String::new(),
-            created_at_us: 1,
-            updated_at_us: None,
-            sealed: None,
-        }
-    }
-}
-
-#[cfg(test)]
 mod tests {
     use super::*;
 
-    fn record() -> KeypairRecord {
-        KeypairRecord { id: 7, fingerprint: "f1".into(), ..KeypairRecord::sample(7, "u", "k") }
+    fn record() -> Keypair {
+        Keypair { id: 7, fingerprint: "f1".into(), ..Keypair::sample(7, "u", "k") }
     }
 
     #[test]
@@ -292,14 +166,14 @@ mod tests {
         assert_eq!(owner_prefix_of(&user_key("alice", "k1")), Some(&user_prefix("alice")[..]));
         assert_eq!(owner_prefix_of(&domain_key("p1", "k1")), Some(&domain_prefix("p1")[..]));
         assert_eq!(owner_prefix_of(b"u\0"), None);
-        assert_eq!(decode::<KeypairRecord>(&bytes).expect("decode"), record());
+        assert_eq!(decode::<Keypair>(&bytes).expect("decode"), record());
     }
 
     #[test]
     fn a_newer_format_version_is_an_error_not_a_misreading() {
         let mut bytes = encode(&record()).expect("encode");
         bytes[0] = FORMAT_VERSION + 1;
-        let error = decode::<KeypairRecord>(&bytes).expect_err("newer version");
+        let error = decode::<Keypair>(&bytes).expect_err("newer version");
         assert!(error.to_string().contains("not supported"), "{error}");
     }
 

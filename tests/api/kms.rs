@@ -11,7 +11,7 @@ use std::time::Duration;
 use kps::config::KmsConfig;
 use kps::custody::Aad;
 use kps::kms::huawei::HuaweiSettings;
-use kps::kms::{HuaweiKms, KeyRef, KmsClient, KmsError, Transport};
+use kps::kms::{EncryptionContext, HuaweiKms, KeyRef, KmsClient, KmsError, Transport};
 use kps::signing::Credentials;
 use secrecy::SecretString;
 use serde_json::{Value, json};
@@ -24,8 +24,8 @@ pub const DISABLED_ID: &str = "11111111-1111-4111-8111-111111111111";
 const DOOMED_ID: &str = "44444444-4444-4444-8444-444444444444";
 
 /// The record a data key belongs to (Huawei's API carries no such binding; the AAD does, locally).
-fn record() -> Aad {
-    Aad { project_id: "p".into(), user_id: "u".into(), name: "db-admin".into(), record_id: 1 }
+fn record() -> EncryptionContext {
+    Aad { project_id: "p".into(), user_id: "u".into(), name: "db-admin".into(), record_id: 1 }.encryption_context()
 }
 
 /// A running `kms-mock` process with the keys it printed.

@@ -63,7 +63,7 @@ fn current_id(keyring: &Path) -> String {
 fn recorded(data: &Path) -> Vec<String> {
     let runtime = tokio::runtime::Builder::new_current_thread().build().expect("runtime");
     let store = kps::store::sled::SledStore::open(&data.join("db")).expect("store");
-    let recorded = runtime.block_on(kps::custody::verifier::recorded_verifiers(&store)).expect("verifiers");
+    let recorded = runtime.block_on(kps::service::master_keys::recorded_verifiers(&store)).expect("verifiers");
     recorded.into_keys().collect()
 }
 

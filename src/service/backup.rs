@@ -3,7 +3,7 @@
 //! Format (spec/interface.md "Backup file"): a header line `{"format_version": 1, "created_at": "<RFC 3339
 //! UTC>", "next_id": <n>}`, then one line per record — `{"type": "keypair", "record": {...}}` or
 //! `{"type": "name_index", "project_id": "...", "name": "...", "entry": {...}}` or
-//! `{"type": "master_key_verifier", "id": "...", "verifier": "<hex>"}` (`custody::verifier`: a restored store
+//! `{"type": "master_key_verifier", "id": "...", "verifier": "<hex>"}` (`service::master_keys`: a restored store
 //! checks its keyring too; a backup with verifier lines must have one for every master key id its
 //! `default`-sealed records name). Records are written decoded (readable, independent of the store backend) and
 //! re-encoded on import, which gives back the same bytes.
@@ -11,7 +11,8 @@
 
 use serde::{Deserialize, Serialize};
 
-use crate::store::record::{self, EncryptorKind, KeypairRecord, MasterKeyVerifier, NameIndexEntry};
+use crate::model::{EncryptorKind, Keypair};
+use crate::store::record::{self, MasterKeyVerifier, NameIndexEntry};
 use crate::store::{ApplyError, Space, Store, StoreError, WriteOp};
 
 pub const BACKUP_FORMAT_VERSION: u32 = 1;
@@ -49,7 +50,7 @@ struct Header {
 #[derive(Debug, Serialize, Deserialize)]
 #[serde(tag = "type", rename_all = "snake_case", deny_unknown_fields)]
 enum Line {
-    Keypair { record: Box<KeypairRecord> },
+    Keypair { record: Box<Keypair> },
     NameIndex { project_id: String, name: String, entry: NameIndexEntry },
     MasterKeyVerifier { id: String, verifier: String },
 }
@@ -169,7 +170,7 @@ pub async fn import(store: &dyn Store, text: &str, force: bool) -> Result<Import
             }
             Line::MasterKeyVerifier { id, verifier } => {
                 let stored = MasterKeyVerifier { hmac_sha256: verifier };
-                crate::custody::verifier::decode_verifier(&stored).map_err(|e| format(number, e.to_string()))?;
+                crate::service::master_keys::decode_verifier(&stored).map_err(|e| format(number, e.to_string()))?;
                 verified_ids.insert(id.clone());
                 (Space::Meta, record::master_key_verifier_key(&id), record::encode(&stored)?)
             }
@@ -260,8 +261,8 @@ mod tests {
     use super::*;
     use crate::store::memory::MemoryStore;
 
-    fn record(id: u64, user: &str, name: &str) -> KeypairRecord {
-        KeypairRecord::sample(id, user, name)
+    fn record(id: u64, user: &str, name: &str) -> Keypair {
+        Keypair::sample(id, user, name)
     }
 
     async fn seeded() -> MemoryStore {
@@ -437,7 +438,7 @@ mod tests {
     /// A backup line: a key pair `default`-sealed under master key `key_ref` (the envelope is not opened).
     fn sealed_line(id: u64, name: &str, key_ref: &str) -> String {
         let mut sealed = record(id, "u", name);
-        sealed.sealed = Some(record::SealedKey {
+        sealed.sealed = Some(crate::model::SealedKey {
             format_version: 2,
             encryptor: EncryptorKind::Default,
             key_ref: key_ref.into(),

@@ -5,16 +5,23 @@
 //! layer decides everything that needs the store. Key pairs belong to their owner *user*; `domain` key
 //! pairs of the request's project are visible too. A failed create writes nothing.
 
+pub mod backup;
+pub mod master_keys;
+
 use std::sync::Arc;
 
 use zeroize::Zeroizing;
 
-use crate::custody::{Aad, Custody, CustodyError, EncryptorKind, PrivateKeyText, SealWith};
+use crate::custody::{Aad, Custody, CustodyError, SealWith};
 use crate::keypair::pool::RsaKeyPool;
-use crate::keypair::{Algorithm, KeyAlgorithm, KeyType, KeypairError, check_rsa_size, generate, parse};
+use crate::keypair::{KeypairError, check_rsa_size, generate, parse};
 use crate::kms::{KeyRef, KmsError};
+use crate::model::{
+    Algorithm, EncryptorKind, KeyAlgorithm, KeyType, Keypair, KeypairSummary, ListFields, PrivateKeyText, Scope,
+    SealedKey,
+};
 use crate::page_cache::{Generations, Stamp};
-use crate::store::record::{self, KeypairRecord, NameIndexEntry, Scope};
+use crate::store::record::{self, NameIndexEntry};
 use crate::store::{ApplyError, Space, Store, StoreError, WriteOp};
 
 /// The most key pairs one list call returns (Nova's `max_limit`).
@@ -61,8 +68,35 @@ pub enum ServiceError {
     /// The key pair already has an escrowed private key (KPS.1702).
     #[error("key pair {0} already has an escrowed private key")]
     AlreadyEscrowed(String),
-    #[error(transparent)]
-    Store(#[from] StoreError),
+    /// The store takes no writes (a failed sync or a lost connection): the outcome of a write in flight is
+    /// unknown, retry later (KPS.9005). The detail is for logs.
+    #[error("store unavailable: {0}")]
+    StoreUnavailable(String),
+    /// Any other store failure (KPS.9002). The detail is for logs.
+    #[error("store failure: {0}")]
+    Storage(String),
+}
+
+impl From<StoreError> for ServiceError {
+    fn from(error: StoreError) -> Self {
+        match error {
+            StoreError::Unavailable(detail) => Self::StoreUnavailable(detail),
+            other @ (StoreError::Backend(_) | StoreError::Corrupt(_) | StoreError::Damaged(_)) => {
+                Self::Storage(other.to_string())
+            }
+        }
+    }
+}
+
+/// A page of key pairs as stored, for views that borrow their fields ([`ListFields`]) instead of decoding
+/// every string: Nova's list renders a page by copying JSON text.
+pub struct StoredPage(Vec<Vec<u8>>);
+
+impl StoredPage {
+    /// The listed fields of each key pair, borrowed from the stored bytes.
+    pub fn fields(&self) -> Result<Vec<ListFields<'_>>, ServiceError> {
+        self.0.iter().map(|bytes| record::decode_borrowed(bytes).map_err(ServiceError::from)).collect()
+    }
 }
 
 /// What a create/import asks for, after validation at the edge.
@@ -173,7 +207,7 @@ impl ProtectionRequest {
 
 /// A stored key pair and, when it was generated, its private key (returned to the caller once).
 pub struct Created {
-    pub record: KeypairRecord,
+    pub record: Keypair,
     pub private_key: Option<Zeroizing<String>>,
 }
 
@@ -213,7 +247,7 @@ pub struct KeypairService {
 const QUOTA_STRIPES: usize = 64;
 
 /// A policy check run on a record as soon as it is loaded (errors.md §4 step 8: `creator`, domain keys).
-pub type RecordCheck<'a> = &'a (dyn Fn(&KeypairRecord) -> Result<(), ServiceError> + Send + Sync);
+pub type RecordCheck<'a> = &'a (dyn Fn(&Keypair) -> Result<(), ServiceError> + Send + Sync);
 
 impl KeypairService {
     pub fn new(store: Arc<dyn Store>, quota: Option<u64>, rsa_pool: RsaKeyPool) -> Self {
@@ -245,12 +279,29 @@ impl KeypairService {
         self
     }
 
-    pub fn custody(&self) -> Option<&Custody> {
-        self.custody.as_ref()
+    /// The KMS encryptor's client, when one is configured.
+    pub fn kms_client(&self) -> Option<&crate::kms::KmsClient> {
+        self.custody.as_ref().and_then(Custody::kms).map(crate::custody::KmsEncryptor::client)
     }
 
-    pub fn store(&self) -> &Arc<dyn Store> {
-        &self.store
+    /// The group committer's counters, for stores that have one (`GET /metrics`).
+    pub fn store_commit_stats(&self) -> Option<&crate::store::sled::CommitStats> {
+        self.store.group_commit_stats()
+    }
+
+    /// Whether the store takes writes and answers a trivial read (`GET /readyz`).
+    pub async fn ready(&self) -> Result<(), ServiceError> {
+        Ok(self.store.ready().await?)
+    }
+
+    /// Streams the backup of the whole store (spec/interface.md, backups) into `sender`, as a task that owns
+    /// what it reads (the admin API runs it beside the response that streams the lines).
+    pub fn export_backup(
+        &self,
+        sender: tokio::sync::mpsc::Sender<Vec<u8>>,
+    ) -> impl std::future::Future<Output = Result<(), backup::BackupError>> + Send + 'static {
+        let store = Arc::clone(&self.store);
+        async move { backup::export(store.as_ref(), &sender).await }
     }
 
     /// Counts the stored `domain` key pairs per project and per creator (once at startup).
@@ -269,7 +320,7 @@ impl KeypairService {
             let Some((last, _)) = page.last() else { break };
             after = Some(last.clone());
             for (_, value) in page {
-                let found: KeypairRecord = record::decode(&value)?;
+                let found: Keypair = record::decode(&value)?;
                 counts.add(&found, 1);
             }
         }
@@ -324,7 +375,7 @@ impl KeypairService {
         }
     }
 
-    fn count_domain_key(&self, record: &KeypairRecord, delta: i64) {
+    fn count_domain_key(&self, record: &Keypair, delta: i64) {
         if let Ok(mut counts) = self.domain_counts.lock()
             && let Some(counts) = counts.as_mut()
         {
@@ -354,10 +405,10 @@ impl KeypairService {
 
         let generating = imported.is_none();
         let (public_key, fingerprint, algorithm, generated_private_key) = match (imported, new.public_key) {
-            (Some(parsed), Some(text)) => (text, parsed.fingerprint, parsed.algorithm.to_string(), None),
+            (Some(parsed), Some(text)) => (text, parsed.fingerprint, parsed.algorithm, None),
             _ => {
                 let generated = self.generate(new.key_type, algorithm, &new.user_id).await?;
-                let algorithm = generated.algorithm.to_string();
+                let algorithm = generated.algorithm;
                 (generated.public_key, generated.fingerprint, algorithm, Some(generated.private_key))
             }
         };
@@ -381,10 +432,10 @@ impl KeypairService {
             _ => None,
         };
 
-        let record = KeypairRecord {
+        let record = Keypair {
             id,
             name: new.name,
-            key_type: new.key_type.as_str().to_owned(),
+            key_type: new.key_type,
             public_key,
             fingerprint,
             algorithm,
@@ -440,41 +491,41 @@ impl KeypairService {
         aad: &Aad,
         text: Zeroizing<String>,
         with: &SealWith,
-    ) -> Result<crate::custody::SealedKey, ServiceError> {
+    ) -> Result<SealedKey, ServiceError> {
         custody.seal(aad, &PrivateKeyText::new(text), with).await.map_err(|error| custody_error(error, &aad.name))
     }
 
     /// The key pair `name` visible to `user_id` in `project_id`: the user's own key, else a `domain` key of
     /// the project.
-    pub async fn get(&self, user_id: &str, project_id: &str, name: &str) -> Result<KeypairRecord, ServiceError> {
+    pub async fn get(&self, user_id: &str, project_id: &str, name: &str) -> Result<Keypair, ServiceError> {
         self.find(user_id, project_id, name)
             .await?
             .map(|(_, _, record)| record)
             .ok_or_else(|| ServiceError::NotFound { name: name.to_owned(), user_id: user_id.to_owned() })
     }
 
-    /// Up to `limit` key pairs visible to `user_id` in `project_id`, ascending by name, after `marker`,
-    /// decoded as `T` (`KeypairRecord`, or the cheaper `KeypairSummary` for list views).
-    pub async fn list<T: serde::de::DeserializeOwned>(
+    /// Up to `limit` key pairs visible to `user_id` in `project_id`, ascending by name, after `marker`, as
+    /// the summaries list views show.
+    pub async fn list_summaries(
         &self,
         user_id: &str,
         project_id: &str,
         marker: Option<&str>,
         limit: usize,
-    ) -> Result<Vec<T>, ServiceError> {
+    ) -> Result<Vec<KeypairSummary>, ServiceError> {
         let page = self.list_encoded(user_id, project_id, marker, limit).await?;
-        Ok(page.iter().map(|bytes| record::decode::<T>(bytes)).collect::<Result<_, _>>()?)
+        Ok(page.0.iter().map(|bytes| record::decode::<KeypairSummary>(bytes)).collect::<Result<_, _>>()?)
     }
 
-    /// [`KeypairService::list`] as the stored bytes of each record, for views that decode borrowed fields
-    /// ([`record::ListFields`]).
+    /// [`KeypairService::list_summaries`] as the stored bytes of each record, for views that borrow their
+    /// fields ([`StoredPage::fields`]).
     pub async fn list_encoded(
         &self,
         user_id: &str,
         project_id: &str,
         marker: Option<&str>,
         limit: usize,
-    ) -> Result<Vec<Vec<u8>>, ServiceError> {
+    ) -> Result<StoredPage, ServiceError> {
         if let Some(marker) = marker
             && !self.is_visible(user_id, project_id, marker).await?
         {
@@ -482,13 +533,13 @@ impl KeypairService {
         }
         // One more than a full page, so that callers can tell whether more follow.
         let limit = limit.min(MAX_LIST_LIMIT + 1);
-        Ok(self.page_after(user_id, project_id, marker.map(str::as_bytes), limit).await?.0)
+        Ok(StoredPage(self.page_after(user_id, project_id, marker.map(str::as_bytes), limit).await?.0))
     }
 
     /// Every key pair visible to `user_id` in `project_id`, as stored bytes, ascending by name: Nova's list
     /// before paging (2.35) returns them all. Read in pages of [`MAX_LIST_LIMIT`], each after the last name
     /// of the one before, so that a key pair deleted meanwhile cannot break the walk.
-    pub async fn list_all_encoded(&self, user_id: &str, project_id: &str) -> Result<Vec<Vec<u8>>, ServiceError> {
+    pub async fn list_all_encoded(&self, user_id: &str, project_id: &str) -> Result<StoredPage, ServiceError> {
         let mut all = Vec::new();
         let mut after: Option<Vec<u8>> = None;
         loop {
@@ -496,7 +547,7 @@ impl KeypairService {
             let done = page.len() < MAX_LIST_LIMIT;
             all.extend(page);
             if done {
-                return Ok(all);
+                return Ok(StoredPage(all));
             }
             after = last;
         }
@@ -553,7 +604,7 @@ impl KeypairService {
 
     /// Deletes the key pair `name` visible to `user_id` in `project_id`, with its name-index entry. Returns
     /// the deleted record (the audit log notes whether it held an escrowed key).
-    pub async fn delete(&self, user_id: &str, project_id: &str, name: &str) -> Result<KeypairRecord, ServiceError> {
+    pub async fn delete(&self, user_id: &str, project_id: &str, name: &str) -> Result<Keypair, ServiceError> {
         loop {
             let Some((key, value, found)) = self.find(user_id, project_id, name).await? else {
                 return Err(ServiceError::NotFound { name: name.to_owned(), user_id: user_id.to_owned() });
@@ -600,14 +651,14 @@ impl KeypairService {
         name: &str,
         check: RecordCheck<'_>,
         protection: ProtectionRequest,
-    ) -> Result<KeypairRecord, ServiceError> {
+    ) -> Result<Keypair, ServiceError> {
         loop {
             let loaded = self.load(user_id, project_id, name, check).await?;
             let mut record = loaded.record.clone();
             if record.sealed.is_some() {
                 return Err(ServiceError::AlreadyEscrowed(record.name));
             }
-            let key_type = crate::keypair::KeyType::from_name(&record.key_type).unwrap_or(KeyType::Ssh);
+            let key_type = record.key_type;
             let public_key = parse::parse_public_key(key_type, &record.public_key)?;
             let (custody, with) = self.check_protection(&protection, Some(&public_key), &record.name)?;
             let Some(text) = protection.private_key.as_ref() else {
@@ -629,7 +680,7 @@ impl KeypairService {
         project_id: &str,
         name: &str,
         check: RecordCheck<'_>,
-    ) -> Result<(KeypairRecord, PrivateKeyText), ServiceError> {
+    ) -> Result<(Keypair, PrivateKeyText), ServiceError> {
         let loaded = self.load(user_id, project_id, name, check).await?;
         let record = loaded.record;
         let Some(sealed) = &record.sealed else { return Err(ServiceError::NoEscrow(record.name)) };
@@ -647,7 +698,7 @@ impl KeypairService {
         project_id: &str,
         name: &str,
         check: RecordCheck<'_>,
-    ) -> Result<KeypairRecord, ServiceError> {
+    ) -> Result<Keypair, ServiceError> {
         loop {
             let loaded = self.load(user_id, project_id, name, check).await?;
             let mut record = loaded.record.clone();
@@ -682,7 +733,7 @@ impl KeypairService {
         };
         // A record sealed in an older sealed format is re-sealed (in the current one) by any run that would
         // keep it under the same encryptor.
-        let needs_rewrap = |sealed: &crate::custody::SealedKey| {
+        let needs_rewrap = |sealed: &SealedKey| {
             let outdated = sealed.format_version < crate::custody::SEALED_FORMAT_VERSION;
             match target {
                 RewrapTarget::CurrentMasterKey => {
@@ -742,8 +793,8 @@ impl KeypairService {
         project_id: &str,
         name: &str,
         check: RecordCheck<'_>,
-        change: impl Fn(&mut KeypairRecord) -> Result<(), ServiceError>,
-    ) -> Result<KeypairRecord, ServiceError> {
+        change: impl Fn(&mut Keypair) -> Result<(), ServiceError>,
+    ) -> Result<Keypair, ServiceError> {
         loop {
             let loaded = self.load(user_id, project_id, name, check).await?;
             let mut record = loaded.record.clone();
@@ -771,7 +822,7 @@ impl KeypairService {
     }
 
     /// Writes `record` over `loaded` if it is unchanged; `false` when someone else changed it first.
-    async fn replace(&self, loaded: &Loaded, record: &KeypairRecord) -> Result<bool, ServiceError> {
+    async fn replace(&self, loaded: &Loaded, record: &Keypair) -> Result<bool, ServiceError> {
         let op = WriteOp::Replace {
             space: Space::KeyPairs,
             key: loaded.key.clone(),
@@ -864,7 +915,7 @@ impl KeypairService {
     }
 
     /// Writes a new record and its name-index entry in one atomic apply; the apply decides races on the name.
-    async fn insert(&self, record: &KeypairRecord) -> Result<(), ServiceError> {
+    async fn insert(&self, record: &Keypair) -> Result<(), ServiceError> {
         let key = record::keypair_key(record);
         let value = record::encode(record)?;
         let index_key = record::name_index_key(&record.project_id, &record.name);
@@ -906,7 +957,7 @@ impl KeypairService {
     }
 
     /// The index operation that removes `record` from its name-index entry (none if it is not there).
-    async fn index_release(&self, record: &KeypairRecord) -> Result<Option<WriteOp>, ServiceError> {
+    async fn index_release(&self, record: &Keypair) -> Result<Option<WriteOp>, ServiceError> {
         let key = record::name_index_key(&record.project_id, &record.name);
         let Some(current) = self.store.get(Space::NameIndex, &key).await? else { return Ok(None) };
         let mut entry: NameIndexEntry = record::decode(&current)?;
@@ -952,7 +1003,7 @@ impl KeypairService {
         user_id: &str,
         project_id: &str,
         name: &str,
-    ) -> Result<Option<(Vec<u8>, Vec<u8>, KeypairRecord)>, ServiceError> {
+    ) -> Result<Option<(Vec<u8>, Vec<u8>, Keypair)>, ServiceError> {
         let Some((key, value)) = self.find_stored(user_id, project_id, name).await? else { return Ok(None) };
         let found = record::decode(&value)?;
         Ok(Some((key, value, found)))
@@ -980,7 +1031,7 @@ struct DomainCounts {
 }
 
 impl DomainCounts {
-    fn add(&mut self, record: &KeypairRecord, delta: i64) {
+    fn add(&mut self, record: &Keypair, delta: i64) {
         for (map, key) in [(&mut self.per_project, &record.project_id), (&mut self.per_creator, &record.user_id)] {
             let count = map.entry(key.clone()).or_insert(0);
             *count = count.saturating_add_signed(delta);
@@ -995,11 +1046,11 @@ impl DomainCounts {
 struct Loaded {
     key: Vec<u8>,
     value: Vec<u8>,
-    record: KeypairRecord,
+    record: Keypair,
 }
 
 /// The identity a record's sealed key is bound to.
-fn aad_of(record: &KeypairRecord) -> Aad {
+fn aad_of(record: &Keypair) -> Aad {
     Aad::of_record(record)
 }
 
@@ -1074,13 +1125,8 @@ mod tests {
         let service = service();
         service.create(import("bob", "p", "team", Scope::Domain)).await.expect("domain key");
         service.create(import("alice", "p", "mine", Scope::User)).await.expect("user key");
-        let names: Vec<String> = service
-            .list::<KeypairRecord>("alice", "p", None, 10)
-            .await
-            .expect("list")
-            .into_iter()
-            .map(|r| r.name)
-            .collect();
+        let names: Vec<String> =
+            service.list_summaries("alice", "p", None, 10).await.expect("list").into_iter().map(|r| r.name).collect();
         assert_eq!(names, ["mine", "team"]);
         assert_eq!(service.get("alice", "p", "team").await.expect("show").user_id, "bob");
         assert!(service.get("alice", "other", "team").await.is_err());
@@ -1099,13 +1145,8 @@ mod tests {
         assert_eq!(restarted.get("alice", "p", "team").await.expect("found before the count").name, "team");
         restarted.load_domain_projects().await.expect("load");
         assert!(restarted.has_domain_keys("p") && !restarted.has_domain_keys("q"), "counted: only p has some");
-        let names: Vec<String> = restarted
-            .list::<KeypairRecord>("alice", "p", None, 10)
-            .await
-            .expect("list")
-            .into_iter()
-            .map(|r| r.name)
-            .collect();
+        let names: Vec<String> =
+            restarted.list_summaries("alice", "p", None, 10).await.expect("list").into_iter().map(|r| r.name).collect();
         assert_eq!(names, ["team"]);
         restarted.delete("alice", "p", "team").await.expect("delete");
         assert!(!restarted.has_domain_keys("p"), "the last domain key of p is gone");

@@ -1,5 +1,5 @@
-//! Master key verifiers: what the store records about the master keyring, so that a missing or replaced
-//! keyring stops kps at startup instead of silently sealing new escrows under a new key while every older
+//! Master key verifiers: the startup use case that checks the master keyring (custody) against what the store
+//! records about it, so that a missing or replaced keyring stops kps at startup instead of silently sealing new escrows under a new key while every older
 //! one stays undecryptable (spec/interface.md, "Replicated store", master keyring — applied to every
 //! backend).
 //!
@@ -18,9 +18,10 @@ use std::path::Path;
 use serde::Deserialize;
 use subtle::ConstantTimeEq;
 
-use super::keyring::{KeyringError, MasterKeyring, Verifier};
-use super::{Aad, local};
-use crate::store::record::{self, EncryptorKind, KeypairRecord, MasterKeyVerifier};
+use crate::custody::keyring::{KeyringError, MasterKeyring, Verifier};
+use crate::custody::{Aad, local};
+use crate::model::{EncryptorKind, Keypair};
+use crate::store::record::{self, MasterKeyVerifier};
 use crate::store::{ApplyError, Space, Store, StoreError, WriteOp};
 
 /// Loads the keyring at `path` for `store` (creating it only for a store that never used one), checks it
@@ -31,7 +32,7 @@ pub async fn open_keyring(
     store: &dyn Store,
 ) -> Result<MasterKeyring, KeyringError> {
     let refuse = |message: String| KeyringError::Mismatch { path: path.into(), message };
-    let recorded = recorded_verifiers(store).await?;
+    let recorded = recorded_verifiers(store).await.map_err(store_failure)?;
     // The master key ids `default`-sealed records name, read only while no verifier is recorded.
     let mut sealed_ids = None;
     if !path.exists() {
@@ -42,7 +43,7 @@ pub async fn open_keyring(
                 list(recorded.keys())
             )));
         }
-        let ids = default_sealed_key_ids(store).await?;
+        let ids = default_sealed_key_ids(store).await.map_err(store_failure)?;
         if !ids.is_empty() {
             return Err(refuse(format!(
                 "it does not exist, but this store holds {} private keys sealed under master keys {}. Restore that \
@@ -81,7 +82,7 @@ pub async fn open_keyring(
     if recorded.is_empty() {
         let ids = match sealed_ids {
             Some(ids) => ids,
-            None => default_sealed_key_ids(store).await?,
+            None => default_sealed_key_ids(store).await.map_err(store_failure)?,
         };
         let unknown: Vec<&String> = ids.keys().filter(|id| keyring.get(id).is_none()).collect();
         if !unknown.is_empty() {
@@ -149,7 +150,7 @@ async fn record_new_verifiers(
         ops.push(WriteOp::PutIfAbsent {
             space: Space::Meta,
             key: record::master_key_verifier_key(id),
-            value: record::encode(&encode_verifier(&verifier))?,
+            value: record::encode(&encode_verifier(&verifier)).map_err(store_failure)?,
         });
         added.push(id);
     }
@@ -162,10 +163,10 @@ async fn record_new_verifiers(
             Ok(())
         }
         // The data directory is locked: only another process on a shared store could race us here.
-        Err(ApplyError::Conflict { .. }) => {
-            Err(StoreError::Backend("master key verifiers changed while being recorded; start again".into()).into())
-        }
-        Err(ApplyError::Store(error)) => Err(error.into()),
+        Err(ApplyError::Conflict { .. }) => Err(store_failure(StoreError::Backend(
+            "master key verifiers changed while being recorded; start again".into(),
+        ))),
+        Err(ApplyError::Store(error)) => Err(store_failure(error)),
     }
 }
 
@@ -186,7 +187,7 @@ struct SealedKeyRef {
 struct SealedUnder {
     records: u64,
     /// The first of them (in key order), to try the keyring on.
-    sample: KeypairRecord,
+    sample: Keypair,
 }
 
 /// The master key ids that `default`-sealed records name, with how many records each seals.
@@ -214,8 +215,12 @@ async fn default_sealed_key_ids(store: &dyn Store) -> Result<BTreeMap<String, Se
 
 /// Whether `record`'s sealed private key opens (AEAD-decrypts under its record AAD) with `keyring`. The
 /// plaintext is dropped at once (zeroized).
-fn opens(keyring: &MasterKeyring, record: &KeypairRecord) -> bool {
+fn opens(keyring: &MasterKeyring, record: &Keypair) -> bool {
     record.sealed.as_ref().is_some_and(|sealed| local::open_with(keyring, &Aad::of_record(record), sealed).is_ok())
+}
+
+fn store_failure(error: StoreError) -> KeyringError {
+    KeyringError::Store(error.to_string())
 }
 
 fn list<T: AsRef<str>>(ids: impl IntoIterator<Item = T>) -> String {
@@ -225,11 +230,11 @@ fn list<T: AsRef<str>>(ids: impl IntoIterator<Item = T>) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::model::{Keypair, SealedKey};
     use crate::store::memory::MemoryStore;
-    use crate::store::record::{KeypairRecord, SealedKey};
 
     fn sealed_record(key_ref: &str, encryptor: EncryptorKind) -> WriteOp {
-        let record = KeypairRecord {
+        let record = Keypair {
             sealed: Some(SealedKey {
                 format_version: 2,
                 encryptor,
@@ -240,7 +245,7 @@ mod tests {
                 nonce: String::new(),
                 ciphertext: String::new(),
             }),
-            ..KeypairRecord::sample(1, "u", &format!("k-{key_ref}"))
+            ..Keypair::sample(1, "u", &format!("k-{key_ref}"))
         };
         WriteOp::PutIfAbsent {
             space: Space::KeyPairs,
@@ -330,8 +335,8 @@ mod tests {
 
     /// A record really sealed with the keyring at `path` (its current key).
     fn escrowed_record(path: &Path, id: u64) -> WriteOp {
-        let local = super::super::LocalEncryptor::new(MasterKeyring::load_or_create(path, false).expect("keyring"));
-        let mut record = KeypairRecord::sample(id, "u", &format!("escrowed-{id}"));
+        let local = crate::custody::LocalEncryptor::new(MasterKeyring::load_or_create(path, false).expect("keyring"));
+        let mut record = Keypair::sample(id, "u", &format!("escrowed-{id}"));
         let text = super::super::PrivateKeyText::new(zeroize::Zeroizing::new("a private key".into()));
         record.sealed = Some(local.seal(&Aad::of_record(&record), &text).expect("seal"));
         WriteOp::PutIfAbsent {
