@@ -7,7 +7,7 @@
 //! sled's flush ends in `sync_file_range`, which is not durable on its own. Rounds repeat for `--seconds`.
 //!
 //! Records are real kps records: a `Keypair` as `POST /v2.1/os-keypairs` with bench/lua/import.lua's
-//! Ed25519 public key stores it, encoded with `kps::store::record::encode` (format byte + JSON), under its
+//! Ed25519 public key stores it, encoded with `kps::service::repo::layout::encode` (format byte + JSON), under its
 //! real store key (`record::keypair_key`), with a unique name per record.
 //!
 //! Modes:
@@ -33,7 +33,7 @@ use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 use kps::model::{KeyAlgorithm, KeyType, Keypair, Scope};
-use kps::store::record::{self, NameIndexEntry};
+use kps::service::repo::layout::{self as record, NameIndexEntry};
 use sled::Transactional;
 use sled::transaction::ConflictableTransactionError;
 

@@ -11,8 +11,8 @@
 
 use serde::{Deserialize, Serialize};
 
+use super::repo::layout::{self, MasterKeyVerifier, NameIndexEntry};
 use crate::model::{EncryptorKind, Keypair};
-use crate::store::record::{self, MasterKeyVerifier, NameIndexEntry};
 use crate::store::{ApplyError, Space, Store, StoreError, WriteOp};
 
 pub const BACKUP_FORMAT_VERSION: u32 = 1;
@@ -82,15 +82,15 @@ pub async fn export(store: &dyn Store, out: &tokio::sync::mpsc::Sender<Vec<u8>>)
 
 fn to_line(space: Space, key: &[u8], value: &[u8]) -> Result<Line, StoreError> {
     match space {
-        Space::KeyPairs => Ok(Line::Keypair { record: Box::new(record::decode(value)?) }),
+        Space::KeyPairs => Ok(Line::Keypair { record: Box::new(layout::decode(value)?) }),
         Space::NameIndex => {
-            let (project_id, name) = record::split_name_index_key(key)
+            let (project_id, name) = layout::split_name_index_key(key)
                 .ok_or_else(|| StoreError::Corrupt("malformed name-index key".into()))?;
-            Ok(Line::NameIndex { project_id: project_id.into(), name: name.into(), entry: record::decode(value)? })
+            Ok(Line::NameIndex { project_id: project_id.into(), name: name.into(), entry: layout::decode(value)? })
         }
         Space::Meta => {
-            let id = record::master_key_id_of(key).ok_or_else(|| StoreError::Corrupt("unknown meta key".into()))?;
-            let stored: MasterKeyVerifier = record::decode(value)?;
+            let id = layout::master_key_id_of(key).ok_or_else(|| StoreError::Corrupt("unknown meta key".into()))?;
+            let stored: MasterKeyVerifier = layout::decode(value)?;
             Ok(Line::MasterKeyVerifier { id: id.into(), verifier: stored.hmac_sha256 })
         }
     }
@@ -162,17 +162,17 @@ pub async fn import(store: &dyn Store, text: &str, force: bool) -> Result<Import
                 if let Some(sealed) = record.sealed.as_ref().filter(|s| s.encryptor == EncryptorKind::Default) {
                     default_sealed.push((number, sealed.key_ref.clone()));
                 }
-                (Space::KeyPairs, record::keypair_key(&record), encoded(record::encode(&record))?)
+                (Space::KeyPairs, layout::keypair_key(&record), encoded(layout::encode(&record))?)
             }
             Line::NameIndex { project_id, name, entry } => {
                 summary.name_index_entries += 1;
-                (Space::NameIndex, record::name_index_key(&project_id, &name), encoded(record::encode(&entry))?)
+                (Space::NameIndex, layout::name_index_key(&project_id, &name), encoded(layout::encode(&entry))?)
             }
             Line::MasterKeyVerifier { id, verifier } => {
                 let stored = MasterKeyVerifier { hmac_sha256: verifier };
                 crate::service::master_keys::decode_verifier(&stored).map_err(|e| format(number, e.to_string()))?;
                 verified_ids.insert(id.clone());
-                (Space::Meta, record::master_key_verifier_key(&id), record::encode(&stored)?)
+                (Space::Meta, layout::master_key_verifier_key(&id), layout::encode(&stored)?)
             }
         };
         if let Some(first) = seen.insert((space, key.clone()), number) {
@@ -243,7 +243,7 @@ async fn replaced_records(
 ) -> Result<std::collections::BTreeMap<(Space, Vec<u8>), Vec<u8>>, StoreError> {
     let mut records = std::collections::BTreeMap::new();
     for (space, prefix) in
-        [(Space::KeyPairs, &b""[..]), (Space::NameIndex, &b""[..]), (Space::Meta, record::master_key_verifier_prefix())]
+        [(Space::KeyPairs, &b""[..]), (Space::NameIndex, &b""[..]), (Space::Meta, layout::master_key_verifier_prefix())]
     {
         let mut after: Option<Vec<u8>> = None;
         loop {
@@ -272,15 +272,15 @@ mod tests {
             let r = record(id, user, name);
             ops.push(WriteOp::PutIfAbsent {
                 space: Space::KeyPairs,
-                key: record::keypair_key(&r),
-                value: record::encode(&r).expect("encode"),
+                key: layout::keypair_key(&r),
+                value: layout::encode(&r).expect("encode"),
             });
         }
         let entry = NameIndexEntry { users: vec!["u".into(), "v".into()], domain_key: None };
         ops.push(WriteOp::PutIfAbsent {
             space: Space::NameIndex,
-            key: record::name_index_key("p", "a"),
-            value: record::encode(&entry).expect("encode"),
+            key: layout::name_index_key("p", "a"),
+            value: layout::encode(&entry).expect("encode"),
         });
         store.apply(ops).await.expect("seed");
         store
@@ -333,8 +333,8 @@ mod tests {
     async fn a_forced_import_replaces_the_store_contents() {
         let verifier = |id: &str, byte: u8| WriteOp::PutIfAbsent {
             space: Space::Meta,
-            key: record::master_key_verifier_key(id),
-            value: record::encode(&MasterKeyVerifier { hmac_sha256: hex::encode([byte; 32]) }).expect("encode"),
+            key: layout::master_key_verifier_key(id),
+            value: layout::encode(&MasterKeyVerifier { hmac_sha256: hex::encode([byte; 32]) }).expect("encode"),
         };
         let target = seeded().await;
         target.apply(vec![verifier("mk-here", 1)]).await.expect("seed");
@@ -347,13 +347,13 @@ mod tests {
             .apply(vec![
                 WriteOp::PutIfAbsent {
                     space: Space::KeyPairs,
-                    key: record::keypair_key(&theirs),
-                    value: record::encode(&theirs).expect("encode"),
+                    key: layout::keypair_key(&theirs),
+                    value: layout::encode(&theirs).expect("encode"),
                 },
                 WriteOp::PutIfAbsent {
                     space: Space::NameIndex,
-                    key: record::name_index_key("p", "a"),
-                    value: record::encode(&entry).expect("encode"),
+                    key: layout::name_index_key("p", "a"),
+                    value: layout::encode(&entry).expect("encode"),
                 },
                 verifier("mk-there", 2),
             ])
@@ -413,10 +413,10 @@ mod tests {
     #[tokio::test]
     async fn master_key_verifiers_travel_with_the_backup() {
         let source = seeded().await;
-        let verifier = |byte: u8| record::encode(&MasterKeyVerifier { hmac_sha256: hex::encode([byte; 32]) });
+        let verifier = |byte: u8| layout::encode(&MasterKeyVerifier { hmac_sha256: hex::encode([byte; 32]) });
         let put = |id: &str, byte: u8| WriteOp::PutIfAbsent {
             space: Space::Meta,
-            key: record::master_key_verifier_key(id),
+            key: layout::master_key_verifier_key(id),
             value: verifier(byte).expect("encode"),
         };
         source.apply(vec![put("mk-a", 1)]).await.expect("seed");
@@ -465,7 +465,7 @@ mod tests {
         let store = MemoryStore::new();
         let covered = [header.clone(), verifier_line("mk-1"), sealed_line(1, "a", "mk-1")].concat();
         import(&store, &covered, false).await.expect("every sealing key has its verifier");
-        let stored = store.get(Space::Meta, &record::master_key_verifier_key("mk-1")).await.expect("get");
+        let stored = store.get(Space::Meta, &layout::master_key_verifier_key("mk-1")).await.expect("get");
         assert!(stored.is_some(), "the backup's verifier is the store's");
 
         let lines = [header.clone(), verifier_line("mk-1"), sealed_line(1, "a", "mk-1"), sealed_line(2, "b", "mk-2")];

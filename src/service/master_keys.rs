@@ -18,10 +18,10 @@ use std::path::Path;
 use serde::Deserialize;
 use subtle::ConstantTimeEq;
 
+use super::repo::layout::{self, MasterKeyVerifier};
 use crate::custody::keyring::{KeyringError, MasterKeyring, Verifier};
 use crate::custody::{Aad, local};
 use crate::model::{EncryptorKind, Keypair};
-use crate::store::record::{self, MasterKeyVerifier};
 use crate::store::{ApplyError, Space, Store, StoreError, WriteOp};
 
 /// Loads the keyring at `path` for `store` (creating it only for a store that never used one), checks it
@@ -109,7 +109,7 @@ pub async fn open_keyring(
 
 /// The verifiers the store records, by master key id.
 pub async fn recorded_verifiers(store: &dyn Store) -> Result<BTreeMap<String, Verifier>, StoreError> {
-    let prefix = record::master_key_verifier_prefix();
+    let prefix = layout::master_key_verifier_prefix();
     let mut recorded = BTreeMap::new();
     let mut after: Option<Vec<u8>> = None;
     loop {
@@ -117,9 +117,9 @@ pub async fn recorded_verifiers(store: &dyn Store) -> Result<BTreeMap<String, Ve
         let Some((last, _)) = page.last() else { break };
         after = Some(last.clone());
         for (key, value) in page {
-            let id = record::master_key_id_of(&key)
+            let id = layout::master_key_id_of(&key)
                 .ok_or_else(|| StoreError::Corrupt("master key verifier key is not UTF-8".into()))?;
-            recorded.insert(id.to_owned(), decode_verifier(&record::decode(&value)?)?);
+            recorded.insert(id.to_owned(), decode_verifier(&layout::decode(&value)?)?);
         }
     }
     Ok(recorded)
@@ -149,8 +149,8 @@ async fn record_new_verifiers(
         let Some(verifier) = keyring.verifier(id) else { continue };
         ops.push(WriteOp::PutIfAbsent {
             space: Space::Meta,
-            key: record::master_key_verifier_key(id),
-            value: record::encode(&encode_verifier(&verifier)).map_err(store_failure)?,
+            key: layout::master_key_verifier_key(id),
+            value: layout::encode(&encode_verifier(&verifier)).map_err(store_failure)?,
         });
         added.push(id);
     }
@@ -199,12 +199,12 @@ async fn default_sealed_key_ids(store: &dyn Store) -> Result<BTreeMap<String, Se
         let Some((last, _)) = page.last() else { break };
         after = Some(last.clone());
         for (_, value) in page {
-            let found: SealedRef = record::decode(&value)?;
+            let found: SealedRef = layout::decode(&value)?;
             let Some(sealed) = found.sealed.filter(|s| s.encryptor == EncryptorKind::Default) else { continue };
             match ids.get_mut(&sealed.key_ref) {
                 Some(under) => under.records += 1,
                 None => {
-                    let sample = record::decode(&value)?;
+                    let sample = layout::decode(&value)?;
                     ids.insert(sealed.key_ref, SealedUnder { records: 1, sample });
                 }
             }
@@ -249,8 +249,8 @@ mod tests {
         };
         WriteOp::PutIfAbsent {
             space: Space::KeyPairs,
-            key: record::keypair_key(&record),
-            value: record::encode(&record).expect("encode"),
+            key: layout::keypair_key(&record),
+            value: layout::encode(&record).expect("encode"),
         }
     }
 
@@ -337,12 +337,12 @@ mod tests {
     fn escrowed_record(path: &Path, id: u64) -> WriteOp {
         let local = crate::custody::LocalEncryptor::new(MasterKeyring::load_or_create(path, false).expect("keyring"));
         let mut record = Keypair::sample(id, "u", &format!("escrowed-{id}"));
-        let text = super::super::PrivateKeyText::new(zeroize::Zeroizing::new("a private key".into()));
+        let text = crate::model::PrivateKeyText::new(zeroize::Zeroizing::new("a private key".into()));
         record.sealed = Some(local.seal(&Aad::of_record(&record), &text).expect("seal"));
         WriteOp::PutIfAbsent {
             space: Space::KeyPairs,
-            key: record::keypair_key(&record),
-            value: record::encode(&record).expect("encode"),
+            key: layout::keypair_key(&record),
+            value: layout::encode(&record).expect("encode"),
         }
     }
 

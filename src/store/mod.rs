@@ -6,7 +6,6 @@
 
 pub mod commit_hwm;
 pub mod memory;
-pub mod record;
 pub mod sled;
 
 use async_trait::async_trait;
@@ -14,7 +13,7 @@ use async_trait::async_trait;
 /// The key spaces of the store (a sled tree each). Keys are only unique within a space.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub enum Space {
-    /// Key pair records, keyed by `record::keypair_key`.
+    /// Key pair records, keyed by `service::repo::layout::keypair_key`.
     KeyPairs,
     /// The `(project_id, name)` name index of design.md.
     NameIndex,

@@ -155,7 +155,7 @@ fn forget_verifiers(data: &Path) {
     let runtime = tokio::runtime::Builder::new_current_thread().build().expect("runtime");
     let store = kps::store::sled::SledStore::open(&data.join("db")).expect("store");
     runtime.block_on(async {
-        let prefix = kps::store::record::master_key_verifier_prefix();
+        let prefix = kps::service::repo::layout::master_key_verifier_prefix();
         let recorded = store.scan(Space::Meta, prefix, None, usize::MAX).await.expect("scan");
         assert!(!recorded.is_empty());
         let ops =

@@ -1,4 +1,4 @@
-//! What the service stores: versioned key pair records and name-index entries, and the byte layout of
+//! The record layout: versioned key pair records and name-index entries as stored, and the byte layout of
 //! their store keys.
 //!
 //! Encoding: one format-version byte, then JSON. Readers accept every version up to `FORMAT_VERSION`; a
@@ -7,8 +7,8 @@
 
 use serde::{Deserialize, Serialize};
 
-use super::StoreError;
 use crate::model::{Keypair, Scope};
+use crate::store::StoreError;
 
 /// Current record format.
 pub const FORMAT_VERSION: u8 = 1;
@@ -147,6 +147,7 @@ pub fn keypair_key(record: &Keypair) -> Vec<u8> {
 }
 
 /// The name part of a key built by `user_key`/`domain_key`, given its prefix.
+#[cfg(test)]
 pub fn name_from_key<'a>(key: &'a [u8], prefix: &[u8]) -> Option<&'a str> {
     std::str::from_utf8(key.strip_prefix(prefix)?).ok()
 }
