@@ -84,21 +84,15 @@ impl KeypairService {
         name: &str,
         check: RecordCheck<'_>,
     ) -> Result<Keypair, ServiceError> {
-        loop {
-            let loaded = self.load(user_id, project_id, name, check).await?;
-            let mut record = loaded.record.clone();
-            if record.sealed.take().is_none() {
-                return Err(ServiceError::NoEscrow(record.name));
-            }
-            record.updated_at_us = Some(now_micros());
-            if self.repo.replace(&loaded, &record).await? {
-                return Ok(loaded.record);
-            }
-        }
+        let change = |record: &mut Keypair| match record.sealed.take() {
+            Some(_) => Ok(()),
+            None => Err(ServiceError::NoEscrow(record.name.clone())),
+        };
+        self.modify(user_id, project_id, name, check, change).await.map(|(before, _)| before)
     }
 
     /// Loads a record, runs `check` on it, applies `change` and writes it back conditionally, retrying if
-    /// the record changed in between.
+    /// the record changed in between. Returns the record before and after the change.
     async fn modify(
         &self,
         user_id: &str,
@@ -106,14 +100,14 @@ impl KeypairService {
         name: &str,
         check: RecordCheck<'_>,
         change: impl Fn(&mut Keypair) -> Result<(), ServiceError>,
-    ) -> Result<Keypair, ServiceError> {
+    ) -> Result<(Keypair, Keypair), ServiceError> {
         loop {
             let loaded = self.load(user_id, project_id, name, check).await?;
             let mut record = loaded.record.clone();
             change(&mut record)?;
             record.updated_at_us = Some(now_micros());
             if self.repo.replace(&loaded, &record).await? {
-                return Ok(record);
+                return Ok((loaded.record, record));
             }
         }
     }
