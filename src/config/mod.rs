@@ -2,7 +2,9 @@
 //! environment variables listed in `spec/interface.md` < command-line flags.
 //!
 //! There is no generic key-to-variable rule: `ENV_VARS` is the explicit list. `config/kps.toml` documents
-//! every key with its default.
+//! every key with its default; `secret_file` is the one reader of secret files.
+
+pub mod secret_file;
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -542,16 +544,6 @@ impl Config {
     }
 }
 
-/// Whether a secret file's permission bits are acceptable: never world-accessible, and group-accessible only
-/// when `secrets.allow_group_readable` is set, then for reading only (systemd `LoadCredential` and Kubernetes
-/// secret mounts give 0440). Every secret file (master keyring, tokens, AK/SK credentials, KMS secrets, TLS
-/// key) is held to this one rule.
-pub fn secret_mode_ok(mode: u32, allow_group_readable: bool) -> bool {
-    let mode = mode & 0o777;
-    let group_ok = allow_group_readable && mode & 0o030 == 0;
-    mode & 0o007 == 0 && (mode & 0o070 == 0 || group_ok)
-}
-
 fn invalid(name: &str, value: &str, message: &str) -> ConfigError {
     ConfigError::Invalid { name: name.into(), value: value.into(), message: message.into() }
 }
@@ -687,22 +679,6 @@ mod tests {
         let mut config = config;
         config.auth.allow_noauth_remote = true;
         config.validate().expect("explicitly allowed");
-    }
-
-    #[test]
-    fn secret_files_are_owner_only_unless_group_read_is_allowed() {
-        for (mode, strict, relaxed) in [
-            (0o600, true, true),
-            (0o400, true, true),
-            (0o640, false, true),
-            (0o440, false, true),
-            (0o660, false, false),
-            (0o604, false, false),
-            (0o644, false, false),
-        ] {
-            assert_eq!(secret_mode_ok(mode, false), strict, "{mode:o}");
-            assert_eq!(secret_mode_ok(mode, true), relaxed, "{mode:o} with group read allowed");
-        }
     }
 
     #[test]
