@@ -495,6 +495,11 @@ impl Config {
         self.admin_listen.as_deref().map(|addr| parse_addr("admin_listen", addr)).transpose()
     }
 
+    /// The master keyring file: `custody.master_key_file`, else `<data_dir>/master.key`.
+    pub fn master_key_path(&self) -> PathBuf {
+        self.custody.master_key_file.clone().unwrap_or_else(|| self.data_dir.join("master.key"))
+    }
+
     /// Key pairs allowed per user, `None` for unlimited.
     pub fn quota(&self) -> Option<u64> {
         u64::try_from(self.quota.key_pairs).ok()
@@ -679,6 +684,14 @@ mod tests {
         let mut config = config;
         config.auth.allow_noauth_remote = true;
         config.validate().expect("explicitly allowed");
+    }
+
+    #[test]
+    fn the_master_keyring_is_in_the_data_dir_unless_named() {
+        let mut config = Config { data_dir: PathBuf::from("/var/lib/kps"), ..Config::default() };
+        assert_eq!(config.master_key_path(), PathBuf::from("/var/lib/kps/master.key"));
+        config.custody.master_key_file = Some(PathBuf::from("/etc/kps/master.key"));
+        assert_eq!(config.master_key_path(), PathBuf::from("/etc/kps/master.key"));
     }
 
     #[test]
