@@ -7,11 +7,11 @@ use std::time::Duration;
 
 use crate::api::auth::Authenticator;
 use crate::api::{self, AppState, admin_app, app};
-use crate::{connections, custody, datadir, kms, page_cache, store, tls};
 use crate::config::{self, Config};
 use crate::keypair::pool::RsaKeyPool;
 use crate::service::KeypairService;
 use crate::store::Store;
+use crate::{connections, custody, datadir, kms, page_cache, store, tls};
 
 /// Why the server could not start or stopped with an error.
 #[derive(Debug, thiserror::Error)]
@@ -69,18 +69,13 @@ pub fn state(config: &Config, store: Arc<dyn Store>) -> Result<AppState, ServeEr
     })
 }
 
-/// The master keyring file: `custody.master_key_file`, else `<data_dir>/master.key`.
-pub fn master_key_path(config: &Config) -> std::path::PathBuf {
-    config.custody.master_key_file.clone().unwrap_or_else(|| config.data_dir.join("master.key"))
-}
-
 /// Checks the master keyring against the verifiers recorded in `store`, creating the file only for a store
 /// that never used one, and records verifiers for new key ids (`service::master_keys`). `serve` and the offline
 /// commands that open escrows call it before [`service`], so that a missing or replaced keyring refuses to
 /// start instead of being silently replaced (even when new `default` seals are disabled: older records
 /// still need it).
 pub async fn check_master_keyring(config: &Config, store: &dyn Store) -> Result<(), ServeError> {
-    let path = master_key_path(config);
+    let path = config.master_key_path();
     crate::service::master_keys::open_keyring(&path, config.secrets.allow_group_readable, store).await?;
     Ok(())
 }
@@ -89,7 +84,7 @@ pub async fn check_master_keyring(config: &Config, store: &dyn Store) -> Result<
 /// unless [`check_master_keyring`] refused it before) and the KMS, if any.
 pub fn service(config: &Config, store: Arc<dyn Store>, pool: RsaKeyPool) -> Result<KeypairService, ServeError> {
     let keyring =
-        custody::MasterKeyring::load_or_create(&master_key_path(config), config.secrets.allow_group_readable)?;
+        custody::MasterKeyring::load_or_create(&config.master_key_path(), config.secrets.allow_group_readable)?;
     tracing::info!(current = keyring.current_id(), "master keyring loaded");
     let kms = kms::from_config(&config.kms, config.secrets.allow_group_readable)?.map(custody::KmsEncryptor::new);
     let custody = custody::Custody::new(custody::LocalEncryptor::new(keyring), kms);

@@ -37,7 +37,7 @@ pub enum CommandError {
 /// and the file is left alone; otherwise the file is rewritten and a one-line report returned. A running
 /// server picks the new current key up at its next start.
 pub fn master_key_generate(config: &Config, print: bool) -> Result<zeroize::Zeroizing<String>, CommandError> {
-    let path = crate::master_key_path(config);
+    let path = config.master_key_path();
     if !print && !config.data_dir.exists() && config.custody.master_key_file.is_none() {
         std::fs::DirBuilder::new()
             .recursive(true)

@@ -45,6 +45,16 @@ enum Command {
     /// The master keyring of the default encryptor.
     #[command(subcommand, name = "master-key")]
     MasterKey(MasterKeyCommand),
+    /// The configuration file.
+    #[command(subcommand)]
+    Config(ConfigCommand),
+}
+
+#[derive(Subcommand)]
+enum ConfigCommand {
+    /// Print the sample configuration: every key, commented out, with its default and meaning (this is how
+    /// config/kps.toml is generated).
+    Sample,
 }
 
 #[derive(Subcommand)]
@@ -123,6 +133,14 @@ fn main() -> ExitCode {
     }
     let command = cli.command.unwrap_or(Command::Serve(ServeArgs::default()));
     let (common, listen, auth) = match &command {
+        // Before any configuration is loaded: it prints what the code declares, whatever the file or the
+        // environment holds.
+        Command::Config(ConfigCommand::Sample) => {
+            return match std::io::stdout().write_all(kps::config::sample().as_bytes()) {
+                Ok(()) => ExitCode::SUCCESS,
+                Err(error) => fail(&format!("cannot write the sample: {error}")),
+            };
+        }
         Command::Serve(args) => (args.common.clone(), args.listen.clone(), args.auth),
         Command::Backup(BackupCommand::Export { common, .. } | BackupCommand::Import { common, .. })
         | Command::MasterKey(MasterKeyCommand::Generate { common, .. })
@@ -155,6 +173,8 @@ fn main() -> ExitCode {
                     .map(|out| print!("{}", out.as_str()))
                     .map_err(|e| e.to_string())
             }
+            // Answered above, before the configuration was loaded.
+            Command::Config(ConfigCommand::Sample) => Ok(()),
             Command::Backup(BackupCommand::Import { file, force, .. }) => {
                 let summary = commands::backup_import(&config, &file, force).await.map_err(|e| e.to_string())?;
                 println!(
@@ -206,5 +226,33 @@ fn init_logging(format: LogFormat) {
     match format {
         LogFormat::Text => builder.init(),
         LogFormat::Json => builder.json().init(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use clap::CommandFactory;
+
+    use super::Cli;
+
+    /// The flags config::keys::KEYS names are exactly the flags of `kps serve` that set a key (`--config`
+    /// names the file itself).
+    #[test]
+    fn the_declared_flags_are_the_flags_of_serve() {
+        let cli = Cli::command();
+        let serve = cli.find_subcommand("serve").expect("serve");
+        let flags: Vec<String> = serve
+            .get_arguments()
+            .filter_map(|arg| arg.get_long())
+            .filter(|long| *long != "config")
+            .map(|long| format!("--{long}"))
+            .collect();
+        let declared: Vec<&str> = kps::config::keys::KEYS.iter().filter_map(|key| key.flag).collect();
+        for flag in &flags {
+            assert!(declared.contains(&flag.as_str()), "kps serve {flag} sets no key declared in config::keys");
+        }
+        for flag in declared {
+            assert!(flags.iter().any(|f| f == flag), "config::keys declares {flag}, which kps serve does not take");
+        }
     }
 }

@@ -2,13 +2,14 @@
 //! (mode 0600, as every secret file). Handshakes run per connection, within the header timeout
 //! (`connections`), so a slow or silent client cannot stall other connections.
 
-use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use rustls_pki_types::pem::PemObject;
 use rustls_pki_types::{CertificateDer, PrivateKeyDer};
 use tokio_rustls::rustls::ServerConfig;
+
+use crate::config::secret_file::{self, SecretFileError};
 
 #[derive(Debug, thiserror::Error)]
 pub enum TlsError {
@@ -30,11 +31,10 @@ pub fn server_config(
     allow_group_readable: bool,
 ) -> Result<Arc<ServerConfig>, TlsError> {
     let file_error = |path: &Path, message: String| TlsError::File { path: path.into(), message };
-    let mode =
-        std::fs::metadata(key_file).map_err(|e| file_error(key_file, e.to_string()))?.permissions().mode() & 0o777;
-    if !crate::config::secret_mode_ok(mode, allow_group_readable) {
-        return Err(TlsError::Permissions { path: key_file.into(), mode });
-    }
+    let key_pem = secret_file::read(key_file, allow_group_readable).map_err(|error| match error {
+        SecretFileError::Io { path, source } => TlsError::File { path, message: source.to_string() },
+        SecretFileError::Permissions { path, mode } => TlsError::Permissions { path, mode },
+    })?;
     let certs: Vec<CertificateDer<'static>> = CertificateDer::pem_file_iter(cert_file)
         .map_err(|e| file_error(cert_file, e.to_string()))?
         .collect::<Result<_, _>>()
@@ -43,8 +43,8 @@ pub fn server_config(
         return Err(file_error(cert_file, "no CERTIFICATE in the file".into()));
     }
     // The key's parse error is not echoed: it could quote key material.
-    let key =
-        PrivateKeyDer::from_pem_file(key_file).map_err(|_| file_error(key_file, "no usable PEM private key".into()))?;
+    let key = PrivateKeyDer::from_pem_slice(&key_pem)
+        .map_err(|_| file_error(key_file, "no usable PEM private key".into()))?;
     let provider = Arc::new(tokio_rustls::rustls::crypto::ring::default_provider());
     let mut config = ServerConfig::builder_with_provider(provider)
         .with_safe_default_protocol_versions()

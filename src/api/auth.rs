@@ -12,18 +12,19 @@ mod aksk;
 mod keystone;
 mod static_tokens;
 
-use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use axum::http::request::Parts;
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
+use zeroize::Zeroizing;
 
 use self::aksk::AkskCredentials;
 use self::keystone::Keystone;
 use self::static_tokens::StaticTokens;
 use super::error::ApiError;
+use crate::config::secret_file::{self, SecretFileError};
 use crate::config::{AuthConfig, AuthMode};
 
 /// The authenticated identity a request acts as.
@@ -135,16 +136,13 @@ impl Authenticator {
     }
 }
 
-/// Secret files are refused when world-accessible, or group-accessible unless `secrets.allow_group_readable`
-/// (then group read only), as for the master key file.
-fn check_secret_file_mode(path: &Path, allow_group_readable: bool) -> Result<(), AuthError> {
-    let metadata =
-        std::fs::metadata(path).map_err(|e| AuthError::File { path: path.into(), message: e.to_string() })?;
-    let mode = metadata.permissions().mode() & 0o777;
-    if !crate::config::secret_mode_ok(mode, allow_group_readable) {
-        return Err(AuthError::Permissions { path: path.into(), mode });
-    }
-    Ok(())
+/// The text of an auth secret file (`config::secret_file`: refused when world-accessible, or group-accessible
+/// unless `secrets.allow_group_readable`, as for the master key file).
+fn read_secret_file(path: &Path, allow_group_readable: bool) -> Result<Zeroizing<String>, AuthError> {
+    secret_file::read_to_string(path, allow_group_readable).map_err(|error| match error {
+        SecretFileError::Permissions { path, mode } => AuthError::Permissions { path, mode },
+        SecretFileError::Io { path, source } => AuthError::File { path, message: source.to_string() },
+    })
 }
 
 /// `user:project` or `user:project:role[,role...]`: exactly 2 or 3 non-empty fields.
@@ -159,6 +157,8 @@ fn parse_noauth_token(token: &str) -> Option<Caller> {
 
 #[cfg(test)]
 mod tests {
+    use std::os::unix::fs::PermissionsExt;
+
     use super::*;
 
     #[test]
@@ -220,7 +220,7 @@ mod tests {
             (0o644, true, false),
         ] {
             std::fs::set_permissions(&path, std::fs::Permissions::from_mode(mode)).expect("chmod");
-            let result = check_secret_file_mode(&path, allow_group);
+            let result = read_secret_file(&path, allow_group);
             assert_eq!(result.is_ok(), ok, "{mode:o} allow_group={allow_group}: {result:?}");
             if let Err(error) = result {
                 assert!(error.to_string().contains(&format!("has mode {mode:04o}")), "{error}");

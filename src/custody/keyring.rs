@@ -6,13 +6,13 @@
 //! with `secrets.allow_group_readable`, for systemd credentials and Kubernetes secret mounts).
 
 use std::collections::BTreeMap;
-use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 use zeroize::Zeroizing;
 
 use super::envelope::{KEY_LEN, SymmetricKey};
+use crate::config::secret_file::{self, SecretFileError};
 
 #[derive(Debug, thiserror::Error)]
 pub enum KeyringError {
@@ -84,14 +84,7 @@ impl MasterKeyring {
     }
 
     pub fn load(path: &Path, allow_group_readable: bool) -> Result<Self, KeyringError> {
-        let io = |source| KeyringError::Io { path: path.into(), source };
-        let mode = std::fs::metadata(path).map_err(io)?.permissions().mode() & 0o777;
-        if !crate::config::secret_mode_ok(mode, allow_group_readable) {
-            return Err(KeyringError::Permissions { path: path.into(), mode });
-        }
-        let text = Zeroizing::new(std::fs::read_to_string(path).map_err(io)?);
-        let file: KeyringFile = toml::from_str(&text)
-            .map_err(|e| KeyringError::Invalid { path: path.into(), message: e.message().to_owned() })?;
+        let file = read_file(path, allow_group_readable)?;
         Self::from_file(&file).map_err(|message| KeyringError::Invalid { path: path.into(), message })
     }
 
@@ -151,12 +144,9 @@ pub fn generate(
     allow_group_readable: bool,
 ) -> Result<(Zeroizing<String>, String), KeyringError> {
     let file = if path.exists() {
-        MasterKeyring::load(path, allow_group_readable)?;
-        let text = Zeroizing::new(
-            std::fs::read_to_string(path).map_err(|source| KeyringError::Io { path: path.into(), source })?,
-        );
-        toml::from_str(&text)
-            .map_err(|e| KeyringError::Invalid { path: path.into(), message: e.message().to_owned() })?
+        let file = read_file(path, allow_group_readable)?;
+        MasterKeyring::from_file(&file).map_err(|message| KeyringError::Invalid { path: path.into(), message })?;
+        file
     } else {
         KeyringFile { current: String::new(), keys: Vec::new() }
     };
@@ -166,6 +156,15 @@ pub fn generate(
         write_file(path, &file)?;
     }
     Ok((text, file.current.clone()))
+}
+
+/// The keyring file at `path`, read by `config::secret_file` (the secret-file mode rule) and parsed.
+fn read_file(path: &Path, allow_group_readable: bool) -> Result<KeyringFile, KeyringError> {
+    let text = secret_file::read_to_string(path, allow_group_readable).map_err(|error| match error {
+        SecretFileError::Io { path, source } => KeyringError::Io { path, source },
+        SecretFileError::Permissions { path, mode } => KeyringError::Permissions { path, mode },
+    })?;
+    toml::from_str(&text).map_err(|e| KeyringError::Invalid { path: path.into(), message: e.message().to_owned() })
 }
 
 fn with_new_key(mut file: KeyringFile) -> KeyringFile {
@@ -200,6 +199,8 @@ fn write_file(path: &Path, file: &KeyringFile) -> Result<(), KeyringError> {
 
 #[cfg(test)]
 mod tests {
+    use std::os::unix::fs::PermissionsExt;
+
     use super::*;
 
     #[test]

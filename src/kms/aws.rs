@@ -142,14 +142,8 @@ impl AwsKms {
         const OPERATION: &str = "GenerateDataKey";
         let mut output = self
             .data_key_call(OPERATION, key_id, || async {
-                self.client
-                    .generate_data_key()
-                    .key_id(key_id)
-                    .key_spec(DataKeySpec::Aes256)
-                    .set_encryption_context(Some(encryption_context(context)))
-                    .send()
-                    .await
-                    .map_err(classify)
+                let request = self.client.generate_data_key().key_id(key_id).key_spec(DataKeySpec::Aes256);
+                send_bound!(request, context)
             })
             .await?;
         let plaintext = output.plaintext.take().map(|blob| Zeroizing::new(blob.into_inner()));
@@ -171,14 +165,8 @@ impl AwsKms {
         let blob = BASE64.decode(cipher_text).map_err(|_| undecryptable("stored data key is not base64"))?;
         let mut output = self
             .data_key_call(OPERATION, key_id, || async {
-                self.client
-                    .decrypt()
-                    .key_id(key_id)
-                    .ciphertext_blob(Blob::new(blob.clone()))
-                    .set_encryption_context(Some(encryption_context(context)))
-                    .send()
-                    .await
-                    .map_err(classify)
+                let request = self.client.decrypt().key_id(key_id).ciphertext_blob(Blob::new(blob.clone()));
+                send_bound!(request, context)
             })
             .await?;
         let plaintext = output.plaintext.take().map(|blob| Zeroizing::new(blob.into_inner()));
@@ -198,14 +186,8 @@ impl AwsKms {
         let output = self
             .data_key_call(OPERATION, key_id, || async {
                 // The SDK takes ownership of a plain Vec; it lives only as long as the request.
-                self.client
-                    .encrypt()
-                    .key_id(key_id)
-                    .plaintext(Blob::new(plaintext.to_vec()))
-                    .set_encryption_context(Some(encryption_context(context)))
-                    .send()
-                    .await
-                    .map_err(classify)
+                let request = self.client.encrypt().key_id(key_id).plaintext(Blob::new(plaintext.to_vec()));
+                send_bound!(request, context)
             })
             .await?;
         let wrapped = output
@@ -247,6 +229,15 @@ fn aws_key_id(key: &KeyRef) -> String {
         KeyRef::Alias(name) => format!("alias/{name}"),
     }
 }
+
+/// Sends a data-key request builder (GenerateDataKey, Decrypt, Encrypt: three SDK types with the same
+/// methods) bound to the record's EncryptionContext, with the error classified for the retry loop.
+macro_rules! send_bound {
+    ($request:expr, $context:expr) => {
+        $request.set_encryption_context(Some(encryption_context($context))).send().await.map_err(classify)
+    };
+}
+use send_bound;
 
 /// The EncryptionContext of §7 as the SDK takes it.
 fn encryption_context(context: &EncryptionContext) -> std::collections::HashMap<String, String> {

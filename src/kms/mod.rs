@@ -29,6 +29,7 @@ use secrecy::{ExposeSecret, SecretString};
 use zeroize::Zeroizing;
 
 use crate::config::KmsConfig;
+use crate::config::secret_file::{self, SecretFileError};
 
 pub use aws::AwsKms;
 pub use huawei::HuaweiKms;
@@ -372,40 +373,25 @@ fn kms_sk(kms: &KmsConfig) -> Option<&str> {
     kms.sk.as_ref().map(ExposeSecret::expose_secret)
 }
 
-/// A credential from its value, else from its file (mode-checked). Surrounding whitespace (the trailing
-/// newline of a file) is not part of the secret.
+/// A credential from its value, else from its file (`config::secret_file`: a value beats a file, the file is
+/// mode-checked). Surrounding whitespace (the trailing newline of a file) is not part of the secret.
 fn secret_value(
     name: &'static str,
     value: Option<&str>,
     file: Option<&Path>,
     allow_group_readable: bool,
 ) -> Result<Zeroizing<String>, KmsConfigError> {
-    let text = match (value, file) {
-        (Some(value), _) => Zeroizing::new(value.to_owned()),
-        (None, Some(path)) => read_secret_file(name, path, allow_group_readable)?,
-        (None, None) => return Err(KmsConfigError::Missing(name)),
-    };
+    let text = secret_file::value_or_file(value, file, allow_group_readable)
+        .map_err(|error| match error {
+            SecretFileError::Io { path, source } => KmsConfigError::SecretFile { name, path, source },
+            SecretFileError::Permissions { path, mode } => KmsConfigError::SecretFilePermissions { name, path, mode },
+        })?
+        .ok_or(KmsConfigError::Missing(name))?;
     let trimmed = Zeroizing::new(text.trim().to_owned());
     if trimmed.is_empty() {
         return Err(KmsConfigError::Invalid { name, message: "empty".into() });
     }
     Ok(trimmed)
-}
-
-/// Reads a secret file that is 0600 (or 0440/0640 when group-readable secrets are allowed), never
-/// world-accessible — the same rule as the master keyring.
-fn read_secret_file(
-    name: &'static str,
-    path: &Path,
-    allow_group_readable: bool,
-) -> Result<Zeroizing<String>, KmsConfigError> {
-    use std::os::unix::fs::PermissionsExt;
-    let io = |source| KmsConfigError::SecretFile { name, path: path.into(), source };
-    let mode = std::fs::metadata(path).map_err(io)?.permissions().mode() & 0o777;
-    if !crate::config::secret_mode_ok(mode, allow_group_readable) {
-        return Err(KmsConfigError::SecretFilePermissions { name, path: path.into(), mode });
-    }
-    Ok(Zeroizing::new(std::fs::read_to_string(path).map_err(io)?))
 }
 
 #[cfg(test)]

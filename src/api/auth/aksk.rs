@@ -14,7 +14,6 @@ use axum::http::request::Parts;
 use secrecy::SecretString;
 use serde::Deserialize;
 use time::OffsetDateTime;
-use zeroize::Zeroizing;
 
 use super::{AuthError, Caller};
 use crate::api::error::ApiError;
@@ -57,10 +56,7 @@ impl std::fmt::Debug for AkskCredentials {
 
 impl AkskCredentials {
     pub fn load(path: &Path, allow_group_readable: bool) -> Result<Self, AuthError> {
-        super::check_secret_file_mode(path, allow_group_readable)?;
-        let text = std::fs::read_to_string(path)
-            .map(Zeroizing::new)
-            .map_err(|e| AuthError::File { path: path.into(), message: e.to_string() })?;
+        let text = super::read_secret_file(path, allow_group_readable)?;
         Self::parse(&text).map_err(|message| AuthError::File { path: PathBuf::from(path), message })
     }
 

@@ -1,8 +1,14 @@
 //! Layered configuration: built-in defaults < `config/kps.toml` (or `--config`/`KPS_CONFIG`) < the `KPS_*`
 //! environment variables listed in `spec/interface.md` < command-line flags.
 //!
-//! There is no generic key-to-variable rule: `ENV_VARS` is the explicit list. `config/kps.toml` documents
-//! every key with its default.
+//! There is no generic key-to-variable rule: `keys::KEYS` declares every key once, with its variable, and
+//! the sample configuration (`config/kps.toml`, [`sample`]) is generated from it. `secret_file` is the one
+//! reader of secret files.
+
+pub mod keys;
+pub mod secret_file;
+
+pub use keys::sample;
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -57,6 +63,18 @@ pub enum AuthMode {
     Static,
     Keystone,
     Aksk,
+}
+
+impl AuthMode {
+    /// The mode's name in the configuration.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Noauth => "noauth",
+            Self::Static => "static",
+            Self::Keystone => "keystone",
+            Self::Aksk => "aksk",
+        }
+    }
 }
 
 impl std::str::FromStr for AuthMode {
@@ -192,6 +210,16 @@ pub enum LogFormat {
     Json,
 }
 
+impl LogFormat {
+    /// The format's name in the configuration.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Text => "text",
+            Self::Json => "json",
+        }
+    }
+}
+
 #[derive(Debug, Clone, Default, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct LogConfig {
@@ -264,182 +292,6 @@ pub struct Overrides {
     pub auth: Option<AuthMode>,
 }
 
-type Setter = fn(&mut Config, &str) -> Result<(), String>;
-
-fn parse<T: std::str::FromStr>(value: &str) -> Result<T, String>
-where
-    T::Err: std::fmt::Display,
-{
-    value.parse::<T>().map_err(|e| e.to_string())
-}
-
-fn parse_bool(value: &str) -> Result<bool, String> {
-    match value {
-        "true" => Ok(true),
-        "false" => Ok(false),
-        _ => Err("expected true or false".into()),
-    }
-}
-
-/// Every environment variable of `spec/interface.md` and the config key it sets.
-const ENV_VARS: &[(&str, Setter)] = &[
-    ("KPS_LISTEN", |c, v| {
-        c.listen = v.to_owned();
-        Ok(())
-    }),
-    ("KPS_ADMIN_LISTEN", |c, v| {
-        c.admin_listen = Some(v.to_owned());
-        Ok(())
-    }),
-    ("KPS_DATA_DIR", |c, v| {
-        c.data_dir = v.into();
-        Ok(())
-    }),
-    ("KPS_PUBLIC_URL", |c, v| {
-        c.public_url = Some(v.to_owned());
-        Ok(())
-    }),
-    ("KPS_TLS_CERT_FILE", |c, v| {
-        c.tls.cert_file = Some(v.into());
-        Ok(())
-    }),
-    ("KPS_TLS_KEY_FILE", |c, v| {
-        c.tls.key_file = Some(v.into());
-        Ok(())
-    }),
-    ("KPS_AUTH", |c, v| {
-        c.auth.mode = parse(v)?;
-        Ok(())
-    }),
-    ("KPS_AUTH_ALLOW_NOAUTH_REMOTE", |c, v| {
-        c.auth.allow_noauth_remote = parse_bool(v)?;
-        Ok(())
-    }),
-    ("KPS_AUTH_TOKENS_FILE", |c, v| {
-        c.auth.tokens_file = Some(v.into());
-        Ok(())
-    }),
-    ("KPS_AUTH_KEYSTONE_URL", |c, v| {
-        c.auth.keystone_url = Some(v.to_owned());
-        Ok(())
-    }),
-    ("KPS_AUTH_KEYSTONE_CACHE_TTL_S", |c, v| {
-        c.auth.keystone_cache_ttl_s = parse(v)?;
-        Ok(())
-    }),
-    ("KPS_AUTH_CREDENTIALS_FILE", |c, v| {
-        c.auth.credentials_file = Some(v.into());
-        Ok(())
-    }),
-    ("KPS_POLICY_FILE", |c, v| {
-        c.policy.file = Some(v.into());
-        Ok(())
-    }),
-    ("KPS_QUOTA_KEY_PAIRS", |c, v| {
-        c.quota.key_pairs = parse(v)?;
-        Ok(())
-    }),
-    ("KPS_KEYS_MIN_RSA_BITS", |c, v| {
-        c.keys.min_rsa_bits = parse(v)?;
-        Ok(())
-    }),
-    ("KPS_CUSTODY_ENABLED", |c, v| {
-        c.custody.enabled = parse_bool(v)?;
-        Ok(())
-    }),
-    ("KPS_CUSTODY_ALLOW_DEFAULT", |c, v| {
-        c.custody.allow_default = parse_bool(v)?;
-        Ok(())
-    }),
-    ("KPS_MASTER_KEY_FILE", |c, v| {
-        c.custody.master_key_file = Some(v.into());
-        Ok(())
-    }),
-    ("KPS_KMS_PROVIDER", |c, v| {
-        c.kms.provider = Some(v.to_owned());
-        Ok(())
-    }),
-    ("KPS_KMS_ENDPOINT", |c, v| {
-        c.kms.endpoint = Some(v.to_owned());
-        Ok(())
-    }),
-    ("KPS_KMS_PROJECT_ID", |c, v| {
-        c.kms.project_id = Some(v.to_owned());
-        Ok(())
-    }),
-    ("KPS_KMS_REGION", |c, v| {
-        c.kms.region = Some(v.to_owned());
-        Ok(())
-    }),
-    ("KPS_KMS_AK", |c, v| {
-        c.kms.ak = Some(v.to_owned());
-        Ok(())
-    }),
-    ("KPS_KMS_SK", |c, v| {
-        c.kms.sk = Some(SecretString::from(v));
-        Ok(())
-    }),
-    ("KPS_KMS_AK_FILE", |c, v| {
-        c.kms.ak_file = Some(v.into());
-        Ok(())
-    }),
-    ("KPS_KMS_SK_FILE", |c, v| {
-        c.kms.sk_file = Some(v.into());
-        Ok(())
-    }),
-    ("KPS_KMS_CHECK_KEY", |c, v| {
-        c.kms.check_key = Some(v.to_owned());
-        Ok(())
-    }),
-    ("KPS_LIMITS_MAX_BODY_BYTES", |c, v| {
-        c.limits.max_body_bytes = parse(v)?;
-        Ok(())
-    }),
-    ("KPS_LIMITS_PER_CALLER_CONCURRENCY", |c, v| {
-        c.limits.per_caller_concurrency = parse(v)?;
-        Ok(())
-    }),
-    ("KPS_LIMITS_PER_CALLER_RPS", |c, v| {
-        c.limits.per_caller_rps = parse(v)?;
-        Ok(())
-    }),
-    ("KPS_LIMITS_REQUEST_TIMEOUT_S", |c, v| {
-        c.limits.request_timeout_s = parse(v)?;
-        Ok(())
-    }),
-    ("KPS_LIMITS_HEADER_TIMEOUT_S", |c, v| {
-        c.limits.header_timeout_s = parse(v)?;
-        Ok(())
-    }),
-    ("KPS_LIMITS_MAX_CONNECTIONS", |c, v| {
-        c.limits.max_connections = parse(v)?;
-        Ok(())
-    }),
-    ("KPS_LOG_FORMAT", |c, v| {
-        c.log.format = match v {
-            "text" => LogFormat::Text,
-            "json" => LogFormat::Json,
-            _ => return Err("expected text or json".into()),
-        };
-        Ok(())
-    }),
-    ("KPS_SECRETS_ALLOW_GROUP_READABLE", |c, v| {
-        c.secrets.allow_group_readable = parse_bool(v)?;
-        Ok(())
-    }),
-    // The replicated store (interface.md, "Replicated store") is not built yet: its settings are refused
-    // rather than ignored, so nobody believes they run on PostgreSQL. (`[store]` in a file is an unknown key.)
-    ("KPS_STORE_BACKEND", |_, v| match v {
-        "sled" => Ok(()),
-        _ => Err("the PostgreSQL store is not implemented yet: only sled (README, \"Not implemented yet\")".into()),
-    }),
-    ("KPS_STORE_POSTGRES_URL", |_, _| Err(POSTGRES_NOT_YET.into())),
-    ("KPS_STORE_POSTGRES_URL_FILE", |_, _| Err(POSTGRES_NOT_YET.into())),
-    ("KPS_STORE_POSTGRES_POOL_SIZE", |_, _| Err(POSTGRES_NOT_YET.into())),
-];
-
-const POSTGRES_NOT_YET: &str = "the PostgreSQL store is not implemented yet (README, \"Not implemented yet\")";
-
 const DEFAULT_CONFIG_FILE: &str = "config/kps.toml";
 
 impl Config {
@@ -451,7 +303,7 @@ impl Config {
             None if Path::new(DEFAULT_CONFIG_FILE).exists() => Self::from_file(Path::new(DEFAULT_CONFIG_FILE))?,
             None => Self::default(),
         };
-        for (name, set) in ENV_VARS {
+        for keys::Env { name, set } in keys::KEYS.iter().filter_map(|key| key.env.as_ref()) {
             if let Some(value) = env(name) {
                 set(&mut config, &value).map_err(|message| ConfigError::Invalid {
                     name: (*name).to_owned(),
@@ -491,6 +343,11 @@ impl Config {
 
     pub fn admin_listen_addr(&self) -> Result<Option<SocketAddr>, ConfigError> {
         self.admin_listen.as_deref().map(|addr| parse_addr("admin_listen", addr)).transpose()
+    }
+
+    /// The master keyring file: `custody.master_key_file`, else `<data_dir>/master.key`.
+    pub fn master_key_path(&self) -> PathBuf {
+        self.custody.master_key_file.clone().unwrap_or_else(|| self.data_dir.join("master.key"))
     }
 
     /// Key pairs allowed per user, `None` for unlimited.
@@ -540,16 +397,6 @@ impl Config {
         }
         Ok(())
     }
-}
-
-/// Whether a secret file's permission bits are acceptable: never world-accessible, and group-accessible only
-/// when `secrets.allow_group_readable` is set, then for reading only (systemd `LoadCredential` and Kubernetes
-/// secret mounts give 0440). Every secret file (master keyring, tokens, AK/SK credentials, KMS secrets, TLS
-/// key) is held to this one rule.
-pub fn secret_mode_ok(mode: u32, allow_group_readable: bool) -> bool {
-    let mode = mode & 0o777;
-    let group_ok = allow_group_readable && mode & 0o030 == 0;
-    mode & 0o007 == 0 && (mode & 0o070 == 0 || group_ok)
 }
 
 fn invalid(name: &str, value: &str, message: &str) -> ConfigError {
@@ -690,19 +537,11 @@ mod tests {
     }
 
     #[test]
-    fn secret_files_are_owner_only_unless_group_read_is_allowed() {
-        for (mode, strict, relaxed) in [
-            (0o600, true, true),
-            (0o400, true, true),
-            (0o640, false, true),
-            (0o440, false, true),
-            (0o660, false, false),
-            (0o604, false, false),
-            (0o644, false, false),
-        ] {
-            assert_eq!(secret_mode_ok(mode, false), strict, "{mode:o}");
-            assert_eq!(secret_mode_ok(mode, true), relaxed, "{mode:o} with group read allowed");
-        }
+    fn the_master_keyring_is_in_the_data_dir_unless_named() {
+        let mut config = Config { data_dir: PathBuf::from("/var/lib/kps"), ..Config::default() };
+        assert_eq!(config.master_key_path(), PathBuf::from("/var/lib/kps/master.key"));
+        config.custody.master_key_file = Some(PathBuf::from("/etc/kps/master.key"));
+        assert_eq!(config.master_key_path(), PathBuf::from("/etc/kps/master.key"));
     }
 
     #[test]
