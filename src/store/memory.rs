@@ -38,22 +38,20 @@ impl Store for MemoryStore {
 
     async fn apply(&self, ops: Vec<WriteOp>) -> Result<(), ApplyError> {
         let mut inner = self.lock()?;
+        let mut outcomes = Vec::with_capacity(ops.len());
         for (index, op) in ops.iter().enumerate() {
             let (space, key) = op.target();
             let current = inner.spaces.get(&space).and_then(|tree| tree.get(key));
-            if !op.holds_for(current.map(Vec::as_slice)) {
-                return Err(ApplyError::Conflict { op: index });
-            }
+            let outcome = op.outcome(current.map(Vec::as_slice)).ok_or(ApplyError::Conflict { op: index })?;
+            outcomes.push(outcome);
         }
-        for op in ops {
-            match op {
-                WriteOp::PutIfAbsent { space, key, value } | WriteOp::Replace { space, key, value, .. } => {
-                    inner.spaces.entry(space).or_default().insert(key, value);
-                }
-                WriteOp::Delete { space, key, .. } => {
-                    inner.spaces.entry(space).or_default().remove(&key);
-                }
-            }
+        for (op, outcome) in ops.into_iter().zip(outcomes) {
+            let (space, key) = op.target();
+            let tree = inner.spaces.entry(space).or_default();
+            match outcome {
+                Some(value) => tree.insert(key.to_vec(), value),
+                None => tree.remove(key),
+            };
         }
         Ok(())
     }

@@ -19,9 +19,13 @@ pub enum Space {
     NameIndex,
     /// Facts about the store as a whole: the master key verifiers (`service::master_keys`).
     Meta,
+    /// Counters, written only by [`WriteOp::Add`]: derived data (per-owner write generations, key pair
+    /// counts) that a write updates in its own atomic batch, so that every replica reads them current.
+    Counters,
 }
 
 impl Space {
+    /// The spaces that hold data of their own (backups carry them); `Counters` is derived from them.
     pub const ALL: [Space; 3] = [Space::KeyPairs, Space::NameIndex, Space::Meta];
 
     pub fn name(self) -> &'static str {
@@ -29,6 +33,7 @@ impl Space {
             Space::KeyPairs => "keypairs",
             Space::NameIndex => "name_index",
             Space::Meta => "store_meta",
+            Space::Counters => "counters",
         }
     }
 }
@@ -42,6 +47,25 @@ pub enum WriteOp {
     Replace { space: Space, key: Vec<u8>, expected: Vec<u8>, value: Vec<u8> },
     /// Remove `key`; fails unless its current value is exactly `expected`.
     Delete { space: Space, key: Vec<u8>, expected: Vec<u8> },
+    /// Add `delta` to the counter `key` of `Space::Counters` (an absent counter is 0); fails if the result
+    /// would be negative or above `max`. A counter that reaches 0 may be removed. At most one operation of a
+    /// batch may name a given counter.
+    Add { key: Vec<u8>, delta: i64, max: Option<u64> },
+}
+
+/// A counter's stored form: 8 bytes, big-endian.
+pub fn encode_counter(value: u64) -> Vec<u8> {
+    value.to_be_bytes().to_vec()
+}
+
+/// A counter's value from its stored form (absent = 0).
+pub fn decode_counter(stored: Option<&[u8]>) -> Result<u64, StoreError> {
+    match stored {
+        None => Ok(0),
+        Some(bytes) => <[u8; 8]>::try_from(bytes)
+            .map(u64::from_be_bytes)
+            .map_err(|_| StoreError::Corrupt("a counter is not 8 bytes".into())),
+    }
 }
 
 impl WriteOp {
@@ -51,15 +75,25 @@ impl WriteOp {
             WriteOp::PutIfAbsent { space, key, .. }
             | WriteOp::Replace { space, key, .. }
             | WriteOp::Delete { space, key, .. } => (*space, key),
+            WriteOp::Add { key, .. } => (Space::Counters, key),
         }
     }
 
-    /// Whether the operation's precondition holds for the key's `current` value.
-    pub fn holds_for(&self, current: Option<&[u8]>) -> bool {
+    /// What the operation leaves under its key, given the key's `current` value: `Some(Some(value))`, or
+    /// `Some(None)` for no key; `None` when its precondition does not hold.
+    pub fn outcome(&self, current: Option<&[u8]>) -> Option<Option<Vec<u8>>> {
         match self {
-            WriteOp::PutIfAbsent { .. } => current.is_none(),
-            WriteOp::Replace { expected, .. } | WriteOp::Delete { expected, .. } => {
-                current == Some(expected.as_slice())
+            WriteOp::PutIfAbsent { value, .. } => current.is_none().then(|| Some(value.clone())),
+            WriteOp::Replace { expected, value, .. } => {
+                (current == Some(expected.as_slice())).then(|| Some(value.clone()))
+            }
+            WriteOp::Delete { expected, .. } => (current == Some(expected.as_slice())).then_some(None),
+            WriteOp::Add { delta, max, .. } => {
+                let next = decode_counter(current).ok()?.checked_add_signed(*delta)?;
+                if max.is_some_and(|max| next > max) {
+                    return None;
+                }
+                Some((next > 0).then(|| encode_counter(next)))
             }
         }
     }
@@ -94,6 +128,15 @@ pub enum ApplyError {
 #[async_trait]
 pub trait Store: Send + Sync + 'static {
     async fn get(&self, space: Space, key: &[u8]) -> Result<Option<Vec<u8>>, StoreError>;
+
+    /// [`Store::get`] of several keys of one space, in their order (one round trip where that matters).
+    async fn get_many(&self, space: Space, keys: &[Vec<u8>]) -> Result<Vec<Option<Vec<u8>>>, StoreError> {
+        let mut values = Vec::with_capacity(keys.len());
+        for key in keys {
+            values.push(self.get(space, key).await?);
+        }
+        Ok(values)
+    }
 
     /// Applies every operation or none, durably. On a failed precondition nothing is written and the
     /// index of the first failing operation is returned.
@@ -189,6 +232,43 @@ pub(crate) mod suite {
         scan_is_ordered_bounded_and_seeks(store).await;
         count_counts_a_prefix(store).await;
         ids_are_unique_and_increasing(store).await;
+        counters_add_within_their_bounds(store).await;
+        get_many_answers_in_the_order_asked(store).await;
+    }
+
+    fn add(key: &str, delta: i64, max: Option<u64>) -> WriteOp {
+        WriteOp::Add { key: key.into(), delta, max }
+    }
+
+    async fn counter(store: &dyn Store, key: &str) -> u64 {
+        decode_counter(store.get(Space::Counters, key.as_bytes()).await.expect("get").as_deref()).expect("counter")
+    }
+
+    async fn counters_add_within_their_bounds(store: &dyn Store) {
+        assert_eq!(counter(store, "j/1").await, 0, "an absent counter is 0");
+        store.apply(vec![add("j/1", 2, None)]).await.expect("add");
+        store.apply(vec![add("j/1", 1, Some(3))]).await.expect("up to max");
+        assert_eq!(counter(store, "j/1").await, 3);
+        let over = store.apply(vec![put(Space::KeyPairs, "j/rec", "r"), add("j/1", 1, Some(3))]).await;
+        assert!(matches!(over, Err(ApplyError::Conflict { op: 1 })), "{over:?}");
+        assert_eq!(store.get(Space::KeyPairs, b"j/rec").await.expect("get"), None, "nothing written");
+        let below = store.apply(vec![add("j/1", -4, None)]).await;
+        assert!(matches!(below, Err(ApplyError::Conflict { op: 0 })), "{below:?}");
+        store.apply(vec![add("j/1", -3, None), add("j/2", 1, None)]).await.expect("down to 0");
+        assert_eq!((counter(store, "j/1").await, counter(store, "j/2").await), (0, 1));
+        let failed = store.apply(vec![add("j/2", 1, None), put(Space::KeyPairs, "a/1", "taken")]).await;
+        assert!(matches!(failed, Err(ApplyError::Conflict { op: 1 })), "{failed:?}");
+        assert_eq!(counter(store, "j/2").await, 1, "a failed batch adds nothing");
+    }
+
+    async fn get_many_answers_in_the_order_asked(store: &dyn Store) {
+        store
+            .apply(vec![put(Space::NameIndex, "k/1", "one"), put(Space::NameIndex, "k/3", "three")])
+            .await
+            .expect("put");
+        let keys = [b"k/3".to_vec(), b"k/2".to_vec(), b"k/1".to_vec()];
+        let values = store.get_many(Space::NameIndex, &keys).await.expect("get_many");
+        assert_eq!(values, [Some(b"three".to_vec()), None, Some(b"one".to_vec())]);
     }
 
     async fn get_returns_what_apply_wrote(store: &dyn Store) {

@@ -330,6 +330,7 @@ fn space_tag(space: Space) -> u8 {
         Space::KeyPairs => b'K',
         Space::NameIndex => b'N',
         Space::Meta => b'M',
+        Space::Counters => b'C',
     }
 }
 
@@ -573,23 +574,22 @@ impl Committer {
                 data_key(space, key)
             })
             .collect();
+        let mut outcomes = Vec::with_capacity(ops.len());
         for (index, (op, key)) in ops.iter().zip(&keys).enumerate() {
-            let holds = match staged.get(key) {
-                Some(pending) => op.holds_for(pending.as_deref()),
-                None => op.holds_for(self.data.get(key).map_err(backend)?.as_deref()),
+            let outcome = match staged.get(key) {
+                Some(pending) => op.outcome(pending.as_deref()),
+                None => op.outcome(self.data.get(key).map_err(backend)?.as_deref()),
             };
-            if !holds {
-                return Err(ApplyError::Conflict { op: index });
-            }
+            outcomes.push(outcome.ok_or(ApplyError::Conflict { op: index })?);
         }
-        for (op, key) in ops.iter().zip(keys) {
-            match op {
-                WriteOp::PutIfAbsent { value, .. } | WriteOp::Replace { value, .. } => {
-                    let value = sled::IVec::from(value.as_slice());
+        for (outcome, key) in outcomes.into_iter().zip(keys) {
+            match outcome {
+                Some(value) => {
+                    let value = sled::IVec::from(value);
                     batch.insert(key.as_slice(), value.clone());
                     staged.insert(key, Some(value));
                 }
-                WriteOp::Delete { .. } => {
+                None => {
                     batch.remove(key.as_slice());
                     staged.insert(key, None);
                 }
