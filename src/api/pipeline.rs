@@ -35,8 +35,6 @@ pub enum Listener {
 
 /// What a handler knows about its request once the checks of steps 1–6 have passed.
 pub struct Call<'a> {
-    pub method: &'a Method,
-    pub headers: &'a HeaderMap,
     /// The authenticated caller; `None` only on routes that need no authentication.
     caller: Option<&'a Caller>,
     /// The path's placeholders (`{project_id}` as written, `{keypair_name}` decoded).
@@ -220,8 +218,6 @@ fn prepare<'a>(
         check_project(project, caller)?;
     }
     Ok(Call {
-        method: &parts.method,
-        headers: &parts.headers,
         caller,
         params,
         query: parse_query(parts.uri.query()),
