@@ -2,8 +2,12 @@
 //!
 //! Every error response of every route has the dual shape of `spec/errors.md` §1: the Nova fault key for the
 //! status (`badRequest`, `itemNotFound`, …) holding `{code, message}`, then `error_code` and `error_msg`, in
-//! that order. Lower layers return their own error enums; the conversions at the bottom of this file are the
-//! only place where they become a status code, a catalogue code and a message.
+//! that order. Lower layers return their own error enums; the conversions at the bottom of this file
+//! (`From<ServiceError>`, `From<KeypairError>`) are the only place where they become a status code, a
+//! catalogue code and a message, so handlers just use `?`. A 5xx message cites the request id: the
+//! conversions mark it, and the pipeline fills the id in (`with_request_id`) before the error is sent.
+//!
+//! It may touch the service's and the key pair layer's error types (to read them), nothing else below.
 
 use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
@@ -23,11 +27,28 @@ pub struct ApiError {
     pub message: String,
     /// Seconds for `Retry-After` (429 only).
     pub retry_after: Option<u64>,
+    /// The message still has to end with ` Request id <id>.` (5xx errors raised below the pipeline).
+    cite_request_id: bool,
 }
 
 impl ApiError {
     pub fn new(status: StatusCode, code: &'static str, message: impl Into<String>) -> Self {
-        Self { status, code, message: message.into(), retry_after: None }
+        Self { status, code, message: message.into(), retry_after: None, cite_request_id: false }
+    }
+
+    /// An error whose message is `<text> Request id <id>.` once the pipeline knows the id.
+    fn citing_request_id(status: StatusCode, code: &'static str, text: &str) -> Self {
+        Self { cite_request_id: true, ..Self::new(status, code, text) }
+    }
+
+    /// Completes a message that cites the request id; other errors are returned unchanged. The pipeline
+    /// calls this on every error a handler returns.
+    #[must_use]
+    pub fn with_request_id(mut self, request_id: &str) -> Self {
+        if std::mem::take(&mut self.cite_request_id) {
+            self.message = format!("{} Request id {request_id}.", self.message);
+        }
+        self
     }
 
     fn bad_request(code: &'static str, message: impl Into<String>) -> Self {
@@ -146,18 +167,19 @@ impl ApiError {
         Self::new(StatusCode::FORBIDDEN, "KPS.2003", format!("Policy doesn't allow {action} to be performed."))
     }
 
-    /// KPS.9001: a bug. The detail is logged, never sent.
-    pub fn internal(request_id: &str) -> Self {
-        Self::new(
-            StatusCode::INTERNAL_SERVER_ERROR,
-            "KPS.9001",
-            format!("Unexpected API Error. Request id {request_id}."),
-        )
+    /// KPS.9001: a bug. The detail is logged, never sent; the message cites the request id.
+    pub fn internal() -> Self {
+        Self::citing_request_id(StatusCode::INTERNAL_SERVER_ERROR, "KPS.9001", "Unexpected API Error.")
     }
 
-    /// KPS.9002: the store failed. The detail is logged, never sent.
-    pub fn storage(request_id: &str) -> Self {
-        Self::new(StatusCode::INTERNAL_SERVER_ERROR, "KPS.9002", format!("Storage error. Request id {request_id}."))
+    /// KPS.9002: the store failed. The detail is logged, never sent; the message cites the request id.
+    pub fn storage() -> Self {
+        Self::citing_request_id(StatusCode::INTERNAL_SERVER_ERROR, "KPS.9002", "Storage error.")
+    }
+
+    /// KPS.9004: the request did not finish within `limits.request_timeout`.
+    pub fn timed_out() -> Self {
+        Self::citing_request_id(StatusCode::SERVICE_UNAVAILABLE, "KPS.9004", "Request timed out.")
     }
 
     /// KPS.9003.
@@ -212,29 +234,107 @@ impl IntoResponse for ApiError {
 }
 
 impl From<KeypairError> for ApiError {
-    /// The keypair layer knows its catalogue codes; generation failures are internal and logged, never sent.
+    /// Generation failures are internal and logged, never sent; the rest are their catalogue entries.
     fn from(error: KeypairError) -> Self {
         if let KeypairError::Generation(detail) = &error {
             tracing::error!(%detail, "key generation failed");
             return Self::new(StatusCode::INTERNAL_SERVER_ERROR, "KPS.9001", "Unexpected API Error.");
         }
-        let status = StatusCode::from_u16(error.http_status()).unwrap_or(StatusCode::BAD_REQUEST);
-        Self::new(status, error.code(), error.to_string())
+        Self::new(keypair_status(&error), keypair_code(&error), error.to_string())
     }
 }
 
-impl ApiError {
-    /// Maps a store failure to KPS.9002, or KPS.9005 when the store takes no writes (outcome unknown,
-    /// retry), logging the cause with the request id.
-    pub fn from_store(error: &ServiceError, request_id: &str) -> Self {
-        tracing::error!(%error, request_id, "store failure");
+/// The catalogue code of a key material error (errors.md §3.3, §3.4, §3.12).
+fn keypair_code(error: &KeypairError) -> &'static str {
+    match error {
+        KeypairError::InvalidPublicKey => "KPS.1201",
+        KeypairError::InvalidCertificate(_) => "KPS.1202",
+        KeypairError::UnsupportedKeyType(_) => "KPS.1203",
+        KeypairError::RsaKeySize { .. } => "KPS.1204",
+        KeypairError::PrivateKeyUnparsable => "KPS.1301",
+        KeypairError::PrivateKeyMismatch => "KPS.1302",
+        KeypairError::PrivateKeyEncrypted => "KPS.1304",
+        KeypairError::Generation(_) => "KPS.9001",
+    }
+}
+
+/// The HTTP status of a key material error's catalogue entry.
+fn keypair_status(error: &KeypairError) -> StatusCode {
+    match error {
+        KeypairError::Generation(_) => StatusCode::INTERNAL_SERVER_ERROR,
+        _ => StatusCode::BAD_REQUEST,
+    }
+}
+
+/// The catalogue message of a key material error for a request about key pair `keypair_name`. Only the
+/// private-key texts mention the name; for [`KeypairError::Generation`] this is the internal detail (log
+/// it, do not send it: 5xx bodies are generic).
+fn keypair_message(error: &KeypairError, keypair_name: &str) -> String {
+    match error {
+        KeypairError::PrivateKeyUnparsable => format!("Private key of keypair {keypair_name} could not be parsed"),
+        KeypairError::PrivateKeyMismatch => {
+            format!("Private key does not match the public key of keypair {keypair_name}")
+        }
+        other => other.to_string(),
+    }
+}
+
+impl From<ServiceError> for ApiError {
+    /// Every service outcome's catalogue code, status and message. Details of 5xx failures go to the log
+    /// (inside the request's span, which carries its id), never to the client.
+    fn from(error: ServiceError) -> Self {
         match error {
-            ServiceError::StoreUnavailable(_) => Self::new(
-                StatusCode::SERVICE_UNAVAILABLE,
-                "KPS.9005",
-                format!("Storage is unavailable. Request id {request_id}."),
+            ServiceError::NotFound { name, user_id } => Self::keypair_not_found(&name, &user_id),
+            ServiceError::MarkerNotFound(marker) => Self::marker_not_found(&marker),
+            ServiceError::Duplicate(name) => Self::duplicate_name(&name),
+            ServiceError::QuotaExceeded => Self::quota_exceeded(),
+            ServiceError::Keypair(error) => error.into(),
+            ServiceError::PrivateKey { error, name } => {
+                Self::new(StatusCode::BAD_REQUEST, keypair_code(&error), keypair_message(&error, &name))
+            }
+            ServiceError::PrivateKeyWithoutPublicKey => {
+                Self::bad_request("KPS.1303", "key_protection.private_key requires keypair.public_key")
+            }
+            ServiceError::KmsNotConfigured => {
+                Self::bad_request("KPS.1402", "Encryption type kms is not available: no KMS is configured")
+            }
+            ServiceError::DefaultEncryptionDisabled => {
+                Self::bad_request("KPS.1403", "Encryption type default is disabled on this server")
+            }
+            ServiceError::Kms { error, name } => {
+                if matches!(error.code(), "KPS.1801" | "KPS.1805" | "KPS.1806") {
+                    tracing::warn!(%error, keypair = name, "KMS failure");
+                }
+                let status = StatusCode::from_u16(error.http_status()).unwrap_or(StatusCode::SERVICE_UNAVAILABLE);
+                Self::new(status, error.code(), error.message_for_keypair(&name))
+            }
+            ServiceError::Undecryptable(name) => Self::new(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "KPS.1806",
+                format!("Escrowed private key of keypair {name} could not be decrypted"),
             ),
-            _ => Self::storage(request_id),
+            ServiceError::Denied(action) => Self::policy_denied(&action),
+            ServiceError::NoEscrow(name) => {
+                Self::new(StatusCode::NOT_FOUND, "KPS.1602", format!("Keypair {name} has no escrowed private key"))
+            }
+            ServiceError::AlreadyEscrowed(name) => Self::new(
+                StatusCode::CONFLICT,
+                "KPS.1702",
+                format!("Keypair {name} already has an escrowed private key; clear it first"),
+            ),
+            ServiceError::Custody(error) => {
+                tracing::error!(%error, "sealing failed");
+                Self::internal()
+            }
+            ServiceError::StoreUnavailable(_) => {
+                tracing::error!(%error, "store failure");
+                // The store takes no writes: the outcome is unknown, retry (KPS.9005).
+                Self::citing_request_id(StatusCode::SERVICE_UNAVAILABLE, "KPS.9005", "Storage is unavailable.")
+            }
+            ServiceError::Storage(_) => {
+                tracing::error!(%error, "store failure");
+                Self::storage()
+            }
         }
     }
 }
@@ -289,10 +389,46 @@ mod tests {
 
     #[test]
     fn a_store_taking_no_writes_is_503_kps_9005_and_other_store_failures_500_kps_9002() {
-        let unavailable = ApiError::from_store(&ServiceError::StoreUnavailable("fdatasync failed".into()), "req-1");
+        let unavailable =
+            ApiError::from(ServiceError::StoreUnavailable("fdatasync failed".into())).with_request_id("req-1");
         assert_eq!((unavailable.status.as_u16(), unavailable.code), (503, "KPS.9005"));
         assert_eq!(unavailable.message, "Storage is unavailable. Request id req-1.", "no detail sent");
-        let backend = ApiError::from_store(&ServiceError::Storage("io".into()), "req-2");
+        let backend = ApiError::from(ServiceError::Storage("io".into())).with_request_id("req-2");
         assert_eq!((backend.status.as_u16(), backend.code), (500, "KPS.9002"));
+    }
+
+    #[test]
+    fn key_material_errors_are_their_catalogue_entries() {
+        let table = [
+            (KeypairError::InvalidPublicKey, "KPS.1201", "Keypair data is invalid: failed to generate fingerprint"),
+            (
+                KeypairError::InvalidCertificate("bad PEM".into()),
+                "KPS.1202",
+                "Keypair data is invalid: failed to generate X509 fingerprint. Error message: bad PEM",
+            ),
+            (
+                KeypairError::UnsupportedKeyType("sk-ssh-ed25519@openssh.com".into()),
+                "KPS.1203",
+                "Keypair data is invalid: unsupported public key type sk-ssh-ed25519@openssh.com",
+            ),
+            (
+                KeypairError::RsaKeySize { bits: 1024, min: 2048 },
+                "KPS.1204",
+                "Keypair data is invalid: RSA key of 1024 bits is outside the accepted range 2048-16384",
+            ),
+            (KeypairError::PrivateKeyUnparsable, "KPS.1301", "Private key of keypair kp-1 could not be parsed"),
+            (KeypairError::PrivateKeyMismatch, "KPS.1302", "Private key does not match the public key of keypair kp-1"),
+            (
+                KeypairError::PrivateKeyEncrypted,
+                "KPS.1304",
+                "Encrypted private keys are not supported; import the key without a passphrase",
+            ),
+        ];
+        for (error, code, message) in table {
+            assert_eq!(keypair_code(&error), code);
+            assert_eq!(keypair_status(&error).as_u16(), 400);
+            assert_eq!(keypair_message(&error, "kp-1"), message);
+        }
+        assert_eq!(keypair_status(&KeypairError::Generation("x".into())).as_u16(), 500);
     }
 }

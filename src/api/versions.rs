@@ -1,8 +1,13 @@
 //! The version documents: `GET /` (version list), `/v2` and `/v2.1` (`spec/nova-keypairs.md` §3).
 
+use axum::response::Response;
 use serde_json::{Value, json};
 
+use super::AppState;
+use super::error::ApiError;
 use super::microversion::MicroVersion;
+use super::pipeline::Call;
+use super::respond::json_response;
 
 const V2_UPDATED: &str = "2025-07-04T12:00:00Z";
 const V21_UPDATED: &str = "2013-07-23T11:33:21Z";
@@ -42,6 +47,21 @@ pub fn v20_document(base: &str) -> Value {
                   {"rel": "describedby", "type": "text/html", "href": "http://docs.openstack.org/"}],
         "media-types": [{"base": "application/json", "type": "application/vnd.openstack.compute+json;version=2"}]
     }})
+}
+
+/// `GET /`.
+pub async fn list_versions(_: &AppState, call: &Call<'_>) -> Result<Response, ApiError> {
+    Ok(json_response(&version_list(&call.base_url)))
+}
+
+/// `GET /v2` and `/v2/`.
+pub async fn show_v20(_: &AppState, call: &Call<'_>) -> Result<Response, ApiError> {
+    Ok(json_response(&v20_document(&call.base_url)))
+}
+
+/// `GET /v2.1` and `/v2.1/`.
+pub async fn show_v21(_: &AppState, call: &Call<'_>) -> Result<Response, ApiError> {
+    Ok(json_response(&v21_document(&call.base_url)))
 }
 
 #[cfg(test)]

@@ -1,6 +1,7 @@
 //! Key pair domain: parsing imported public keys and certificates, parsing and matching escrowed private
 //! keys, and generating new key pairs — the rules of nova-keypairs.md §6.1 and §8. Everything here is pure
-//! (no I/O, no storage, no HTTP); the API layer maps [`KeypairError`] to the KPS.12xx/13xx catalogue entries.
+//! (no I/O, no storage, no HTTP); the API layer (`api/error.rs`) maps [`KeypairError`] to the KPS.12xx/13xx
+//! catalogue entries.
 
 pub mod fingerprint;
 pub mod generate;
@@ -32,7 +33,7 @@ pub fn check_rsa_size(algorithm: KeyAlgorithm, min_rsa_bits: usize) -> Result<()
 
 /// Why key material was refused or could not be produced. The `Display` texts of the public-key variants
 /// are the catalogue messages verbatim (errors.md §3.3); the private-key variants need the key pair name,
-/// so the API layer renders them with [`KeypairError::message_for`].
+/// so the API layer renders them with the name (`api/error.rs`).
 #[derive(Debug, thiserror::Error)]
 pub enum KeypairError {
     /// KPS.1201: not one well-formed OpenSSH public key line of an accepted algorithm, or `ssh-dss`.
@@ -62,45 +63,6 @@ pub enum KeypairError {
     Generation(String),
 }
 
-impl KeypairError {
-    /// The catalogue code (errors.md §3.3, §3.4, §3.12).
-    pub fn code(&self) -> &'static str {
-        match self {
-            KeypairError::InvalidPublicKey => "KPS.1201",
-            KeypairError::InvalidCertificate(_) => "KPS.1202",
-            KeypairError::UnsupportedKeyType(_) => "KPS.1203",
-            KeypairError::RsaKeySize { .. } => "KPS.1204",
-            KeypairError::PrivateKeyUnparsable => "KPS.1301",
-            KeypairError::PrivateKeyMismatch => "KPS.1302",
-            KeypairError::PrivateKeyEncrypted => "KPS.1304",
-            KeypairError::Generation(_) => "KPS.9001",
-        }
-    }
-
-    /// HTTP status of the catalogue entry.
-    pub fn http_status(&self) -> u16 {
-        match self {
-            KeypairError::Generation(_) => 500,
-            _ => 400,
-        }
-    }
-
-    /// The catalogue message for a request about key pair `keypair_name`. Only the private-key texts
-    /// mention the name; for [`KeypairError::Generation`] this is the internal detail (log it, do not
-    /// send it: 5xx bodies are generic).
-    pub fn message_for(&self, keypair_name: &str) -> String {
-        match self {
-            KeypairError::PrivateKeyUnparsable => {
-                format!("Private key of keypair {keypair_name} could not be parsed")
-            }
-            KeypairError::PrivateKeyMismatch => {
-                format!("Private key does not match the public key of keypair {keypair_name}")
-            }
-            other => other.to_string(),
-        }
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -119,40 +81,5 @@ mod tests {
             "Keypair data is invalid: RSA key of 16392 bits is outside the accepted range 2048-16384"
         );
         check_rsa_size(KeyAlgorithm::Ed25519, 16384).expect("not RSA");
-    }
-
-    #[test]
-    fn error_messages_and_codes_are_the_catalogue_entries() {
-        let table = [
-            (KeypairError::InvalidPublicKey, "KPS.1201", "Keypair data is invalid: failed to generate fingerprint"),
-            (
-                KeypairError::InvalidCertificate("bad PEM".into()),
-                "KPS.1202",
-                "Keypair data is invalid: failed to generate X509 fingerprint. Error message: bad PEM",
-            ),
-            (
-                KeypairError::UnsupportedKeyType("sk-ssh-ed25519@openssh.com".into()),
-                "KPS.1203",
-                "Keypair data is invalid: unsupported public key type sk-ssh-ed25519@openssh.com",
-            ),
-            (
-                KeypairError::RsaKeySize { bits: 1024, min: 2048 },
-                "KPS.1204",
-                "Keypair data is invalid: RSA key of 1024 bits is outside the accepted range 2048-16384",
-            ),
-            (KeypairError::PrivateKeyUnparsable, "KPS.1301", "Private key of keypair kp-1 could not be parsed"),
-            (KeypairError::PrivateKeyMismatch, "KPS.1302", "Private key does not match the public key of keypair kp-1"),
-            (
-                KeypairError::PrivateKeyEncrypted,
-                "KPS.1304",
-                "Encrypted private keys are not supported; import the key without a passphrase",
-            ),
-        ];
-        for (error, code, message) in table {
-            assert_eq!(error.code(), code);
-            assert_eq!(error.http_status(), 400);
-            assert_eq!(error.message_for("kp-1"), message);
-        }
-        assert_eq!(KeypairError::Generation("x".into()).http_status(), 500);
     }
 }

@@ -3,7 +3,7 @@
 
 use std::collections::BTreeSet;
 
-use kps::api::ROUTE_TABLE;
+use kps::api::router::ROUTE_TABLE;
 use serde_json::Value;
 
 use crate::Kps;
