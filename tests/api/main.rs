@@ -15,6 +15,7 @@ mod full_disk;
 mod keypairs;
 mod kms;
 mod kms_custody;
+mod kms_huawei;
 mod limits;
 mod master_keyring;
 mod metrics;
