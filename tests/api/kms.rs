@@ -124,7 +124,20 @@ impl KmsMock {
         kps::kms::from_config(&config.kms, false).expect("valid config").expect("a provider is configured")
     }
 
-    /// Points `config` at this mock as its Huawei KMS (the credentials as values).
+    /// The `kms.*` settings that make this mock kps's Huawei KMS (the credentials as values), as the
+    /// `KPS_KMS_*` environment of a `kps` process. [`KmsMock::configure`] is the same for kps in-process.
+    pub fn env(&self) -> [(&'static str, String); 6] {
+        [
+            ("KPS_KMS_PROVIDER", "huawei".into()),
+            ("KPS_KMS_ENDPOINT", self.endpoint.clone()),
+            ("KPS_KMS_PROJECT_ID", PROJECT.into()),
+            ("KPS_KMS_REGION", "test".into()),
+            ("KPS_KMS_AK", AK.into()),
+            ("KPS_KMS_SK", SK.into()),
+        ]
+    }
+
+    /// Points `config` at this mock as its Huawei KMS: the settings of [`KmsMock::env`].
     pub fn configure(&self, config: &mut Config) {
         config.kms.provider = Some("huawei".into());
         config.kms.endpoint = Some(self.endpoint.clone());

@@ -112,6 +112,11 @@ impl Kps {
         Self { router: kps::app(Arc::clone(&state)), admin_router: kps::admin_app(state), dir }
     }
 
+    /// A kps application whose KMS is `kms` (its Huawei provider, `KmsMock::configure`).
+    pub fn with_kms_mock(kms: &kms::KmsMock) -> Self {
+        Self::with_config(|c| kms.configure(c))
+    }
+
     pub async fn call(&self, method: &str, path: &str, headers: &[(&str, &str)], body: Option<&str>) -> Answer {
         send(&self.router, method, path, headers, body).await
     }
