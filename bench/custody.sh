@@ -17,7 +17,7 @@ cleanup() { for pid in "${PIDS[@]}"; do kill "$pid" 2>/dev/null || true; done; r
 trap cleanup EXIT
 free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
 
-[ -n "${BENCH_SKIP_BUILD:-}" ] || (cd "$ROOT" && cargo build --release --bin kps --bin kms-mock >/dev/null 2>&1)
+[ -n "${BENCH_SKIP_BUILD:-}" ] || (cd "$ROOT" && cargo build --release -p kps -p kms-mock --bins >/dev/null 2>&1)
 BIN=${CARGO_TARGET_DIR:-$ROOT/target}/release
 
 export KMS_MOCK_AK=HPUAEXAMPLEAK0000001 KMS_MOCK_SK=ExampleSecretKey0000000000000000000000001

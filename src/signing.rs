@@ -2,10 +2,10 @@
 //! (spec/kms-huawei.md §2).
 //!
 //! One implementation serves both sides: the KMS client signs its requests with [`sign`], and the verifiers
-//! (`kms-mock`, and kps in `auth.mode = aksk`) check them with [`verify`]. Both work on a plain
-//! [`SignedRequest`] view (method, raw path, raw query, headers, body) so that neither an HTTP client nor a
-//! server framework leaks in here. Secret keys are only ever held as [`SecretString`] and only exposed to feed
-//! the HMAC; nothing here logs.
+//! (kps in `auth.mode = aksk`, and the `kms-mock` crate of this workspace) check them with [`verify`]. Both
+//! work on a plain [`SignedRequest`] view (method, raw path, raw query, headers, body) so that neither an HTTP
+//! client nor a server framework leaks in here. Secret keys are only ever held as [`SecretString`] and only
+//! exposed to feed the HMAC; nothing here logs.
 
 use hmac::{Hmac, Mac};
 use percent_encoding::{AsciiSet, NON_ALPHANUMERIC, percent_decode_str, utf8_percent_encode};

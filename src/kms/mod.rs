@@ -14,12 +14,12 @@
 //!   names only the operation, the attempt count and the upstream error code — never upstream text, URLs or
 //!   secrets.
 //!
-//! `mock` is the `kms-mock` server (a Huawei KMS v1.0 subset for development and tests).
+//! The `kms-mock` crate of this workspace stands in for Huawei KMS in development and tests; none of it is
+//! in this library.
 
 pub mod aws;
 mod cache;
 pub mod huawei;
-pub mod mock;
 pub mod stats;
 pub mod transport;
 

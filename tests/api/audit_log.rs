@@ -12,7 +12,7 @@ use serde_json::{Value, json};
 use sha2::{Digest, Sha256};
 
 use crate::binary::free_port;
-use crate::kms::{AK, ESCROW_ID, KmsMock, PROJECT, SK};
+use crate::kms::{AK, ESCROW_ID, KmsMock, SK};
 use crate::{ED25519_PRIVATE_KEY, ED25519_PUBLIC_KEY, RSA_PRIVATE_KEY, RSA_PUBLIC_KEY};
 
 const TOKEN: &str = "alice-S3CRET-token-0123456789";
@@ -85,12 +85,7 @@ fn custody_actions_are_audited_and_no_log_line_carries_a_secret() {
         .env("KPS_LOG_FORMAT", "json")
         .env("KPS_AUTH", "static")
         .env("KPS_AUTH_TOKENS_FILE", &tokens)
-        .env("KPS_KMS_PROVIDER", "huawei")
-        .env("KPS_KMS_ENDPOINT", &kms.endpoint)
-        .env("KPS_KMS_PROJECT_ID", PROJECT)
-        .env("KPS_KMS_REGION", "test")
-        .env("KPS_KMS_AK", AK)
-        .env("KPS_KMS_SK", SK)
+        .envs(kms.env())
         .env("KPS_KMS_CHECK_KEY", "kps-escrow")
         .stdout(Stdio::null())
         .stderr(std::fs::File::create(&stderr_path).expect("stderr file"))

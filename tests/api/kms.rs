@@ -4,15 +4,15 @@
 use std::collections::HashMap;
 use std::io::{BufRead, BufReader};
 use std::os::unix::fs::PermissionsExt;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
-use kps::config::KmsConfig;
+use kps::config::Config;
 use kps::custody::Aad;
 use kps::kms::huawei::HuaweiSettings;
 use kps::kms::{EncryptionContext, HuaweiKms, KeyRef, KmsClient, KmsError, Transport};
-use kps::signing::Credentials;
+use kps::signing::{self, Credentials, SignedRequest};
 use secrecy::SecretString;
 use serde_json::{Value, json};
 
@@ -28,6 +28,17 @@ fn record() -> EncryptionContext {
     Aad { project_id: "p".into(), user_id: "u".into(), name: "db-admin".into(), record_id: 1 }.encryption_context()
 }
 
+/// The `kms-mock` binary of this build. It is another package of the workspace, so Cargo gives these tests
+/// no `CARGO_BIN_EXE_kms-mock`: it sits next to their own `target/<profile>/deps/`, where `cargo test` at the
+/// workspace root puts it (kms-mock has integration tests of its own, so Cargo builds its binary first).
+pub fn kms_mock_bin() -> PathBuf {
+    let exe = std::env::current_exe().expect("the test executable's path");
+    let profile_dir = exe.parent().and_then(Path::parent).expect("the test executable is in target/<profile>/deps");
+    let bin = profile_dir.join("kms-mock");
+    assert!(bin.is_file(), "{} is missing: build it with cargo test at the workspace root", bin.display());
+    bin
+}
+
 /// A running `kms-mock` process with the keys it printed.
 pub struct KmsMock {
     child: Child,
@@ -37,24 +48,31 @@ pub struct KmsMock {
 }
 
 impl KmsMock {
-    /// Starts the binary on a free port (`--listen 127.0.0.1:0`), credentials from the environment, one
-    /// `--key` and a seed with a disabled and a pending-deletion key; reads its startup lines.
+    /// Starts the binary with `--key kps-escrow=ESCROW_ID`, `--key other` and a seed with a disabled and a
+    /// pending-deletion key.
     pub fn start() -> Self {
+        let seed = json!([
+            {"id": DISABLED_ID, "alias": "disabled-key", "state": "3", "spec": "AES_256"},
+            {"id": DOOMED_ID, "alias": "doomed-key", "state": "4", "spec": "AES_256"}
+        ]);
+        Self::start_with(&[format!("kps-escrow={ESCROW_ID}"), "other".into()], Some(&seed))
+    }
+
+    /// Starts the binary on a free port (`--listen 127.0.0.1:0`), credentials from the environment, a
+    /// `--key` per entry of `keys` (`ALIAS[=UUID]`) and `seed` as its seed file; reads its startup lines.
+    pub fn start_with(keys: &[String], seed: Option<&Value>) -> Self {
         let dir = tempfile::tempdir().expect("tempdir");
-        let seed = dir.path().join("seed.json");
-        std::fs::write(
-            &seed,
-            json!([
-                {"id": DISABLED_ID, "alias": "disabled-key", "state": "3", "spec": "AES_256"},
-                {"id": DOOMED_ID, "alias": "doomed-key", "state": "4", "spec": "AES_256"}
-            ])
-            .to_string(),
-        )
-        .expect("seed");
-        let mut child = Command::new(env!("CARGO_BIN_EXE_kms-mock"))
-            .args(["--listen", "127.0.0.1:0", "--key", &format!("kps-escrow={ESCROW_ID}"), "--key", "other"])
-            .arg("--seed")
-            .arg(&seed)
+        let mut command = Command::new(kms_mock_bin());
+        command.args(["--listen", "127.0.0.1:0"]);
+        for key in keys {
+            command.args(["--key", key]);
+        }
+        if let Some(seed) = seed {
+            let path = dir.path().join("seed.json");
+            std::fs::write(&path, seed.to_string()).expect("seed");
+            command.arg("--seed").arg(&path);
+        }
+        let mut child = command
             .env("KMS_MOCK_AK", AK)
             .env("KMS_MOCK_SK", SK)
             .env_remove("KMS_MOCK_STATE")
@@ -81,40 +99,86 @@ impl KmsMock {
         Self { child, endpoint, keys, _dir: dir }
     }
 
-    fn client(&self, sk: &str, transport: Transport) -> KmsClient {
-        KmsClient::Huawei(
-            HuaweiKms::new(HuaweiSettings {
-                endpoint: Some(self.endpoint.clone()),
-                region: None,
-                project_id: PROJECT.to_owned(),
-                credentials: Credentials::new(AK, SecretString::from(sk)),
-                transport,
-            })
-            .expect("client"),
-        )
-    }
-
-    /// The client exactly as kps builds it from `kms.*` (default transport).
-    fn configured_client(&self, sk_file: &Path) -> KmsClient {
-        let config = KmsConfig {
-            provider: Some("huawei".into()),
+    /// A Huawei client of this mock signing with `sk`.
+    pub fn huawei(&self, sk: &str, transport: Transport) -> HuaweiKms {
+        HuaweiKms::new(HuaweiSettings {
             endpoint: Some(self.endpoint.clone()),
-            project_id: Some(PROJECT.into()),
-            ak: Some(AK.into()),
-            sk_file: Some(sk_file.to_owned()),
-            ..KmsConfig::default()
-        };
-        kps::kms::from_config(&config, false).expect("valid config").expect("a provider is configured")
+            region: None,
+            project_id: PROJECT.to_owned(),
+            credentials: Credentials::new(AK, SecretString::from(sk)),
+            transport,
+        })
+        .expect("client")
     }
 
-    /// Points `config` at this mock as its Huawei KMS (the credentials as values).
-    pub fn configure(&self, config: &mut kps::config::Config) {
+    fn client(&self, sk: &str, transport: Transport) -> KmsClient {
+        KmsClient::Huawei(self.huawei(sk, transport))
+    }
+
+    /// The client exactly as kps builds it from `kms.*` (default transport), the SK read from `sk_file`.
+    fn configured_client(&self, sk_file: &Path) -> KmsClient {
+        let mut config = Config::default();
+        self.configure(&mut config);
+        config.kms.sk = None;
+        config.kms.sk_file = Some(sk_file.to_owned());
+        kps::kms::from_config(&config.kms, false).expect("valid config").expect("a provider is configured")
+    }
+
+    /// The `kms.*` settings that make this mock kps's Huawei KMS (the credentials as values), as the
+    /// `KPS_KMS_*` environment of a `kps` process. [`KmsMock::configure`] is the same for kps in-process.
+    pub fn env(&self) -> [(&'static str, String); 6] {
+        [
+            ("KPS_KMS_PROVIDER", "huawei".into()),
+            ("KPS_KMS_ENDPOINT", self.endpoint.clone()),
+            ("KPS_KMS_PROJECT_ID", PROJECT.into()),
+            ("KPS_KMS_REGION", "test".into()),
+            ("KPS_KMS_AK", AK.into()),
+            ("KPS_KMS_SK", SK.into()),
+        ]
+    }
+
+    /// Points `config` at this mock as its Huawei KMS: the settings of [`KmsMock::env`].
+    pub fn configure(&self, config: &mut Config) {
         config.kms.provider = Some("huawei".into());
         config.kms.endpoint = Some(self.endpoint.clone());
         config.kms.project_id = Some(PROJECT.into());
         config.kms.region = Some("test".into());
         config.kms.ak = Some(AK.into());
         config.kms.sk = Some(SK.into());
+    }
+
+    /// A raw signed call, as an operator's tooling would make it; the call must succeed.
+    pub async fn call(&self, action: &str, body: &Value) -> Value {
+        let path = format!("/v1.0/{PROJECT}/kms/{action}");
+        let body = body.to_string();
+        let host = self.endpoint.trim_start_matches("http://").to_owned();
+        let headers = [("Content-Type".to_owned(), "application/json".to_owned()), ("Host".to_owned(), host)];
+        let request =
+            SignedRequest { method: "POST", path: &path, query: "", headers: &headers, body: body.as_bytes() };
+        let credentials = Credentials::new(AK, SecretString::from(SK));
+        let signature = signing::sign(&request, &credentials, time::OffsetDateTime::now_utc());
+        reqwest::Client::new()
+            .post(format!("{}{path}", self.endpoint))
+            .header("Content-Type", "application/json")
+            .header(signing::DATE_HEADER, signature.sdk_date)
+            .header("Authorization", signature.authorization)
+            .body(body)
+            .send()
+            .await
+            .and_then(reqwest::Response::error_for_status)
+            .expect("mock call")
+            .json()
+            .await
+            .expect("json")
+    }
+
+    /// Puts a key in `state` through the lifecycle calls: `3` (disabled) or `4` (pending deletion).
+    pub async fn set_key_state(&self, key_id: &str, state: &str) {
+        match state {
+            "3" => self.call("disable-key", &json!({"key_id": key_id})).await,
+            "4" => self.call("schedule-key-deletion", &json!({"key_id": key_id, "pending_days": "7"})).await,
+            other => panic!("no lifecycle call leads to state {other}"),
+        };
     }
 
     pub async fn fault(&self, fault: Value) {

@@ -6,10 +6,6 @@ use serde_json::{Value, json};
 use crate::kms::{DISABLED_ID, ESCROW_ID, KmsMock};
 use crate::{ED25519_PRIVATE_KEY, ED25519_PUBLIC_KEY, Kps};
 
-fn kps_with(kms: &KmsMock) -> Kps {
-    Kps::with_config(|c| kms.configure(c))
-}
-
 async fn v3(kps: &Kps, method: &str, path: &str, body: Option<&Value>) -> crate::Answer {
     let text = body.map(Value::to_string);
     kps.call(method, path, &[("x-auth-token", "u:p"), ("content-type", "application/json")], text.as_deref()).await
@@ -23,7 +19,7 @@ fn escrow(name: &str, encryption: Value) -> Value {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn kms_escrow_round_trips_with_one_data_key_call_per_seal() {
     let kms = KmsMock::start();
-    let kps = kps_with(&kms);
+    let kps = Kps::with_kms_mock(&kms);
     let by_alias = json!({"type": "kms", "kms_key_name": "kps-escrow"});
     for i in 0..3 {
         let answer = v3(&kps, "POST", "/v3/p/keypairs", Some(&escrow(&format!("k{i}"), by_alias.clone()))).await;
@@ -52,7 +48,7 @@ async fn kms_escrow_round_trips_with_one_data_key_call_per_seal() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn kms_problems_are_catalogue_errors_and_store_nothing() {
     let kms = KmsMock::start();
-    let kps = kps_with(&kms);
+    let kps = Kps::with_kms_mock(&kms);
     let unknown =
         v3(&kps, "POST", "/v3/p/keypairs", Some(&escrow("a", json!({"type": "kms", "kms_key_name": "nope"})))).await;
     unknown.assert_error(400, "KPS.1802", "KMS key nope not found");
@@ -83,7 +79,7 @@ async fn kms_problems_are_catalogue_errors_and_store_nothing() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn export_fails_cleanly_while_the_kms_is_down() {
     let kms = KmsMock::start();
-    let kps = kps_with(&kms);
+    let kps = Kps::with_kms_mock(&kms);
     let created =
         v3(&kps, "POST", "/v3/p/keypairs", Some(&escrow("k", json!({"type": "kms", "kms_key_name": "kps-escrow"}))))
             .await;
@@ -100,7 +96,7 @@ async fn export_fails_cleanly_while_the_kms_is_down() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn concurrent_and_repeated_resolves_do_not_multiply_kms_calls() {
     let kms = KmsMock::start();
-    let kps = kps_with(&kms);
+    let kps = Kps::with_kms_mock(&kms);
     // Slow the first answers so that every create overlaps the first one's resolution.
     kms.fault(json!({"delay_ms": 200, "count": 1})).await;
     let by_alias = json!({"type": "kms", "kms_key_name": "kps-escrow"});
@@ -125,7 +121,7 @@ async fn concurrent_and_repeated_resolves_do_not_multiply_kms_calls() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_empty_kms_answer_is_503_1801_not_a_missing_key() {
     let kms = KmsMock::start();
-    let kps = kps_with(&kms);
+    let kps = Kps::with_kms_mock(&kms);
     kms.fault(json!({"answer": {}, "count": 1})).await;
     let by_alias = json!({"type": "kms", "kms_key_name": "kps-escrow"});
     let answer = v3(&kps, "POST", "/v3/p/keypairs", Some(&escrow("k", by_alias.clone()))).await;

@@ -15,6 +15,7 @@ mod full_disk;
 mod keypairs;
 mod kms;
 mod kms_custody;
+mod kms_huawei;
 mod layering;
 mod limits;
 mod master_keyring;
@@ -110,6 +111,11 @@ impl Kps {
         let store = kps::store::sled::SledStore::open(&dir.path().join("db")).expect("store");
         let state = Arc::new(kps::state(&config, Arc::new(store)).expect("state"));
         Self { router: kps::app(Arc::clone(&state)), admin_router: kps::admin_app(state), dir }
+    }
+
+    /// A kps application whose KMS is `kms` (its Huawei provider, `KmsMock::configure`).
+    pub fn with_kms_mock(kms: &kms::KmsMock) -> Self {
+        Self::with_config(|c| kms.configure(c))
     }
 
     pub async fn call(&self, method: &str, path: &str, headers: &[(&str, &str)], body: Option<&str>) -> Answer {

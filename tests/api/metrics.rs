@@ -73,9 +73,7 @@ async fn metrics_need_no_token_and_are_not_an_api_path() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn custody_actions_and_kms_calls_are_counted() {
     let kms = KmsMock::start();
-    let kps = Kps::with_config(|c| {
-        kms.configure(c);
-    });
+    let kps = Kps::with_kms_mock(&kms);
     let headers = [("x-auth-token", "u:p"), ("content-type", "application/json")];
     let escrow = |name: &str, encryption: serde_json::Value| {
         json!({"keypair": {"name": name, "public_key": ED25519_PUBLIC_KEY.trim_end(),

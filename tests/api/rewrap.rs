@@ -146,9 +146,7 @@ fn records_sealed_in_format_1_still_export_and_rewrap_moves_them_to_format_2() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn rewrap_onto_a_kms_key_and_back() {
     let kms = KmsMock::start();
-    let kps = Kps::with_config(|c| {
-        kms.configure(c);
-    });
+    let kps = Kps::with_kms_mock(&kms);
     let create = kps
         .nova(
             "POST",

@@ -1,30 +1,97 @@
-//! `kms-mock` over raw HTTP: authentication, Huawei error shapes, key lifecycle, data-key validation,
-//! paging and the state file.
+//! The `kms-mock` binary over raw HTTP: authentication, Huawei error shapes, key lifecycle, data-key
+//! validation, paging, faults, the state file and seeds. Each test starts the binary built by this run on
+//! 127.0.0.1:0 (which is also why `cargo test` at the workspace root builds `target/<profile>/kms-mock`
+//! before kps's own integration tests, which start it too).
 
+use std::ffi::OsStr;
+use std::io::{BufRead, BufReader};
+use std::process::{Child, Command, Stdio};
+
+use kps::kms::is_key_id;
+use kps::signing::{self, Credentials, SignedRequest};
+use secrecy::SecretString;
 use serde_json::{Value, json};
+use sha2::{Digest, Sha256};
 
-use super::*;
-use crate::signing::Credentials;
-
-const PROJECT: &str = DEFAULT_PROJECT_ID;
+/// The project the mock serves unless `--project-id` says otherwise.
+const PROJECT: &str = "0a1b2c3d4e5f60718293a4b5c6d7e8f9";
 const AK: &str = "MOCKAK";
 const SK: &str = "mock-secret";
 const KEY_ID: &str = "3c1d5a0e-8f6b-4e52-9d7a-21f0c4b8e6a1";
 
-async fn start(config: MockConfig) -> MockServer {
-    MockServer::start("127.0.0.1:0", config).await.expect("mock starts")
+/// A running `kms-mock` process with the keys it printed at start, in creation order.
+struct Mock {
+    child: Child,
+    addr: String,
+    keys: Vec<(String, String)>,
 }
 
-async fn signed_mock() -> MockServer {
-    let mut config = MockConfig::new(PROJECT, Some((AK, SK)));
-    config.keys = vec![format!("kps-escrow={KEY_ID}")];
-    config.token = Some(SecretString::from("TOKEN"));
-    start(config).await
+impl Mock {
+    /// Starts the binary with `args` on a free port and reads its startup lines; no `KMS_MOCK_*` variable of
+    /// the caller's environment leaks in.
+    fn start(args: impl IntoIterator<Item = impl AsRef<OsStr>>) -> Self {
+        let mut command = Command::new(env!("CARGO_BIN_EXE_kms-mock"));
+        command.args(["--listen", "127.0.0.1:0"]).args(args).stdout(Stdio::piped()).stderr(Stdio::null());
+        for name in ["LISTEN", "PROJECT_ID", "AK", "SK", "TOKEN", "SEED", "STATE"] {
+            command.env_remove(format!("KMS_MOCK_{name}"));
+        }
+        let mut child = command.spawn().expect("spawn kms-mock");
+        let stdout = child.stdout.take().expect("stdout");
+        let mut keys = Vec::new();
+        for line in BufReader::new(stdout).lines() {
+            let line = line.expect("line");
+            if let Some(addr) = line.strip_prefix("listening on ") {
+                return Self { child, addr: addr.to_owned(), keys };
+            }
+            let parts: Vec<&str> = line.split(' ').collect();
+            assert!(parts.len() == 3 && parts[0] == "key", "unexpected startup line {line:?}");
+            keys.push((parts[1].to_owned(), parts[2].to_owned()));
+        }
+        panic!("kms-mock exited before printing its address: {:?}", child.wait());
+    }
+
+    fn endpoint(&self) -> String {
+        format!("http://{}", self.addr)
+    }
+
+    /// (alias, key id) of the keys present at start, in creation order.
+    fn keys(&self) -> &[(String, String)] {
+        &self.keys
+    }
+
+    /// POST /_mock/fault: the next calls answer `fault` (§5.4).
+    async fn inject_fault(&self, fault: Value) {
+        reqwest::Client::new()
+            .post(format!("{}/_mock/fault", self.endpoint()))
+            .json(&fault)
+            .send()
+            .await
+            .and_then(reqwest::Response::error_for_status)
+            .expect("fault set");
+    }
+
+    /// SIGTERM (the graceful stop), then the exit.
+    fn shutdown(mut self) {
+        let pid = self.child.id().to_string();
+        Command::new("kill").args(["-TERM", &pid]).status().expect("kill");
+        self.child.wait().expect("wait");
+    }
+}
+
+impl Drop for Mock {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn signed_mock() -> Mock {
+    Mock::start(["--ak", AK, "--sk", SK, "--token", "TOKEN", "--key", &format!("kps-escrow={KEY_ID}")])
 }
 
 /// A raw request: `sign` = Some(sk) signs with AK and that SK; extra headers are added after signing.
 async fn request(
-    mock: &MockServer,
+    mock: &Mock,
     method: &str,
     path: &str,
     body: &[u8],
@@ -32,7 +99,7 @@ async fn request(
     extra: &[(&str, &str)],
 ) -> (u16, Value) {
     let url = format!("{}{path}", mock.endpoint());
-    let host = mock.addr().to_string();
+    let host = mock.addr.clone();
     let headers = vec![("Content-Type".to_owned(), "application/json".to_owned()), ("Host".to_owned(), host)];
     let mut builder = reqwest::Client::new()
         .request(method.parse().expect("method"), &url)
@@ -53,7 +120,7 @@ async fn request(
     (status, serde_json::from_slice(&bytes).unwrap_or(Value::Null))
 }
 
-async fn call(mock: &MockServer, action: &str, body: &Value) -> (u16, Value) {
+async fn call(mock: &Mock, action: &str, body: &Value) -> (u16, Value) {
     let path = format!("/v1.0/{PROJECT}/kms/{action}");
     request(mock, "POST", &path, body.to_string().as_bytes(), Some(SK), &[]).await
 }
@@ -64,7 +131,7 @@ fn code(answer: &(u16, Value)) -> (u16, &str) {
 
 #[tokio::test]
 async fn authentication_errors_use_the_kms_codes() {
-    let mock = signed_mock().await;
+    let mock = signed_mock();
     let path = format!("/v1.0/{PROJECT}/kms/list-keys");
     let body = b"{}";
     assert_eq!(code(&request(&mock, "POST", &path, body, None, &[]).await), (401, "KMS.0301"));
@@ -86,12 +153,12 @@ async fn authentication_errors_use_the_kms_codes() {
 /// another, and an `X-Sdk-Content-Sha256` that is not the body's hash is KMS.0302.
 #[tokio::test]
 async fn a_captured_signature_does_not_carry_another_body() {
-    let mock = signed_mock().await;
+    let mock = signed_mock();
     let path = format!("/v1.0/{PROJECT}/kms/create-datakey");
     let captured_body = json!({"key_id": KEY_ID, "datakey_length": "256"}).to_string();
     let captured_hash = hex::encode(Sha256::digest(captured_body.as_bytes()));
     let headers =
-        vec![("Content-Type".to_owned(), "application/json".to_owned()), ("Host".to_owned(), mock.addr().to_string())];
+        vec![("Content-Type".to_owned(), "application/json".to_owned()), ("Host".to_owned(), mock.addr.clone())];
     let request =
         SignedRequest { method: "POST", path: &path, query: "", headers: &headers, body: captured_body.as_bytes() };
     let signature =
@@ -123,7 +190,8 @@ async fn a_captured_signature_does_not_carry_another_body() {
 
 #[tokio::test]
 async fn without_credentials_signatures_are_not_checked() {
-    let mock = start(MockConfig::new(PROJECT, None)).await;
+    let no_credentials: [&str; 0] = [];
+    let mock = Mock::start(no_credentials);
     let path = format!("/v1.0/{PROJECT}/kms/list-keys");
     assert_eq!(request(&mock, "POST", &path, b"{}", None, &[]).await.0, 200);
     assert_eq!(request(&mock, "POST", &path, b"{}", Some("anything"), &[]).await.0, 200);
@@ -131,7 +199,7 @@ async fn without_credentials_signatures_are_not_checked() {
 
 #[tokio::test]
 async fn request_errors_have_the_huawei_shape() {
-    let mock = signed_mock().await;
+    let mock = signed_mock();
     let other_project = "/v1.0/ffffffffffffffffffffffffffffffff/kms/list-keys";
     assert_eq!(code(&request(&mock, "POST", other_project, b"{}", Some(SK), &[]).await), (403, "KMS.0306"));
     let unknown = format!("/v1.0/{PROJECT}/kms/no-such-action");
@@ -154,7 +222,7 @@ async fn request_errors_have_the_huawei_shape() {
 
 #[tokio::test]
 async fn key_lifecycle_follows_the_state_rules() {
-    let mock = signed_mock().await;
+    let mock = signed_mock();
     let created = call(&mock, "create-key", &json!({"key_alias": "new-key", "key_description": "d"})).await;
     assert_eq!(created.0, 200);
     let id = created.1["key_info"]["key_id"].as_str().expect("id").to_owned();
@@ -181,7 +249,7 @@ async fn key_lifecycle_follows_the_state_rules() {
 
 #[tokio::test]
 async fn data_key_lengths_follow_section_4() {
-    let mock = signed_mock().await;
+    let mock = signed_mock();
     let created = call(&mock, "create-datakey", &json!({"key_id": KEY_ID, "datakey_length": "128"})).await;
     assert_eq!(created.1["plain_text"].as_str().map(str::len), Some(32), "128 bits = 16 bytes = 32 hex");
     let by_spec = call(&mock, "create-datakey", &json!({"key_id": KEY_ID, "key_spec": "AES_128"})).await;
@@ -235,7 +303,7 @@ async fn data_key_lengths_follow_section_4() {
 
 #[tokio::test]
 async fn additional_authenticated_data_must_match() {
-    let mock = signed_mock().await;
+    let mock = signed_mock();
     let created =
         call(&mock, "create-datakey", &json!({"key_id": KEY_ID, "additional_authenticated_data": "ctx"})).await;
     let open = |aad: &str| {
@@ -248,9 +316,9 @@ async fn additional_authenticated_data_must_match() {
 
 #[tokio::test]
 async fn list_keys_pages_by_offset_markers() {
-    let mut config = MockConfig::new(PROJECT, Some((AK, SK)));
-    config.keys = (0..5).map(|i| format!("k{i}")).collect();
-    let mock = start(config).await;
+    let mut args = vec!["--ak".to_owned(), AK.to_owned(), "--sk".to_owned(), SK.to_owned()];
+    args.extend((0..5).flat_map(|i| ["--key".to_owned(), format!("k{i}")]));
+    let mock = Mock::start(&args);
     let first = call(&mock, "list-keys", &json!({"limit": "2"})).await.1;
     assert_eq!(
         (first["truncated"].as_str(), first["next_marker"].as_str(), first["total"].as_u64()),
@@ -266,8 +334,8 @@ async fn list_keys_pages_by_offset_markers() {
 
 #[tokio::test]
 async fn faults_answer_the_next_calls_then_clear() {
-    let mock = signed_mock().await;
-    mock.inject_fault(Fault { status: Some(503), count: 1, ..Fault::default() });
+    let mock = signed_mock();
+    mock.inject_fault(json!({"status": 503, "count": 1})).await;
     let answer = call(&mock, "list-keys", &json!({})).await;
     assert_eq!(code(&answer), (503, "KMS.0101"));
     assert_eq!(answer.1["error"]["error_msg"], "injected fault");
@@ -295,20 +363,19 @@ async fn faults_answer_the_next_calls_then_clear() {
 async fn the_state_file_keeps_keys_and_material_across_restarts() {
     let dir = tempfile::tempdir().expect("tempdir");
     let state = dir.path().join("kms-state.json");
-    let mut config = MockConfig::new(PROJECT, Some((AK, SK)));
-    config.state_file = Some(state.clone());
-    config.keys = vec![format!("kps-escrow={KEY_ID}")];
-    let mock = start(config.clone()).await;
+    let key = format!("kps-escrow={KEY_ID}");
+    let args = ["--ak", AK, "--sk", SK, "--key", &key, "--state", state.to_str().expect("UTF-8 path")];
+    let mock = Mock::start(args);
     let created = call(&mock, "create-datakey", &json!({"key_id": KEY_ID})).await.1;
     call(&mock, "create-key", &json!({"key_alias": "second"})).await;
-    mock.shutdown().await;
+    mock.shutdown();
     {
         use std::os::unix::fs::PermissionsExt;
         let mode = std::fs::metadata(&state).expect("state file").permissions().mode() & 0o777;
         assert_eq!(mode, 0o600);
     }
 
-    let mock = start(config).await;
+    let mock = Mock::start(args);
     let aliases: Vec<&str> = mock.keys().iter().map(|(alias, _)| alias.as_str()).collect();
     assert_eq!(aliases, ["kps-escrow", "second"], "--key does not duplicate a key from the state file");
     let opened = call(
@@ -334,18 +401,9 @@ async fn seeds_pre_create_keys_in_any_state() {
         .to_string(),
     )
     .expect("seed");
-    let mut config = MockConfig::new(PROJECT, None);
-    config.seed = Some(seed);
-    let mock = start(config).await;
+    let mock = Mock::start([OsStr::new("--seed"), seed.as_os_str()]);
     assert_eq!(mock.keys().len(), 2);
     let listed = call(&mock, "list-keys", &json!({"key_spec": "ALL"})).await.1;
     assert_eq!(listed["key_details"][0]["key_state"], "3");
     assert_eq!(listed["key_details"][1]["key_state"], "4");
-}
-
-#[test]
-fn malformed_key_arguments_are_refused() {
-    let mut config = MockConfig::new(PROJECT, None);
-    config.keys = vec!["alias=NOT-A-UUID".into()];
-    assert!(matches!(initial_keys(&config), Err(MockError::Config(_))));
 }
