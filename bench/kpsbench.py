@@ -37,6 +37,9 @@ OPENSSL_CMD = ["openssl", "genpkey", "-algorithm", "RSA", "-pkeyopt", "rsa_keyge
 RATIO_TARGETS = [("show", 0.50), ("list50", 0.25)]
 # Reported next to them, not targets: the list page cache's miss path (every request a new page).
 RATIO_INFO = [("list50-uncached", 0.25)]
+# Issue 13: each workload on PostgreSQL (`<name>-pg`) against the same on sled, at 64 connections.
+PG_TARGETS = [("show", 0.25), ("list50", 0.25), ("import", 0.25)]
+PG_INFO = [("list50-uncached", 0.25)]
 
 
 def percentile(sorted_values, pct):
@@ -308,6 +311,20 @@ def report(path):
             else:
                 verdict = "(info: target is at 64 conns)"
             out.append(f"| {name} / trivial req/s, {conns} conns | {ratio:.1%} | ≥ {goal:.0%} | {verdict} |")
+    for conns in (64, 1, 4):
+        for name, goal in PG_TARGETS + PG_INFO:
+            sled, pg = by.get((name, conns)), by.get((name + "-pg", conns))
+            if not sled or not pg:
+                continue
+            ratio = pg["rps"] / sled["rps"] if sled["rps"] else 0.0
+            if (name, goal) in PG_INFO:
+                verdict = "(info: cache-miss path, not a target)"
+            elif conns == 64:
+                verdict = "PASS" if ratio >= goal else "FAIL"
+                verdicts.append(verdict)
+            else:
+                verdict = "(info: target is at 64 conns)"
+            out.append(f"| {name} postgres / sled req/s, {conns} conns | {ratio:.1%} | ≥ {goal:.0%} | {verdict} |")
     openssl_row = next((r for r in rows if r.get("kind") == "openssl"), None)
     for r in rows:
         if r.get("name", "").startswith("create") and r.get("conns") == 1 and openssl_row:

@@ -5,10 +5,20 @@
 # with the ratio / latency targets and PASS/FAIL, writes everything raw under bench/out/<timestamp>/,
 # and stops the servers it started.
 #
-# Needs: cargo, wrk (apt-get install -y wrk), python3 (standard library only), openssl.
+# With PostgreSQL (BENCH_STORES contains `postgres`) it then starts a local PostgreSQL server of its own
+# (initdb into a temp dir, as the `postgres` user when run as root; 127.0.0.1 on a free port; fsync and
+# synchronous_commit on, as sled syncs every commit) and a kps on it (`store.backend = "postgres"`), runs the
+# same show, list 50 and import workloads against it (named `show-pg`, `list50-pg`, `import-pg`) and reports
+# each PostgreSQL figure against sled's (goal: at least 25 %), then stops both.
+#
+# Needs: cargo, wrk (apt-get install -y wrk), python3 (standard library only), openssl; for postgres the
+# server binaries (apt-get install -y postgresql: found in /usr/lib/postgresql/*/bin or on PATH).
 # Knobs (environment): BENCH_DURATION (10s), BENCH_WARMUP (2s), BENCH_CREATES (50), BENCH_CREATES_64 (128),
 # BENCH_OPENSSL_RUNS (50), BENCH_RSA_RUNS (20), BENCH_SEED_KEYS (60), BENCH_WRK_THREADS_64 (2),
-# BENCH_SKIP_BUILD (unset), BENCH_OUT (bench/out).
+# BENCH_SKIP_BUILD (unset), BENCH_BIN_DIR (target/release; e.g. target/debug with BENCH_SKIP_BUILD=1 for a
+# quick smoke run of the script itself, whose figures mean nothing), BENCH_OUT (bench/out),
+# BENCH_STORES ("sled postgres" when PostgreSQL's binaries are found, else "sled"; "sled" skips PostgreSQL,
+# and naming postgres without its binaries is a setup error), BENCH_PG_BIN (the PostgreSQL bin directory).
 # Exit status: 0 when every target passes, 1 when one fails, 2 on a setup error.
 set -euo pipefail
 
@@ -37,12 +47,59 @@ for tool in cargo wrk python3 openssl; do
   command -v "$tool" >/dev/null || { echo "run.sh: $tool not found (wrk: apt-get install -y wrk)" >&2; exit 2; }
 done
 
+# PostgreSQL's server binaries: Debian keeps them out of PATH, in /usr/lib/postgresql/<major>/bin.
+PG_BIN=${BENCH_PG_BIN:-}
+if [[ -z $PG_BIN ]]; then
+  PG_BIN=$(ls -d /usr/lib/postgresql/*/bin 2>/dev/null | sort -V | tail -1)
+  [[ -z $PG_BIN ]] && command -v initdb >/dev/null && PG_BIN=$(dirname "$(command -v initdb)")
+fi
+if [[ -n $PG_BIN && -x $PG_BIN/initdb && -x $PG_BIN/pg_ctl ]]; then
+  STORES=${BENCH_STORES:-sled postgres}
+else
+  STORES=${BENCH_STORES:-sled}
+  if [[ $STORES == *postgres* ]]; then
+    echo "run.sh: BENCH_STORES names postgres, but initdb/pg_ctl were not found (apt-get install -y postgresql)" >&2
+    exit 2
+  fi
+fi
+
 mkdir -p "$OUT"
 ln -sfn "$STAMP" "$(dirname "$OUT")/latest"
 TMP=$(mktemp -d /tmp/kps-bench.XXXXXX)
 PIDS=()
+PG_ROOT=
 
 log() { printf '[%s] %s\n' "$(date +%H:%M:%S)" "$*" | tee -a "$OUT/run.log" >&2; }
+
+# Runs a PostgreSQL command as the `postgres` user when we are root (initdb refuses root), else as ourselves.
+as_pg() {
+  if [[ $(id -u) == 0 ]]; then runuser -u postgres -- "$@"; else "$@"; fi
+}
+
+# A PostgreSQL server of our own in a temp dir, on 127.0.0.1:<free port>, database `kps`: sets PG_URL.
+start_postgres() {
+  local port
+  port=$($PY free-port)
+  PG_ROOT=$(mktemp -d /tmp/kps-bench-pg.XXXXXX)
+  chmod 0755 "$PG_ROOT"
+  [[ $(id -u) == 0 ]] && chown postgres: "$PG_ROOT"
+  as_pg "$PG_BIN/initdb" -D "$PG_ROOT/data" -U postgres -A trust -E UTF8 --no-sync >"$OUT/postgres.initdb.log" 2>&1 \
+    || { cat "$OUT/postgres.initdb.log" >&2; exit 2; }
+  as_pg "$PG_BIN/pg_ctl" -D "$PG_ROOT/data" -l "$PG_ROOT/server.log" -w -t 60 \
+    -o "-c listen_addresses=127.0.0.1 -c port=$port -c unix_socket_directories=$PG_ROOT -c fsync=on -c synchronous_commit=on -c max_connections=200" \
+    start >/dev/null || { cat "$PG_ROOT/server.log" >&2; exit 2; }
+  as_pg "$PG_BIN/createdb" -h 127.0.0.1 -p "$port" -U postgres kps || exit 2
+  PG_URL=postgresql://postgres@127.0.0.1:$port/kps
+  log "postgresql $("$PG_BIN/postgres" --version | awk '{print $NF}') on 127.0.0.1:$port ($PG_ROOT)"
+}
+
+stop_postgres() {
+  [[ -n $PG_ROOT && -d $PG_ROOT ]] || return 0
+  as_pg "$PG_BIN/pg_ctl" -D "$PG_ROOT/data" -m fast -w stop >/dev/null 2>&1 || true
+  cp "$PG_ROOT/server.log" "$OUT/postgres.server.log" 2>/dev/null || true
+  rm -rf "$PG_ROOT"
+  PG_ROOT=
+}
 
 stop_server() { # PID
   local pid=$1
@@ -56,6 +113,7 @@ stop_server() { # PID
 
 cleanup() {
   for pid in "${PIDS[@]}"; do stop_server "$pid"; done
+  stop_postgres
   rm -rf "$TMP"
 }
 trap cleanup EXIT
@@ -68,9 +126,10 @@ if [[ -z ${BENCH_SKIP_BUILD:-} ]]; then
   log "building: cargo build --release --bin kps --examples"
   cargo build --release --bin kps --examples >"$OUT/build.log" 2>&1 || { tail -20 "$OUT/build.log" >&2; exit 2; }
 fi
-KPS=$ROOT/target/release/kps
-TRIVIAL=$ROOT/target/release/examples/trivial_axum
-RSA_TIMING=$ROOT/target/release/examples/rsa_keygen_timing
+BIN_DIR=${BENCH_BIN_DIR:-$ROOT/target/release}
+KPS=$BIN_DIR/kps
+TRIVIAL=$BIN_DIR/examples/trivial_axum
+RSA_TIMING=$BIN_DIR/examples/rsa_keygen_timing
 for bin in "$KPS" "$TRIVIAL" "$RSA_TIMING"; do
   [[ -x $bin ]] || { echo "run.sh: $bin was not built" >&2; exit 2; }
 done
@@ -101,11 +160,14 @@ log "rsa 0.9 RsaPrivateKey::new(2048) x $RSA_RUNS (examples/rsa_keygen_timing)"
 $PY rsa-result "$OUT/rsa_keygen_timing.txt" >>"$RESULTS"
 
 # --- servers ----------------------------------------------------------------------------------------
-start_kps() { # NAME POOL_SIZE [DATA_DIR] -> sets KPS_PID, KPS_URL
+# The store of the kps servers started next: empty for sled, the KPS_STORE_* / keyring variables for postgres.
+KPS_STORE_ENV=()
+start_kps() { # NAME POOL_SIZE [DATA_DIR] -> sets KPS_PID, KPS_URL (and KPS_NAME, KPS_POOL for check_kps)
   local name=$1 pool=$2 data=${3:-$TMP/$1-data} port
+  KPS_NAME=$name KPS_POOL=$pool
   port=$($PY free-port)
   printf '[keygen]\nrsa_pool_size = %s\n' "$pool" >"$TMP/$name.toml"
-  KPS_LOG=warn KPS_QUOTA_KEY_PAIRS=-1 "$KPS" serve --config "$TMP/$name.toml" \
+  env "${KPS_STORE_ENV[@]}" KPS_LOG=warn KPS_QUOTA_KEY_PAIRS=-1 "$KPS" serve --config "$TMP/$name.toml" \
     --listen "127.0.0.1:$port" --data-dir "$data" >>"$OUT/$name.server.log" 2>&1 &
   KPS_PID=$!
   PIDS+=("$KPS_PID")
@@ -158,7 +220,7 @@ run_wrk() { # NAME SERVER CONNS URL SCRIPT [env...]
   env "$@" BENCH_PHASE=m wrk -t"$threads" -c"$conns" -d"$DURATION" --timeout 30s --latency \
     -s "$BENCH_DIR/lua/$script" "$url" >"$raw" 2>&1
   HUNG=false
-  if [[ $server == kps* ]]; then check_kps kps-pool16 16; fi
+  if [[ $server == kps* ]]; then check_kps "$KPS_NAME" "$KPS_POOL"; fi
   $PY wrk-result "$name" "$server" "$conns" "$raw" "$HUNG" >>"$RESULTS"
   log "$name c=$conns: $(grep '^RESULT' "$raw" | cut -d' ' -f2-)$([[ $HUNG == true ]] && echo ' SERVER HUNG')"
   KPS_A=$KPS_URL KPS_A_PID=$KPS_PID
@@ -218,6 +280,35 @@ run_create create-pool0 "kps (rsa_pool_size = 0)" 0 1 "$CREATES"
 run_create create-pool0 "kps (rsa_pool_size = 0)" 0 64 "$CREATES_64"
 stop_server "$KPS_PID"
 stop_server "$TRIVIAL_PID"
+
+# --- the same workloads on PostgreSQL ----------------------------------------------------------------
+if [[ $STORES == *postgres* ]]; then
+  start_postgres
+  # kps on PostgreSQL never creates a keyring: it is given one, as every replica would be.
+  KPS_MASTER_KEY_FILE=$TMP/pg-master.key "$KPS" master-key generate --data-dir "$TMP/pg-keyring-unused" \
+    >/dev/null || exit 2
+  KPS_STORE_ENV=(KPS_STORE_BACKEND=postgres "KPS_STORE_POSTGRES_URL=$PG_URL" "KPS_MASTER_KEY_FILE=$TMP/pg-master.key")
+  start_kps kps-pg 16
+  KPS_A=$KPS_URL KPS_A_PID=$KPS_PID
+  log "seeding $SEED_KEYS Ed25519 keys and show-rsa on postgres"
+  PG_SHOW_BYTES=$($PY seed "$KPS_A" "$TOKEN_READ" "$SEED_KEYS" seed)
+  log "show response body on postgres: $PG_SHOW_BYTES bytes (sled: $SHOW_BYTES)"
+  log "idle after $($PY wait-idle "$KPS_A_PID" 120) s"
+  for conns in 1 64; do
+    run_wrk show-pg "kps on postgres" "$conns" "$KPS_A" get.lua BENCH_PATH="$SHOW_PATH" BENCH_TOKEN="$TOKEN_READ"
+    run_wrk list50-pg "kps on postgres" "$conns" "$KPS_A" get.lua BENCH_PATH="$LIST_PATH" \
+      BENCH_TOKEN="$TOKEN_READ" BENCH_API_VERSION=2.35
+    run_wrk list50-uncached-pg "kps on postgres" "$conns" "$KPS_A" get_uncached.lua BENCH_PATH="$LIST_PATH" \
+      BENCH_TOKEN="$TOKEN_READ" BENCH_API_VERSION=2.35
+  done
+  for conns in 1 4 64; do
+    run_wrk import-pg "kps on postgres" "$conns" "$KPS_A" import.lua BENCH_PATH=/v2.1/os-keypairs \
+      BENCH_TOKEN="$TOKEN_IMPORT" BENCH_TAG="imp-c$conns"
+  done
+  stop_server "$KPS_PID"
+  stop_postgres
+  KPS_STORE_ENV=()
+fi
 
 echo "loadavg_end: $(cut -d' ' -f1-3 /proc/loadavg)" >>"$OUT/machine.txt"
 
