@@ -22,6 +22,7 @@ mod master_keyring;
 mod metrics;
 mod openapi;
 mod paging;
+mod pg;
 mod rewrap;
 mod routing;
 mod tls;
