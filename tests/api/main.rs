@@ -25,6 +25,7 @@ mod paging;
 mod pg;
 mod rewrap;
 mod routing;
+mod store_postgres;
 mod tls;
 mod v3;
 mod versions;
