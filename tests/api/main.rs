@@ -28,6 +28,7 @@ mod pg_move;
 mod replicas;
 mod rewrap;
 mod routing;
+mod store_postgres;
 mod tls;
 mod v3;
 mod versions;
