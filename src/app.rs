@@ -126,7 +126,7 @@ pub async fn serve(config: Config) -> Result<(), ServeError> {
     let (store, data_dir) = open_store(&config).await?;
     check_master_keyring(&config, store.as_ref()).await?;
     let state = Arc::new(state(&config, Arc::clone(&store))?);
-    state.service.load_domain_projects().await.map_err(|e| ServeError::Startup(e.to_string()))?;
+    state.service.prepare().await.map_err(|e| ServeError::Startup(e.to_string()))?;
 
     // kms.check_key: resolved once in the background; a failure only warns (startup never waits on the KMS).
     if let Some(key) = config.kms.check_key.clone() {

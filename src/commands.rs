@@ -13,10 +13,9 @@ use std::sync::Arc;
 use crate::atomic_file::AtomicFile;
 use crate::config::{Config, StoreBackend};
 use crate::datadir::{DataDir, DataDirError};
+use crate::service::RewrapOptions;
 use crate::service::backup::{self, BackupError, ImportSummary};
 use crate::store::{Store, StoreError};
-
-pub use crate::service::RewrapOptions;
 
 #[derive(Debug, thiserror::Error)]
 pub enum CommandError {

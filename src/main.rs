@@ -177,7 +177,7 @@ fn main() -> ExitCode {
                 report.map(|line| println!("{line}")).map_err(|e| e.to_string())
             }
             Command::Rewrap { to_default, to_kms_key, dry_run, url, token, .. } => {
-                let options = commands::RewrapOptions { to_default, to_kms_key, dry_run };
+                let options = kps::service::RewrapOptions { to_default, to_kms_key, dry_run };
                 let report = commands::rewrap(&config, &options, &Remote { url, token }).await;
                 report.map(|line| println!("{line}")).map_err(|e| e.to_string())
             }

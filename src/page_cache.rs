@@ -2,54 +2,19 @@
 //!
 //! Key pair lists are read far more often than key pairs change (consoles list on every page view), and a
 //! page costs a range scan, one decode per record and a 10 KB body; a cached page costs a map lookup.
-//! Correctness rests on [`Generations`]: one counter per key owner (a user's keys, a project's `domain`
-//! keys), bumped by the service after every committed write under that owner and before the write is
-//! answered. A page is stored with the generations read *before* its scan and served only while they are
-//! unchanged, so a page that may predate a write is never served after that write was acknowledged. This is
-//! exact because one process owns the data directory (the lock in `datadir`), so every write goes through
-//! this service.
+//! Correctness rests on the write generations of `service::repo`: one counter per key owner (a user's keys,
+//! a project's `domain` keys) in the store, bumped in the same atomic batch as every write under that owner.
+//! A page is stored with the generations read *before* its scan and served only while they are unchanged, so
+//! a page that may predate a write is never served after that write was acknowledged — on any replica, since
+//! the generations are read from the shared store on each request.
 //!
-//! Owners are hashed into a fixed array of counters: a collision only invalidates more than needed. The cache
-//! is bounded by the bytes of the bodies it holds (`cache.list_pages_mb`); the oldest pages go first.
+//! The cache is bounded by the bytes of the bodies it holds (`cache.list_pages_mb`); the oldest pages go
+//! first.
 
 use std::collections::{HashMap, VecDeque};
-use std::hash::BuildHasher;
 use std::sync::Mutex;
-use std::sync::atomic::{AtomicU64, Ordering};
 
 use bytes::Bytes;
-
-/// Write counters for key owners. 4,096 slots: 32 KiB, and collisions are rare at realistic tenant counts.
-pub struct Generations {
-    slots: Box<[AtomicU64]>,
-    hasher: std::collections::hash_map::RandomState,
-}
-
-const SLOTS: usize = 4096;
-
-impl Default for Generations {
-    fn default() -> Self {
-        Self { slots: (0..SLOTS).map(|_| AtomicU64::new(0)).collect(), hasher: Default::default() }
-    }
-}
-
-impl Generations {
-    fn slot(&self, owner: &[u8]) -> &AtomicU64 {
-        // The modulo keeps the index in range; the truncation of the hash is intended.
-        #[allow(clippy::cast_possible_truncation)]
-        &self.slots[(self.hasher.hash_one(owner) as usize) % SLOTS]
-    }
-
-    /// The current generation of `owner` (a store key prefix such as `record::user_prefix`).
-    pub fn get(&self, owner: &[u8]) -> u64 {
-        self.slot(owner).load(Ordering::SeqCst)
-    }
-
-    /// Marks everything cached for `owner` stale. Call after the write is durable, before answering it.
-    pub fn bump(&self, owner: &[u8]) {
-        self.slot(owner).fetch_add(1, Ordering::SeqCst);
-    }
-}
 
 /// What a cached page was computed from: the generations of the owners it shows.
 pub type Stamp = (u64, u64);
@@ -140,21 +105,13 @@ mod tests {
 
     #[test]
     fn a_page_is_served_only_at_the_stamp_it_was_computed_at() {
-        let generations = Generations::default();
         let cache = PageCache::new(1 << 20);
-        let stamp = (generations.get(b"u-alice"), generations.get(b"d-p1"));
+        let stamp = (3, 7);
         cache.insert("alice".into(), stamp, Bytes::from_static(b"page"));
         assert_eq!(cache.get("alice", stamp).as_deref(), Some(&b"page"[..]));
         assert_eq!(cache.get("bob", stamp), None);
-
-        generations.bump(b"u-alice");
-        let after_write = (generations.get(b"u-alice"), generations.get(b"d-p1"));
-        assert_ne!(after_write, stamp);
-        assert_eq!(cache.get("alice", after_write), None, "a write to the owner makes the page stale");
-
-        generations.bump(b"d-p1");
-        let after_domain_write = (generations.get(b"u-alice"), generations.get(b"d-p1"));
-        assert_ne!(after_domain_write, after_write, "a domain-key write of the project too");
+        assert_eq!(cache.get("alice", (4, 7)), None, "a write to the owner makes the page stale");
+        assert_eq!(cache.get("alice", (3, 8)), None, "a domain-key write of the project too");
     }
 
     #[test]

@@ -13,7 +13,7 @@ use serde::{Deserialize, Serialize};
 
 use super::repo::layout::{self, MasterKeyVerifier, NameIndexEntry};
 use crate::model::{EncryptorKind, Keypair};
-use crate::store::{ApplyError, Space, Store, StoreError, WriteOp};
+use crate::store::{ApplyError, Space, Store, StoreError, WriteOp, decode_counter};
 
 pub const BACKUP_FORMAT_VERSION: u32 = 1;
 
@@ -227,6 +227,12 @@ async fn write_all(store: &dyn Store, batch: Vec<(Space, Vec<u8>, Vec<u8>)>) -> 
         }
         if ops.is_empty() {
             return Ok(());
+        }
+        // The counts derived from the records no longer hold: the next start rebuilds them (`repo::prepare`).
+        let ready = decode_counter(store.get(Space::Counters, layout::COUNTERS_READY).await?.as_deref())?;
+        if ready > 0 {
+            let delta = -i64::try_from(ready).unwrap_or(i64::MAX);
+            ops.push(WriteOp::Add { key: layout::COUNTERS_READY.to_vec(), delta, max: None });
         }
         match store.apply(ops).await {
             Ok(()) => return Ok(()),

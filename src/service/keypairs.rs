@@ -3,8 +3,9 @@
 
 use zeroize::Zeroizing;
 
+use super::repo::InsertError;
 use super::repo::layout;
-use super::{KeypairService, MAX_LIST_LIMIT, QUOTA_STRIPES, ServiceError, custody_error};
+use super::{KeypairService, MAX_LIST_LIMIT, ServiceError, custody_error};
 use crate::custody::{Aad, Custody, SealWith};
 use crate::keypair::{KeypairError, check_rsa_size, generate, parse};
 use crate::kms::KeyRef;
@@ -154,12 +155,14 @@ impl KeypairService {
             updated_at_us: None,
             sealed,
         };
-        // The quota again, now in this user's turn and right before the write: the early check above only
-        // spares the expensive work; this one is exact (a concurrent create of the same user waits here).
-        let _turn = self.quota_turn(&record.user_id).await;
-        self.check_quota(&record.user_id).await?;
-        self.repo.insert(&record).await?;
-        Ok(Created { record, private_key: generated_private_key })
+        // The early quota check above only spares the expensive work; the insert's bounded count is exact,
+        // on every replica.
+        match self.repo.insert(&record, self.quota).await {
+            Ok(()) => Ok(Created { record, private_key: generated_private_key }),
+            Err(InsertError::Duplicate) => Err(ServiceError::Duplicate(record.name)),
+            Err(InsertError::QuotaExceeded) => Err(ServiceError::QuotaExceeded),
+            Err(InsertError::Failed(error)) => Err(error),
+        }
     }
 
     /// Step 12 for `key_protection`: the private key parses and matches the public key, and the requested
@@ -268,15 +271,6 @@ impl KeypairService {
             .delete(user_id, project_id, name)
             .await?
             .ok_or_else(|| ServiceError::NotFound { name: name.to_owned(), user_id: user_id.to_owned() })
-    }
-
-    /// The user's turn for the final quota check and write; `None` (no waiting) without a quota.
-    async fn quota_turn(&self, user_id: &str) -> Option<tokio::sync::MutexGuard<'_, ()>> {
-        self.quota?;
-        use std::hash::{BuildHasher, BuildHasherDefault};
-        let hash = BuildHasherDefault::<std::collections::hash_map::DefaultHasher>::default().hash_one(user_id);
-        let stripe = usize::try_from(hash % QUOTA_STRIPES as u64).unwrap_or(0);
-        Some(self.quota_turns[stripe].lock().await)
     }
 
     async fn check_quota(&self, user_id: &str) -> Result<(), ServiceError> {

@@ -104,13 +104,7 @@ pub struct KeypairService {
     custody: Option<Custody>,
     /// `custody.allow_default`: new seals may use the `default` encryptor.
     allow_default: bool,
-    /// Turns for the final quota check and the write of a create, one stripe per group of users, so that
-    /// concurrent creates at the edge of the quota cannot all pass (one process owns the store).
-    quota_turns: Vec<tokio::sync::Mutex<()>>,
 }
-
-/// Stripes of `quota_turns`: creates of users in different stripes never wait for each other.
-const QUOTA_STRIPES: usize = 64;
 
 /// A policy check run on a record as soon as it is loaded (errors.md §4 step 8: `creator`, domain keys).
 pub type RecordCheck<'a> = &'a (dyn Fn(&Keypair) -> Result<(), ServiceError> + Send + Sync);
@@ -124,7 +118,6 @@ impl KeypairService {
             rsa_pool,
             custody: None,
             allow_default: false,
-            quota_turns: (0..QUOTA_STRIPES).map(|_| tokio::sync::Mutex::new(())).collect(),
         }
     }
 
@@ -168,15 +161,16 @@ impl KeypairService {
         async move { backup::export(store.as_ref(), &sender).await }
     }
 
-    /// Counts the stored `domain` key pairs per project and per creator (once at startup).
-    pub async fn load_domain_projects(&self) -> Result<(), ServiceError> {
-        self.repo.load_domain_projects().await
+    /// Readies the store for serving: builds the counters of a store written before they existed (once).
+    pub async fn prepare(&self) -> Result<(), ServiceError> {
+        self.repo.prepare().await
     }
 
     /// What a list of `user_id` in `project_id` depends on: the generations of the user's keys and of the
-    /// project's `domain` keys. Read it before listing; a page is current while the stamp is unchanged.
-    pub fn list_stamp(&self, user_id: &str, project_id: &str) -> Stamp {
-        self.repo.list_stamp(user_id, project_id)
+    /// project's `domain` keys, read from the store. Read it before listing; a page is current while the
+    /// stamp is unchanged.
+    pub async fn list_stamp(&self, user_id: &str, project_id: &str) -> Result<Stamp, ServiceError> {
+        self.repo.list_stamp(user_id, project_id).await
     }
 }
 
@@ -196,6 +190,7 @@ fn custody_error(error: CustodyError, name: &str) -> ServiceError {
 mod tests {
     use super::*;
     use crate::model::{KeyType, Scope};
+    use crate::store::Space;
     use crate::store::memory::MemoryStore;
 
     const KEY: &str = "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIAOhB7/zzhC+HXDdGOdLwJln5NYwm6UNXx3chmQSVTG4";
@@ -250,19 +245,62 @@ mod tests {
         let first = KeypairService::new(Arc::clone(&store), None, RsaKeyPool::disabled());
         first.create(import("bob", "p", "team", Scope::Domain)).await.expect("domain key");
         let restarted = KeypairService::new(store, None, RsaKeyPool::disabled());
-        // Before the startup count, every project may have domain keys: lookups still find them.
-        assert!(restarted.repo.has_domain_keys("p") && restarted.repo.has_domain_keys("q"));
-        assert_eq!(restarted.get("alice", "p", "team").await.expect("found before the count").name, "team");
-        restarted.load_domain_projects().await.expect("load");
+        // The counts live in the store with the records: a restart (or another replica) reads them.
         assert!(
-            restarted.repo.has_domain_keys("p") && !restarted.repo.has_domain_keys("q"),
-            "counted: only p has some"
+            restarted.repo.has_domain_keys("p").await.expect("p")
+                && !restarted.repo.has_domain_keys("q").await.expect("q")
         );
+        assert_eq!(restarted.get("alice", "p", "team").await.expect("found").name, "team");
         let names: Vec<String> =
             restarted.list_summaries("alice", "p", None, 10).await.expect("list").into_iter().map(|r| r.name).collect();
         assert_eq!(names, ["team"]);
         restarted.delete("alice", "p", "team").await.expect("delete");
-        assert!(!restarted.repo.has_domain_keys("p"), "the last domain key of p is gone");
+        assert!(!restarted.repo.has_domain_keys("p").await.expect("p"), "the last domain key of p is gone");
+    }
+
+    #[tokio::test]
+    async fn a_write_through_one_replica_changes_the_list_stamp_another_reads() {
+        let store: Arc<dyn Store> = Arc::new(MemoryStore::new());
+        let a = KeypairService::new(Arc::clone(&store), None, RsaKeyPool::disabled());
+        let b = KeypairService::new(store, None, RsaKeyPool::disabled());
+        let before = b.list_stamp("alice", "p").await.expect("stamp");
+        a.create(import("alice", "p", "k1", Scope::User)).await.expect("user key");
+        let after_user = b.list_stamp("alice", "p").await.expect("stamp");
+        assert_ne!(after_user, before, "alice's own write");
+        a.create(import("bob", "p", "team", Scope::Domain)).await.expect("domain key");
+        let after_domain = b.list_stamp("alice", "p").await.expect("stamp");
+        assert_ne!(after_domain, after_user, "a domain key of alice's project");
+        a.create(import("bob", "q", "other", Scope::Domain)).await.expect("domain key elsewhere");
+        assert_eq!(b.list_stamp("alice", "p").await.expect("stamp"), after_domain, "other owners leave it");
+        a.delete("alice", "p", "k1").await.expect("delete");
+        assert_ne!(b.list_stamp("alice", "p").await.expect("stamp"), after_domain, "a delete");
+    }
+
+    #[tokio::test]
+    async fn a_store_written_before_counters_gets_them_once_at_prepare() {
+        use crate::store::WriteOp;
+        let store: Arc<dyn Store> = Arc::new(MemoryStore::new());
+        let mut ops = Vec::new();
+        for (id, user, name, scope) in [(1, "bob", "team", Scope::Domain), (2, "bob", "mine", Scope::User)] {
+            let record = Keypair { scope, ..Keypair::sample(id, user, name) };
+            let key = repo::layout::keypair_key(&record);
+            ops.push(WriteOp::PutIfAbsent {
+                space: Space::KeyPairs,
+                key,
+                value: repo::layout::encode(&record).expect("encode"),
+            });
+        }
+        store.apply(ops).await.expect("records without counters");
+        let service = KeypairService::new(Arc::clone(&store), Some(3), RsaKeyPool::disabled());
+        assert!(!service.repo.has_domain_keys("p").await.expect("p"), "no counters yet");
+        service.prepare().await.expect("prepare");
+        assert!(service.repo.has_domain_keys("p").await.expect("p"));
+        assert_eq!(service.repo.owned_by("bob").await.expect("owned"), 2);
+        service.prepare().await.expect("a second prepare changes nothing");
+        assert_eq!(service.repo.owned_by("bob").await.expect("owned"), 2);
+        service.create(import("bob", "p", "third", Scope::User)).await.expect("third of three");
+        let fourth = service.create(import("bob", "p", "fourth", Scope::User)).await;
+        assert!(matches!(fourth, Err(ServiceError::QuotaExceeded)), "{fourth:?}");
     }
 
     #[tokio::test]
@@ -280,13 +318,13 @@ mod tests {
         for counted in [false, true] {
             let restarted = KeypairService::new(Arc::clone(&store), Some(2), RsaKeyPool::disabled());
             if counted {
-                restarted.load_domain_projects().await.expect("load");
+                restarted.prepare().await.expect("load");
             }
             let refused = restarted.create(import("bob", "p", "d3", Scope::Domain)).await;
             assert!(matches!(refused, Err(ServiceError::QuotaExceeded)), "counted {counted}: {refused:?}");
         }
         let restarted = KeypairService::new(Arc::clone(&store), Some(2), RsaKeyPool::disabled());
-        restarted.load_domain_projects().await.expect("load");
+        restarted.prepare().await.expect("load");
         restarted.delete("carol", "q", "d2").await.expect("any member of q deletes bob's key");
         restarted.create(import("bob", "p", "u1", Scope::User)).await.expect("room again");
         let full = restarted.create(import("bob", "p", "d3", Scope::Domain)).await;

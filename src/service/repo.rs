@@ -3,10 +3,16 @@
 //! generations behind cached list pages, and the `domain`-key bookkeeping.
 //!
 //! The use cases (`keypairs`, `escrow`, `rewrap`) never build a store key or a `WriteOp`: they ask this
-//! module to find, insert, replace or delete a key pair, and it keeps the record and its name-index entry
-//! together in one atomic `Store::apply`. Every write goes through [`Repo::apply`], which bumps the
-//! generations of the owners written before the caller can answer (design.md, "Growing past one machine":
-//! with a single process owning the store this is exact; a replicated store keeps them in the database).
+//! module to find, insert, replace or delete a key pair, and it keeps the record, its name-index entry and
+//! the counters derived from them together in one atomic `Store::apply`.
+//!
+//! Nothing here is cached in the process: N replicas may share the store (design.md, "Growing past one
+//! machine"). What used to be in-process bookkeeping lives in `Space::Counters`, updated by the write's own
+//! batch and read on each request: the per-owner write generations that cached list pages are keyed by
+//! ([`Repo::list_stamp`]), the number of `domain` key pairs per project (lookups and lists skip the
+//! domain-key read for projects without any — most deployments have none), and the key pairs each user owns
+//! for the quota, which a create checks with a bounded add in its own batch, so a quota is exact across
+//! replicas.
 
 pub mod layout;
 
@@ -16,8 +22,8 @@ use layout::NameIndexEntry;
 
 use super::ServiceError;
 use crate::model::{Keypair, Scope};
-use crate::page_cache::{Generations, Stamp};
-use crate::store::{ApplyError, Space, Store, StoreError, WriteOp};
+use crate::page_cache::Stamp;
+use crate::store::{ApplyError, Space, Store, WriteOp, decode_counter};
 
 /// A loaded record with its store key and raw value (for conditional writes).
 pub struct Loaded {
@@ -32,20 +38,29 @@ pub struct StoredRun {
     pub last_name: Option<Vec<u8>>,
 }
 
+/// Why an insert wrote nothing.
+#[derive(Debug)]
+pub enum InsertError {
+    /// The name is taken (the record or the name index says so).
+    Duplicate,
+    /// The owner has `quota` key pairs already.
+    QuotaExceeded,
+    Failed(ServiceError),
+}
+
+impl<E: Into<ServiceError>> From<E> for InsertError {
+    fn from(error: E) -> Self {
+        Self::Failed(error.into())
+    }
+}
+
 pub struct Repo {
     store: Arc<dyn Store>,
-    /// Write generations per key owner, for the list page cache (`page_cache`).
-    generations: Generations,
-    /// The stored `domain` key pairs counted per project and per creator, once at startup
-    /// (`load_domain_projects`; until then `None`: every project may have some, and quotas count them from
-    /// the store). Lookups and lists skip the domain-key read or scan for projects not in here: most
-    /// deployments have none. All domain-key writes go through this repository, which keeps the counts exact.
-    domain_counts: std::sync::Mutex<Option<DomainCounts>>,
 }
 
 impl Repo {
     pub fn new(store: Arc<dyn Store>) -> Self {
-        Self { store, generations: Generations::default(), domain_counts: Default::default() }
+        Self { store }
     }
 
     /// The store itself, for what works on it as a whole (backup, readiness, its metrics).
@@ -58,90 +73,106 @@ impl Repo {
         Ok(self.store.next_id().await?)
     }
 
-    /// Counts the stored `domain` key pairs per project and per creator (once at startup).
-    pub async fn load_domain_projects(&self) -> Result<(), ServiceError> {
-        let counts = self.count_domain_keys().await?;
-        *self.domain_counts.lock().map_err(|_| StoreError::Backend("domain map poisoned".into()))? = Some(counts);
-        Ok(())
-    }
-
-    /// Reads every stored `domain` key pair and counts them.
-    async fn count_domain_keys(&self) -> Result<DomainCounts, ServiceError> {
-        let mut counts = DomainCounts::default();
-        let mut after: Option<Vec<u8>> = None;
+    /// Builds the counters of a store written before they existed, or whose records were replaced by a
+    /// backup import (once; a store whose counters are ready, or that another replica is preparing at the
+    /// same moment, is left as it is). Run before serving: the counts are set to what the records say.
+    pub async fn prepare(&self) -> Result<(), ServiceError> {
         loop {
-            let page = self.store.scan(Space::KeyPairs, b"d", after.as_deref(), 1000).await?;
-            let Some((last, _)) = page.last() else { break };
-            after = Some(last.clone());
-            for (_, value) in page {
-                let found: Keypair = layout::decode(&value)?;
-                counts.add(&found, 1);
+            if self.counter(layout::COUNTERS_READY).await? > 0 {
+                return Ok(());
+            }
+            let mut counts = layout::Counts::default();
+            for loaded in self.walk_all().await? {
+                counts.add(&loaded.record);
+            }
+            let mut ops = Vec::new();
+            let mut current = std::collections::BTreeMap::new();
+            for prefix in layout::COUNT_PREFIXES {
+                let mut after: Option<Vec<u8>> = None;
+                loop {
+                    let page = self.store.scan(Space::Counters, prefix, after.as_deref(), 1000).await?;
+                    let Some((last, _)) = page.last() else { break };
+                    after = Some(last.clone());
+                    for (key, value) in page {
+                        current.insert(key, decode_counter(Some(&value))?);
+                    }
+                }
+            }
+            let mut targets = counts.into_values();
+            for key in current.keys() {
+                targets.entry(key.clone()).or_insert(0);
+            }
+            for (key, target) in targets {
+                let now = current.get(&key).copied().unwrap_or(0);
+                let delta = i64::try_from(target).unwrap_or(i64::MAX) - i64::try_from(now).unwrap_or(i64::MAX);
+                if delta != 0 {
+                    ops.push(WriteOp::Add { key, delta, max: None });
+                }
+            }
+            ops.push(WriteOp::Add { key: layout::COUNTERS_READY.to_vec(), delta: 1, max: Some(1) });
+            match self.store.apply(ops).await {
+                Ok(()) => return Ok(()),
+                // Another replica prepared them first: look again.
+                Err(ApplyError::Conflict { .. }) => {}
+                Err(ApplyError::Store(error)) => return Err(error.into()),
             }
         }
-        Ok(counts)
+    }
+
+    /// Every stored key pair, in store order.
+    async fn walk_all(&self) -> Result<Vec<Loaded>, ServiceError> {
+        let mut all = Vec::new();
+        let mut after: Option<Vec<u8>> = None;
+        loop {
+            let page = self.walk(after.as_deref(), 1000).await?;
+            let Some(last) = page.last() else { return Ok(all) };
+            after = Some(last.key.clone());
+            all.extend(page);
+        }
+    }
+
+    async fn counter(&self, key: &[u8]) -> Result<u64, ServiceError> {
+        Ok(decode_counter(self.store.get(Space::Counters, key).await?.as_deref())?)
     }
 
     /// What a list of `user_id` in `project_id` depends on: the generations of the user's keys and of the
     /// project's `domain` keys. Read it before listing; a page is current while the stamp is unchanged.
-    pub fn list_stamp(&self, user_id: &str, project_id: &str) -> Stamp {
-        (self.generations.get(&layout::user_prefix(user_id)), self.generations.get(&layout::domain_prefix(project_id)))
+    pub async fn list_stamp(&self, user_id: &str, project_id: &str) -> Result<Stamp, ServiceError> {
+        let keys = [
+            layout::generation_key(&layout::user_prefix(user_id)),
+            layout::generation_key(&layout::domain_prefix(project_id)),
+        ];
+        let values = self.store.get_many(Space::Counters, &keys).await?;
+        let generation = |index: usize| decode_counter(values.get(index).and_then(Option::as_deref));
+        Ok((generation(0)?, generation(1)?))
     }
 
-    /// Every store write of the service: applies `ops` atomically, then marks the owners of the key pairs
-    /// written stale for cached list pages (before the caller can answer).
-    async fn apply(&self, ops: Vec<WriteOp>) -> Result<(), ApplyError> {
-        let owners: Vec<Vec<u8>> = ops
+    /// Every store write of the service: applies `ops` atomically together with a bump of the write
+    /// generation of each owner whose key pairs they write, so that no replica serves a list page computed
+    /// before this write once it is acknowledged.
+    async fn apply(&self, mut ops: Vec<WriteOp>) -> Result<(), ApplyError> {
+        let mut owners: Vec<Vec<u8>> = ops
             .iter()
             .filter_map(|op| match op.target() {
-                (Space::KeyPairs, key) => layout::owner_prefix_of(key).map(<[u8]>::to_vec),
+                (Space::KeyPairs, key) => layout::owner_prefix_of(key).map(layout::generation_key),
                 _ => None,
             })
             .collect();
-        let result = self.store.apply(ops).await;
-        if result.is_ok() {
-            for owner in &owners {
-                self.generations.bump(owner);
-            }
-        }
-        result
+        owners.sort_unstable();
+        owners.dedup();
+        ops.extend(owners.into_iter().map(|key| WriteOp::Add { key, delta: 1, max: None }));
+        self.store.apply(ops).await
     }
 
-    pub(super) fn has_domain_keys(&self, project_id: &str) -> bool {
-        // Not counted yet, or a poisoned lock (a panic elsewhere): look, to stay correct.
-        self.domain_counts
-            .lock()
-            .ok()
-            .and_then(|counts| counts.as_ref().map(|counts| counts.per_project.contains_key(project_id)))
-            .unwrap_or(true)
+    /// Whether `project_id` has any `domain` key pair.
+    pub(super) async fn has_domain_keys(&self, project_id: &str) -> Result<bool, ServiceError> {
+        Ok(self.counter(&layout::domain_count_key(project_id)).await? > 0)
     }
 
     /// How many key pairs count against `user_id`'s quota: their `user` keys, and the `domain` keys they
     /// created in any project (kps-v3.md §2).
     pub async fn owned_by(&self, user_id: &str) -> Result<u64, ServiceError> {
-        let own = self.store.count(Space::KeyPairs, &layout::user_prefix(user_id)).await?;
-        Ok(own + self.domain_keys_created_by(user_id).await?)
-    }
-
-    /// How many `domain` key pairs `user_id` created (in any project).
-    async fn domain_keys_created_by(&self, user_id: &str) -> Result<u64, ServiceError> {
-        let counted = self
-            .domain_counts
-            .lock()
-            .ok()
-            .and_then(|counts| counts.as_ref().map(|counts| counts.per_creator.get(user_id).copied().unwrap_or(0)));
-        match counted {
-            Some(count) => Ok(count),
-            // Not counted yet (or a poisoned lock): count from the store.
-            None => Ok(self.count_domain_keys().await?.per_creator.get(user_id).copied().unwrap_or(0)),
-        }
-    }
-
-    fn count_domain_key(&self, record: &Keypair, delta: i64) {
-        if let Ok(mut counts) = self.domain_counts.lock()
-            && let Some(counts) = counts.as_mut()
-        {
-            counts.add(record, delta);
-        }
+        self.counter(&layout::owned_count_key(user_id)).await
     }
 
     /// The uniqueness pre-check (kps-v3.md §2): whether `name` is taken for a new key of `scope` — by the
@@ -165,12 +196,13 @@ impl Repo {
         Ok(false)
     }
 
-    /// Writes a new record and its name-index entry in one atomic apply; the apply decides races on the name.
-    pub async fn insert(&self, record: &Keypair) -> Result<(), ServiceError> {
+    /// Writes a new record, its name-index entry and its counts in one atomic apply, which decides races on
+    /// the name and, when `quota` is set, on the owner's last free place.
+    pub async fn insert(&self, record: &Keypair, quota: Option<u64>) -> Result<(), InsertError> {
         let key = layout::keypair_key(record);
         let value = layout::encode(record)?;
         let index_key = layout::name_index_key(&record.project_id, &record.name);
-        let duplicate = || ServiceError::Duplicate(record.name.clone());
+        let duplicate = || InsertError::Duplicate;
         loop {
             let current = self.store.get(Space::NameIndex, &index_key).await?;
             let mut entry: NameIndexEntry = match &current {
@@ -192,17 +224,18 @@ impl Repo {
                 }
             };
             let record_op = WriteOp::PutIfAbsent { space: Space::KeyPairs, key: key.clone(), value: value.clone() };
-            match self.apply(vec![record_op, index_op]).await {
-                Ok(()) => {
-                    if record.scope == Scope::Domain {
-                        self.count_domain_key(record, 1);
-                    }
-                    return Ok(());
-                }
+            let owned_op = WriteOp::Add { key: layout::owned_count_key(&record.user_id), delta: 1, max: quota };
+            let mut ops = vec![record_op, index_op, owned_op];
+            if record.scope == Scope::Domain {
+                ops.push(WriteOp::Add { key: layout::domain_count_key(&record.project_id), delta: 1, max: None });
+            }
+            match self.apply(ops).await {
+                Ok(()) => return Ok(()),
                 Err(ApplyError::Conflict { op: 0 }) => return Err(duplicate()),
+                Err(ApplyError::Conflict { op: 2 }) => return Err(InsertError::QuotaExceeded),
                 // Another create or delete of this name in this project changed the index entry: look again.
                 Err(ApplyError::Conflict { .. }) => {}
-                Err(ApplyError::Store(error)) => return Err(error.into()),
+                Err(ApplyError::Store(error)) => return Err(InsertError::Failed(error.into())),
             }
         }
     }
@@ -212,15 +245,15 @@ impl Repo {
     pub async fn delete(&self, user_id: &str, project_id: &str, name: &str) -> Result<Option<Keypair>, ServiceError> {
         loop {
             let Some(found) = self.find(user_id, project_id, name).await? else { return Ok(None) };
+            let record = &found.record;
             let mut ops = vec![WriteOp::Delete { space: Space::KeyPairs, key: found.key, expected: found.value }];
-            ops.extend(self.index_release(&found.record).await?);
+            ops.extend(self.index_release(record).await?);
+            ops.push(WriteOp::Add { key: layout::owned_count_key(&record.user_id), delta: -1, max: None });
+            if record.scope == Scope::Domain {
+                ops.push(WriteOp::Add { key: layout::domain_count_key(&record.project_id), delta: -1, max: None });
+            }
             match self.apply(ops).await {
-                Ok(()) => {
-                    if found.record.scope == Scope::Domain {
-                        self.count_domain_key(&found.record, -1);
-                    }
-                    return Ok(Some(found.record));
-                }
+                Ok(()) => return Ok(Some(found.record)),
                 // The record or its index entry changed under us: look again.
                 Err(ApplyError::Conflict { .. }) => {}
                 Err(ApplyError::Store(error)) => return Err(error.into()),
@@ -271,7 +304,7 @@ impl Repo {
         if let Some(value) = self.store.get(Space::KeyPairs, &own).await? {
             return Ok(Some((own, value)));
         }
-        if !self.has_domain_keys(project_id) {
+        if !self.has_domain_keys(project_id).await? {
             return Ok(None);
         }
         let shared = layout::domain_key(project_id, name);
@@ -318,7 +351,7 @@ impl Repo {
         let after_user = after.map(|name| [user_prefix.as_slice(), name].concat());
         let after_domain = after.map(|name| [domain_prefix.as_slice(), name].concat());
         let own = self.store.scan(Space::KeyPairs, &user_prefix, after_user.as_deref(), limit).await?;
-        let shared = if self.has_domain_keys(project_id) {
+        let shared = if self.has_domain_keys(project_id).await? {
             self.store.scan(Space::KeyPairs, &domain_prefix, after_domain.as_deref(), limit).await?
         } else {
             Vec::new()
@@ -351,25 +384,5 @@ impl Repo {
         }
         let last_name = last.map(|(key, prefix_len)| key[prefix_len..].to_vec());
         Ok(StoredRun { values, last_name })
-    }
-}
-
-/// Stored `domain` key pairs per project and per creator; only non-zero counts are kept.
-#[derive(Debug, Default)]
-struct DomainCounts {
-    per_project: std::collections::HashMap<String, u64>,
-    /// Domain keys count against their creator's quota.
-    per_creator: std::collections::HashMap<String, u64>,
-}
-
-impl DomainCounts {
-    fn add(&mut self, record: &Keypair, delta: i64) {
-        for (map, key) in [(&mut self.per_project, &record.project_id), (&mut self.per_creator, &record.user_id)] {
-            let count = map.entry(key.clone()).or_insert(0);
-            *count = count.saturating_add_signed(delta);
-            if *count == 0 {
-                map.remove(key);
-            }
-        }
     }
 }

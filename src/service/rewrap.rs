@@ -31,19 +31,6 @@ pub struct RewrapOptions {
 }
 
 impl RewrapOptions {
-    /// Reads the admin API body (`null`/empty = no options); the message says what is wrong.
-    pub fn from_json(value: &serde_json::Value) -> Result<Self, String> {
-        if value.is_null() {
-            return Ok(Self::default());
-        }
-        let options: Self =
-            serde_json::from_value(value.clone()).map_err(|e| format!("Invalid rewrap options: {e}"))?;
-        if options.to_default && options.to_kms_key.is_some() {
-            return Err("Invalid rewrap options: to_default and to_kms_key exclude each other".into());
-        }
-        Ok(options)
-    }
-
     pub fn target(&self) -> RewrapTarget {
         match (&self.to_kms_key, self.to_default) {
             (Some(key), _) => RewrapTarget::Kms(crate::kms::KeyRef::parse(key)),

@@ -80,6 +80,15 @@ impl Drop for SledStore {
         }
         // The writer records the final durable number as it stops.
         drop(self.high_water_mark.take());
+        // sled flushes its log when the database closes, and after a failed write that flush waits for
+        // log space that never becomes stable: closing would hang the process (seen on a full disk). The
+        // store took no writes since the failure and its files are as the last sync left them, so it is
+        // left unclosed instead (the process is ending or done with it; the OS releases the files).
+        if self.durability.failure.get().is_some() {
+            std::mem::forget(self.data.clone());
+            std::mem::forget(self.meta.clone());
+            std::mem::forget(self.durability.db.clone());
+        }
     }
 }
 
@@ -153,6 +162,16 @@ impl Durability {
     fn sync(&self) -> Result<(), StoreError> {
         self.check()?;
         (self.step)(&self.db, &self.log_file).map_err(|error| self.stop(&error))
+    }
+
+    /// A failed read. sled writes its log while reading too (page consolidation), so an IO error on a read
+    /// (a full disk) leaves sled in the same unknown state as a failed write: the store stops taking writes
+    /// (503 KPS.9005). Other failures (corruption) stay what they are.
+    fn read_error(&self, error: sled::Error) -> StoreError {
+        match error {
+            sled::Error::Io(_) => self.stop(&error),
+            other => backend(other),
+        }
     }
 
     /// `Unavailable` once the store has stopped taking writes.
@@ -377,7 +396,7 @@ fn migrate_from_format_1(db: &sled::Db, data: &sled::Tree, meta: &sled::Tree) ->
 #[async_trait]
 impl Store for SledStore {
     async fn get(&self, space: Space, key: &[u8]) -> Result<Option<Vec<u8>>, StoreError> {
-        Ok(self.data.get(data_key(space, key)).map_err(backend)?.map(|value| value.to_vec()))
+        Ok(self.data.get(data_key(space, key)).map_err(|e| self.durability.read_error(e))?.map(|value| value.to_vec()))
     }
 
     async fn apply(&self, ops: Vec<WriteOp>) -> Result<(), ApplyError> {
@@ -407,7 +426,9 @@ impl Store for SledStore {
         self.data
             .range::<Vec<u8>, _>((start, end))
             .take(limit)
-            .map(|entry| entry.map(|(key, value)| (key[1..].to_vec(), value.to_vec())).map_err(backend))
+            .map(|entry| {
+                entry.map(|(key, value)| (key[1..].to_vec(), value.to_vec())).map_err(|e| self.durability.read_error(e))
+            })
             .collect()
     }
 
@@ -578,7 +599,7 @@ impl Committer {
         for (index, (op, key)) in ops.iter().zip(&keys).enumerate() {
             let outcome = match staged.get(key) {
                 Some(pending) => op.outcome(pending.as_deref()),
-                None => op.outcome(self.data.get(key).map_err(backend)?.as_deref()),
+                None => op.outcome(self.data.get(key).map_err(|e| self.durability.read_error(e))?.as_deref()),
             };
             outcomes.push(outcome.ok_or(ApplyError::Conflict { op: index })?);
         }

@@ -44,6 +44,11 @@ async fn counters_add_within_their_bounds(store: &dyn Store) {
     let failed = store.apply(vec![add("j/2", 1, None), put(Space::KeyPairs, "a/1", "taken")]).await;
     assert!(matches!(failed, Err(ApplyError::Conflict { op: 1 })), "{failed:?}");
     assert_eq!(counter(store, "j/2").await, 1, "a failed batch adds nothing");
+    store.apply(vec![add("j/3", 5, None)]).await.expect("add");
+    let scanned = store.scan(Space::Counters, b"j/", None, 10).await.expect("scan counters");
+    let scanned: Vec<(Vec<u8>, u64)> =
+        scanned.into_iter().map(|(k, v)| (k, decode_counter(Some(&v)).expect("8 bytes"))).collect();
+    assert_eq!(scanned, [(b"j/2".to_vec(), 1), (b"j/3".to_vec(), 5)], "counters scan like the other spaces");
 }
 
 async fn get_many_answers_in_the_order_asked(store: &dyn Store) {

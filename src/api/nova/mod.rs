@@ -127,7 +127,7 @@ pub async fn list(state: &AppState, call: &Call<'_>) -> Result<Response, ApiErro
     // The page depends on the request's shape (microversion, links, query) and on the two owners' keys:
     // cached by the former, valid while the generations of the latter are unchanged (`page_cache`).
     let project_id = &caller.project_id;
-    let stamp = state.service.list_stamp(&user, project_id);
+    let stamp = state.service.list_stamp(&user, project_id).await?;
     let cache_key = state
         .list_pages
         .enabled()

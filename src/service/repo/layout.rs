@@ -114,6 +114,49 @@ pub fn split_name_index_key(key: &[u8]) -> Option<(&str, &str)> {
     Some((std::str::from_utf8(owner).ok()?, std::str::from_utf8(name).ok()?))
 }
 
+/// `Space::Counters`: set to 1 once the counters below were built for the records of the store.
+pub const COUNTERS_READY: &[u8] = b"ready/v1";
+
+/// `Space::Counters` key of the write generation of an owner (a `user_prefix` or `domain_prefix`).
+pub fn generation_key(owner_prefix: &[u8]) -> Vec<u8> {
+    [b"g", owner_prefix].concat()
+}
+
+/// `Space::Counters` key of the number of `domain` key pairs of `project_id`.
+pub fn domain_count_key(project_id: &str) -> Vec<u8> {
+    owner_prefix(b'p', project_id)
+}
+
+/// `Space::Counters` key of the number of key pairs counting against `user_id`'s quota: their `user` keys
+/// and the `domain` keys they created.
+pub fn owned_count_key(user_id: &str) -> Vec<u8> {
+    owner_prefix(b'o', user_id)
+}
+
+/// The prefixes of the count keys (`owned_count_key`, `domain_count_key`), for a scan of them.
+pub const COUNT_PREFIXES: [&[u8]; 2] = [b"o", b"p"];
+
+/// The counts of a set of key pairs, as the counters hold them (for a store built before counters, or
+/// records loaded from a backup).
+#[derive(Debug, Default)]
+pub struct Counts {
+    counters: std::collections::BTreeMap<Vec<u8>, u64>,
+}
+
+impl Counts {
+    pub fn add(&mut self, record: &Keypair) {
+        *self.counters.entry(owned_count_key(&record.user_id)).or_default() += 1;
+        if record.scope == Scope::Domain {
+            *self.counters.entry(domain_count_key(&record.project_id)).or_default() += 1;
+        }
+    }
+
+    /// The counted values.
+    pub fn into_values(self) -> std::collections::BTreeMap<Vec<u8>, u64> {
+        self.counters
+    }
+}
+
 /// `Space::Meta`: the prefix of every master key verifier's key (`service::master_keys`).
 const MASTER_KEY_VERIFIER_PREFIX: &[u8] = b"master_key_verifier/";
 
