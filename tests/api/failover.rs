@@ -85,7 +85,7 @@ fn a_failover_to_the_synchronous_standby_loses_no_acknowledged_write() {
     let start = Instant::now();
     let writes: Mutex<Vec<Write>> = Mutex::default();
     let (stop, transport_errors) = (AtomicBool::new(false), Mutex::new(Vec::<String>::new()));
-    let (mut stopped_at, mut promoted_at) = (Duration::ZERO, Duration::ZERO);
+    let (mut stopped_at, mut promoting_at, mut promoted_at) = (Duration::ZERO, Duration::ZERO, Duration::ZERO);
 
     std::thread::scope(|scope| {
         for writer in 0..4u64 {
@@ -131,14 +131,15 @@ fn a_failover_to_the_synchronous_standby_loses_no_acknowledged_write() {
         // The operator (or Patroni) notices and promotes the synchronous standby; until a new standby joins,
         // the new primary takes writes on its own (README, "Running PostgreSQL highly available").
         std::thread::sleep(Duration::from_millis(1000));
+        promoting_at = start.elapsed();
         standby.promote();
+        promoted_at = start.elapsed();
         standby.psql("postgres", "ALTER SYSTEM SET synchronous_standby_names = ''");
         standby.psql("postgres", "SELECT pg_reload_conf()");
-        promoted_at = start.elapsed();
         let deadline = Instant::now() + Duration::from_secs(20);
         while Instant::now() < deadline {
             let resumed =
-                writes.lock().expect("lock").iter().filter(|w| w.sent > promoted_at && w.status == 200).count();
+                writes.lock().expect("lock").iter().filter(|w| w.sent > promoting_at && w.status == 200).count();
             if resumed >= 40 {
                 break;
             }
@@ -159,15 +160,18 @@ fn a_failover_to_the_synchronous_standby_loses_no_acknowledged_write() {
     let first_failure = writes.iter().find(|w| w.status != 200).expect("the failover failed no write: not exercised");
     let first_success_after = writes
         .iter()
-        .find(|w| w.answered > promoted_at && w.status == 200 && w.sent > first_failure.answered)
-        .expect("no write succeeded after the promotion");
-    let resumed = first_success_after.answered.saturating_sub(promoted_at);
+        .find(|w| w.status == 200 && w.sent > first_failure.answered)
+        .expect("no write succeeded after the failover");
+    assert!(first_success_after.answered > promoting_at, "a write succeeded with no primary: {first_success_after:?}");
+    // From `pg_ctl promote` on: the promotion itself (PostgreSQL's part) and kps finding the new primary.
+    let resumed = first_success_after.answered - promoting_at;
     let outage = first_success_after.answered - first_failure.answered;
     let failed = writes.iter().filter(|w| w.status != 200).count();
     eprintln!(
         "failover: {} writes ({before} before the stop, {failed} answered 503 KPS.9005); primary stopped at \
-         {stopped_at:?}, standby promoted at {promoted_at:?}; write outage {outage:?} (first failed write answered \
-         at {:?}, first success after the promotion at {:?}); writes resumed {resumed:?} after the promotion",
+         {stopped_at:?}, `pg_ctl promote` from {promoting_at:?} to {promoted_at:?}; write outage {outage:?} (first \
+         failed write answered at {:?}, first success after it at {:?}); writes resumed {resumed:?} after `pg_ctl \
+         promote` began",
         writes.len(),
         first_failure.answered,
         first_success_after.answered,

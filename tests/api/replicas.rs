@@ -457,14 +457,23 @@ fn a_replica_with_another_or_no_keyring_refuses_to_start() {
     let other = replaced_keyring(&keyring, &dir.path().join("other.key"));
     let stderr = Replica::try_start(&pg.url(), Some(&other), &[]).err().expect("another keyring is refused");
     assert!(stderr.contains(&id), "the refusal names the master key id {id}: {stderr}");
+    eprintln!("another keyring: {}", stderr.trim());
+
+    // The usual mistake: each replica made its own keyring (`kps master-key generate` on each machine).
+    let own_dir = tempfile::tempdir().expect("tempdir");
+    let own = shared_keyring(own_dir.path());
+    let stderr = Replica::try_start(&pg.url(), Some(&own), &[]).err().expect("a keyring of its own is refused");
+    assert!(stderr.contains(&id), "the refusal names the master key id {id}: {stderr}");
 
     let missing = dir.path().join("missing.key");
     let stderr = Replica::try_start(&pg.url(), Some(&missing), &[]).err().expect("a missing keyring is refused");
-    assert!(stderr.contains(&id) || stderr.contains("missing.key"), "{stderr}");
+    assert!(stderr.contains("missing.key") && stderr.contains("never creates"), "{stderr}");
+    eprintln!("a missing keyring file: {}", stderr.trim());
     assert!(!missing.exists(), "kps on PostgreSQL never creates a keyring");
 
     let stderr = Replica::try_start(&pg.url(), None, &[]).err().expect("no keyring is refused");
-    assert!(stderr.contains("master_key_file") || stderr.contains(&id), "{stderr}");
+    assert!(stderr.contains("master_key_file"), "{stderr}");
+    eprintln!("no keyring configured: {}", stderr.trim());
 
     // The replica with the right keyring still serves, and still opens what it sealed.
     let (status, exported) = must(
