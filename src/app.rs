@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use crate::api::auth::Authenticator;
 use crate::api::{self, AppState, admin_app, app};
-use crate::config::{self, Config};
+use crate::config::{self, Config, StoreBackend};
 use crate::keypair::pool::RsaKeyPool;
 use crate::service::KeypairService;
 use crate::store::Store;
@@ -76,6 +76,14 @@ pub fn state(config: &Config, store: Arc<dyn Store>) -> Result<AppState, ServeEr
 /// still need it).
 pub async fn check_master_keyring(config: &Config, store: &dyn Store) -> Result<(), ServeError> {
     let path = config.master_key_path();
+    // Replicas share one keyring: one made here would be this replica's alone.
+    if config.store.backend == StoreBackend::Postgres && !path.exists() {
+        return Err(ServeError::Startup(format!(
+            "the master keyring {} does not exist: with store.backend = postgres kps never creates one; give every \
+             replica the same keyring file (custody.master_key_file; `kps master-key generate` makes a new one)",
+            path.display()
+        )));
+    }
     crate::service::master_keys::open_keyring(&path, config.secrets.allow_group_readable, store).await?;
     Ok(())
 }
@@ -93,12 +101,29 @@ pub fn service(config: &Config, store: Arc<dyn Store>, pool: RsaKeyPool) -> Resu
         .with_custody(custody, config.custody.allow_default))
 }
 
-/// Runs `kps serve` until SIGTERM/SIGINT: checks the configuration, opens (and locks) the data directory,
-/// serves, then finishes in-flight requests and flushes the store.
+/// The configured store (`store.backend`): sled in the data directory, which stays locked while the returned
+/// `DataDir` lives; or the PostgreSQL database, migrated, with no data directory (several replicas may run on
+/// one machine).
+pub async fn open_store(config: &Config) -> Result<(Arc<dyn Store>, Option<datadir::DataDir>), ServeError> {
+    match config.store.backend {
+        StoreBackend::Sled => {
+            let data_dir = datadir::DataDir::open(&config.data_dir)?;
+            let store = data_dir.open_store()?;
+            Ok((Arc::new(store), Some(data_dir)))
+        }
+        StoreBackend::Postgres => {
+            let url = config.postgres_url()?;
+            let store = store::postgres::PostgresStore::open(&url, config.store.postgres_pool_size).await?;
+            Ok((Arc::new(store), None))
+        }
+    }
+}
+
+/// Runs `kps serve` until SIGTERM/SIGINT: checks the configuration, opens the store (locking the data
+/// directory for sled), serves, then finishes in-flight requests and flushes the store.
 pub async fn serve(config: Config) -> Result<(), ServeError> {
     config.validate()?;
-    let data_dir = datadir::DataDir::open(&config.data_dir)?;
-    let store: Arc<dyn Store> = Arc::new(data_dir.open_store()?);
+    let (store, data_dir) = open_store(&config).await?;
     check_master_keyring(&config, store.as_ref()).await?;
     let state = Arc::new(state(&config, Arc::clone(&store))?);
     state.service.prepare().await.map_err(|e| ServeError::Startup(e.to_string()))?;
@@ -136,7 +161,12 @@ pub async fn serve(config: Config) -> Result<(), ServeError> {
         };
         tokio::spawn(connections::serve(admin_listener, None, admin_app(Arc::clone(&state)), limits, stopped));
     }
-    tracing::info!(listen = %listener.local_addr()?, data_dir = %config.data_dir.display(), "kps is ready");
+    match config.store.backend {
+        StoreBackend::Sled => {
+            tracing::info!(listen = %listener.local_addr()?, data_dir = %config.data_dir.display(), "kps is ready");
+        }
+        StoreBackend::Postgres => tracing::info!(listen = %listener.local_addr()?, store = "postgres", "kps is ready"),
+    }
     // In-flight requests get the request deadline plus a margin to finish; a request stuck past that (a
     // blocked store thread cannot be cancelled) must not keep the process from stopping.
     let grace = Duration::from_secs(config.limits.request_timeout_s + 5);

@@ -3,14 +3,15 @@
 //!
 //! While a server holds the data directory's lock, `backup export` goes through that server's admin API
 //! (`POST /admin/v1/backup`, admin token), so backups need no downtime; otherwise it opens the store itself.
-//! `backup import` always needs the server stopped.
+//! `backup import` always needs the server stopped. That rule is about sled's data-directory lock: with
+//! `store.backend = postgres` every command opens the database directly, as one more client of it.
 
 use std::os::unix::fs::DirBuilderExt;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use crate::atomic_file::AtomicFile;
-use crate::config::Config;
+use crate::config::{Config, StoreBackend};
 use crate::datadir::{DataDir, DataDirError};
 use crate::service::RewrapOptions;
 use crate::service::backup::{self, BackupError, ImportSummary};
@@ -60,28 +61,70 @@ pub struct Remote {
     pub token: Option<String>,
 }
 
+/// The store of an offline command, or word that a running server holds sled's data directory.
+enum Opened {
+    /// The store (with the locked data directory, for sled).
+    Store(Arc<dyn Store>, Option<DataDir>),
+    Locked,
+}
+
+/// Opens the configured store; a sled data directory locked by a running server is `Opened::Locked` (that
+/// server is reached through its admin API instead).
+async fn open_store(config: &Config) -> Result<Opened, CommandError> {
+    match crate::open_store(config).await {
+        Ok((store, data_dir)) => Ok(Opened::Store(store, data_dir)),
+        Err(crate::ServeError::DataDir(DataDirError::Locked { .. })) => Ok(Opened::Locked),
+        Err(crate::ServeError::DataDir(error)) => Err(error.into()),
+        Err(crate::ServeError::Store(error)) => Err(error.into()),
+        Err(error) => Err(CommandError::Remote(error.to_string())),
+    }
+}
+
+/// Where the command's records are, for its report.
+fn store_name(config: &Config) -> String {
+    match config.store.backend {
+        StoreBackend::Sled => config.data_dir.display().to_string(),
+        StoreBackend::Postgres => "the PostgreSQL database".into(),
+    }
+}
+
 /// `kps backup export FILE`: returns a one-line report.
 pub async fn backup_export(config: &Config, file: &Path, remote: &Remote) -> Result<String, CommandError> {
-    match DataDir::open(&config.data_dir) {
-        Ok(data_dir) => {
-            let store = data_dir.open_store()?;
-            let bytes = export_store_to_file(Arc::new(store), file).await?;
-            Ok(format!("exported {bytes} bytes from {} to {}", config.data_dir.display(), file.display()))
+    match open_store(config).await? {
+        Opened::Store(store, _data_dir) => {
+            let bytes = export_store_to_file(store, file).await?;
+            Ok(format!("exported {bytes} bytes from {} to {}", store_name(config), file.display()))
         }
-        Err(DataDirError::Locked { .. }) => {
+        Opened::Locked => {
             let bytes = export_remote(config, file, remote).await?;
             Ok(format!("exported {bytes} bytes from the running server to {}", file.display()))
         }
-        Err(error) => Err(error.into()),
     }
+}
+
+/// `kps db migrate`: brings the PostgreSQL schema up to this binary's version without serving (replicas do
+/// the same at startup). Returns a one-line report.
+pub async fn db_migrate(config: &Config) -> Result<String, CommandError> {
+    if config.store.backend != StoreBackend::Postgres {
+        return Err(CommandError::Remote(
+            "kps db migrate is for store.backend = postgres (a sled store is migrated when it is opened)".into(),
+        ));
+    }
+    let url = config.postgres_url().map_err(|e| CommandError::Remote(e.to_string()))?;
+    let store = crate::store::postgres::PostgresStore::connect(&url, 1)?;
+    let (before, after) = store.migrate().await?;
+    Ok(if before == after {
+        format!("the database schema kps is current (version {after})")
+    } else {
+        format!("migrated the database schema kps from version {before} to {after}")
+    })
 }
 
 /// `kps rewrap`: re-seals escrowed keys in the store, or through the running server's admin API when one
 /// holds the data directory. Returns a one-line report.
 pub async fn rewrap(config: &Config, options: &RewrapOptions, remote: &Remote) -> Result<String, CommandError> {
-    let report = match DataDir::open(&config.data_dir) {
-        Ok(data_dir) => {
-            let store: Arc<dyn Store> = Arc::new(data_dir.open_store()?);
+    let report = match open_store(config).await? {
+        Opened::Store(store, _data_dir) => {
             crate::check_master_keyring(config, store.as_ref())
                 .await
                 .map_err(|e| CommandError::Remote(e.to_string()))?;
@@ -94,7 +137,7 @@ pub async fn rewrap(config: &Config, options: &RewrapOptions, remote: &Remote) -
             store.flush().await?;
             serde_json::json!(report)
         }
-        Err(DataDirError::Locked { .. }) => {
+        Opened::Locked => {
             let token = remote.token.as_deref().ok_or_else(|| {
                 CommandError::Remote(format!(
                     "{} is in use by a running kps: pass --token (an admin credential) to rewrap through its admin API",
@@ -118,24 +161,21 @@ pub async fn rewrap(config: &Config, options: &RewrapOptions, remote: &Remote) -
             }
             body
         }
-        Err(error) => return Err(error.into()),
     };
     let verb = if options.dry_run { "would re-seal" } else { "re-sealed" };
     Ok(format!("{verb} {} of {} escrowed private keys", report["rewrapped"], report["escrowed"]))
 }
 
-/// `kps backup import FILE [--force]` (server stopped).
+/// `kps backup import FILE [--force]` (sled: server stopped; postgres: one transaction into the database).
 pub async fn backup_import(config: &Config, file: &Path, force: bool) -> Result<ImportSummary, CommandError> {
     let text = std::fs::read_to_string(file).map_err(|source| CommandError::File { path: file.into(), source })?;
-    let data_dir = DataDir::open(&config.data_dir).map_err(|error| match error {
-        DataDirError::Locked { path, .. } => CommandError::Remote(format!(
+    let Opened::Store(store, _data_dir) = open_store(config).await? else {
+        return Err(CommandError::Remote(format!(
             "{} is in use by a running kps: stop the server before `kps backup import`",
-            path.display()
-        )),
-        other => other.into(),
-    })?;
-    let store = data_dir.open_store()?;
-    let summary = backup::import(&store, &text, force).await?;
+            config.data_dir.display()
+        )));
+    };
+    let summary = backup::import(store.as_ref(), &text, force).await?;
     store.flush().await?;
     Ok(summary)
 }

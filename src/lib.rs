@@ -27,4 +27,4 @@ pub mod store;
 pub mod tls;
 
 pub use api::{AppState, admin_app, app};
-pub use app::{ServeError, check_master_keyring, serve, service, state};
+pub use app::{ServeError, check_master_keyring, open_store, serve, service, state};

@@ -48,6 +48,18 @@ enum Command {
     /// The configuration file.
     #[command(subcommand)]
     Config(ConfigCommand),
+    /// The PostgreSQL database (store.backend = postgres).
+    #[command(subcommand)]
+    Db(DbCommand),
+}
+
+#[derive(Subcommand)]
+enum DbCommand {
+    /// Create or migrate the schema `kps` to this version, under an advisory lock, without serving.
+    Migrate {
+        #[command(flatten)]
+        common: CommonArgs,
+    },
 }
 
 #[derive(Subcommand)]
@@ -144,7 +156,8 @@ fn main() -> ExitCode {
         Command::Serve(args) => (args.common.clone(), args.listen.clone(), args.auth),
         Command::Backup(BackupCommand::Export { common, .. } | BackupCommand::Import { common, .. })
         | Command::MasterKey(MasterKeyCommand::Generate { common, .. })
-        | Command::Rewrap { common, .. } => (common.clone(), None, None),
+        | Command::Rewrap { common, .. }
+        | Command::Db(DbCommand::Migrate { common }) => (common.clone(), None, None),
     };
     let overrides = Overrides { config: common.config, listen, data_dir: common.data_dir, auth };
     let config = match Config::load(&overrides, |name| std::env::var(name).ok()) {
@@ -172,6 +185,9 @@ fn main() -> ExitCode {
                 commands::master_key_generate(&config, print)
                     .map(|out| print!("{}", out.as_str()))
                     .map_err(|e| e.to_string())
+            }
+            Command::Db(DbCommand::Migrate { .. }) => {
+                commands::db_migrate(&config).await.map(|line| println!("{line}")).map_err(|e| e.to_string())
             }
             // Answered above, before the configuration was loaded.
             Command::Config(ConfigCommand::Sample) => Ok(()),

@@ -41,9 +41,6 @@ pub enum Shown {
     Default(fn(&Config) -> String),
     /// Unset by default: `#key = <this example, as TOML>`.
     Example(&'static str),
-    /// Part of a setting that is not implemented yet and is refused: `#key = <example>`, in a commented-out
-    /// table (the table itself would be an unknown key).
-    NotImplementedYet(&'static str),
 }
 
 const fn env(name: &'static str, set: Setter) -> Option<Env> {
@@ -69,9 +66,6 @@ fn parse_bool(value: &str) -> Result<bool, String> {
 fn quoted(text: &str) -> String {
     toml::Value::String(text.to_owned()).to_string()
 }
-
-/// The refusal of every `KPS_STORE_POSTGRES_*` variable.
-const POSTGRES_NOT_YET: &str = "the PostgreSQL store is not implemented yet (README, \"Not implemented yet\")";
 
 /// Every configuration key, in the order of the sample: top-level keys first, then one run per table.
 pub const KEYS: &[Key] = &[
@@ -460,37 +454,48 @@ pub const KEYS: &[Key] = &[
         shown: Shown::Default(|c| c.cache.list_pages_mb.to_string()),
         meaning: "kps extension: MiB of rendered list pages kept until a write to their owner; 0 = off",
     },
-    // The replicated store (interface.md, "Replicated store") is not built yet: its settings are refused
-    // rather than ignored, so nobody believes they run on PostgreSQL. (`[store]` in a file is an unknown key.)
     Key {
         path: "store.backend",
-        env: env("KPS_STORE_BACKEND", |_, v| match v {
-            "sled" => Ok(()),
-            _ => Err("the PostgreSQL store is not implemented yet: only sled (README, \"Not implemented yet\")".into()),
+        env: env("KPS_STORE_BACKEND", |c, v| {
+            c.store.backend = v.parse()?;
+            Ok(())
         }),
         flag: None,
-        shown: Shown::NotImplementedYet("\"sled\""),
-        meaning: "sled (embedded, one process) | postgres (shared by N replicas); only sled for now",
+        shown: Shown::Default(|c| quoted(c.store.backend.as_str())),
+        meaning: "sled (embedded, one process, in data_dir) | postgres (one database shared by N replicas; needs \
+                  store.postgres_url or store.postgres_url_file, and custody.master_key_file)",
     },
     Key {
         path: "store.postgres_url",
-        env: env("KPS_STORE_POSTGRES_URL", |_, _| Err(POSTGRES_NOT_YET.into())),
+        env: env("KPS_STORE_POSTGRES_URL", |c, v| {
+            c.store.postgres_url = Some(SecretString::from(v));
+            Ok(())
+        }),
         flag: None,
-        shown: Shown::NotImplementedYet("\"postgresql://kps@db1:5432,db2:5432/kps?target_session_attrs=read-write\""),
-        meaning: "libpq connection string or URI; several hosts allowed; host=/run/postgresql sockets too",
+        shown: Shown::Example("\"postgresql://kps@db1:5432,db2:5432/kps?target_session_attrs=read-write\""),
+        meaning: "libpq connection string or URI; several hosts allowed; host=/run/postgresql sockets too; \
+                  sslmode=disable|prefer|require|verify-ca|verify-full, sslrootcert=FILE (else the system roots); \
+                  a value beats store.postgres_url_file",
     },
     Key {
         path: "store.postgres_url_file",
-        env: env("KPS_STORE_POSTGRES_URL_FILE", |_, _| Err(POSTGRES_NOT_YET.into())),
+        env: env("KPS_STORE_POSTGRES_URL_FILE", |c, v| {
+            c.store.postgres_url_file = Some(v.into());
+            Ok(())
+        }),
         flag: None,
-        shown: Shown::NotImplementedYet("\"/etc/kps/postgres_url\""),
-        meaning: "Path of a file holding store.postgres_url; it may carry a password: a secret file, mode 0600",
+        shown: Shown::Example("\"/etc/kps/postgres_url\""),
+        meaning: "Path of a file holding store.postgres_url, surrounding whitespace ignored; it may carry a \
+                  password: a secret file, mode 0600",
     },
     Key {
         path: "store.postgres_pool_size",
-        env: env("KPS_STORE_POSTGRES_POOL_SIZE", |_, _| Err(POSTGRES_NOT_YET.into())),
+        env: env("KPS_STORE_POSTGRES_POOL_SIZE", |c, v| {
+            c.store.postgres_pool_size = parse(v)?;
+            Ok(())
+        }),
         flag: None,
-        shown: Shown::NotImplementedYet("16"),
+        shown: Shown::Default(|c| c.store.postgres_pool_size.to_string()),
         meaning: "Connections per replica",
     },
 ];
@@ -502,11 +507,6 @@ const HEADER: &str = "\
 # --config FILE or KPS_CONFIG, else config/kps.toml if present.
 # Keys shown as `#key = ...` (no space after #) are unset by default; the value is an example.
 ";
-
-/// Above a table whose keys are not implemented yet.
-const NOT_IMPLEMENTED_YET: &str = "Not implemented yet (README, \"Not implemented yet\"): kps refuses these \
-     settings rather than ignoring them; the table below is an unknown key in this file, and the environment \
-     variables are refused.";
 
 /// Where the sample wraps its comment lines.
 const WIDTH: usize = 110;
@@ -523,10 +523,6 @@ pub fn sample() -> String {
             out.push('\n');
         }
         if table != current_table {
-            if matches!(key.shown, Shown::NotImplementedYet(_)) {
-                push_comment(&mut out, NOT_IMPLEMENTED_YET);
-                out.push('#');
-            }
             out.push_str(&format!("[{table}]\n"));
             current_table = table;
         }
@@ -538,7 +534,7 @@ pub fn sample() -> String {
         push_comment(&mut out, &format!("{} ({source}).", key.meaning));
         out.push_str(&match &key.shown {
             Shown::Default(value) => format!("# {name} = {}\n", value(&defaults)),
-            Shown::Example(example) | Shown::NotImplementedYet(example) => format!("#{name} = {example}\n"),
+            Shown::Example(example) => format!("#{name} = {example}\n"),
         });
     }
     out
@@ -571,7 +567,7 @@ mod tests {
     use super::*;
     use crate::config::{
         AuthConfig, CacheConfig, CustodyConfig, KeygenConfig, KeysConfig, KmsConfig, LimitsConfig, LogConfig,
-        Overrides, PolicyConfig, QuotaConfig, SecretsConfig, TlsConfig,
+        Overrides, PolicyConfig, QuotaConfig, SecretsConfig, StoreConfig, TlsConfig,
     };
 
     /// The sample's TOML with the chosen lines uncommented: the `# key = default` lines, and with `examples`
@@ -674,7 +670,7 @@ mod tests {
 
     #[test]
     fn every_field_of_config_is_a_declared_key_and_every_key_a_field() {
-        let tables: [(&str, &[&str]); 12] = [
+        let tables: [(&str, &[&str]); 13] = [
             ("tls", fields_of::<TlsConfig>()),
             ("auth", fields_of::<AuthConfig>()),
             ("policy", fields_of::<PolicyConfig>()),
@@ -687,6 +683,7 @@ mod tests {
             ("secrets", fields_of::<SecretsConfig>()),
             ("keygen", fields_of::<KeygenConfig>()),
             ("cache", fields_of::<CacheConfig>()),
+            ("store", fields_of::<StoreConfig>()),
         ];
         let mut fields = HashSet::new();
         for field in fields_of::<Config>() {
@@ -696,11 +693,7 @@ mod tests {
             }
         }
         assert!(fields.len() > 30, "the field names were read: {fields:?}");
-        let declared: HashSet<String> = KEYS
-            .iter()
-            .filter(|key| !matches!(key.shown, Shown::NotImplementedYet(_)))
-            .map(|key| key.path.to_owned())
-            .collect();
+        let declared: HashSet<String> = KEYS.iter().map(|key| key.path.to_owned()).collect();
         for field in &fields {
             assert!(
                 declared.contains(field),
@@ -735,7 +728,6 @@ mod tests {
                 match &key.shown {
                     Shown::Default(value) => value(&defaults),
                     Shown::Example(example) => (*example).to_owned(),
-                    Shown::NotImplementedYet(_) => continue,
                 },
             ) else {
                 continue;

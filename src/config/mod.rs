@@ -47,6 +47,7 @@ pub struct Config {
     pub secrets: SecretsConfig,
     pub keygen: KeygenConfig,
     pub cache: CacheConfig,
+    pub store: StoreConfig,
 }
 
 #[derive(Debug, Clone, Default, Deserialize)]
@@ -260,6 +261,54 @@ impl Default for CacheConfig {
     }
 }
 
+/// Where the records live (spec/interface.md, "Replicated store").
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum StoreBackend {
+    /// Embedded, in `data_dir`; one process.
+    #[default]
+    Sled,
+    /// One PostgreSQL database that any number of replicas share.
+    Postgres,
+}
+
+impl StoreBackend {
+    /// The backend's name in the configuration.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Sled => "sled",
+            Self::Postgres => "postgres",
+        }
+    }
+}
+
+impl std::str::FromStr for StoreBackend {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s {
+            "sled" => Ok(Self::Sled),
+            "postgres" => Ok(Self::Postgres),
+            _ => Err("expected sled or postgres".into()),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct StoreConfig {
+    pub backend: StoreBackend,
+    /// May carry a password: `Debug` shows `[REDACTED]`, never logged.
+    pub postgres_url: Option<SecretString>,
+    pub postgres_url_file: Option<PathBuf>,
+    pub postgres_pool_size: usize,
+}
+
+impl Default for StoreConfig {
+    fn default() -> Self {
+        Self { backend: StoreBackend::Sled, postgres_url: None, postgres_url_file: None, postgres_pool_size: 16 }
+    }
+}
+
 impl Default for Config {
     fn default() -> Self {
         Self {
@@ -279,6 +328,7 @@ impl Default for Config {
             secrets: SecretsConfig::default(),
             keygen: KeygenConfig::default(),
             cache: CacheConfig::default(),
+            store: StoreConfig::default(),
         }
     }
 }
@@ -307,7 +357,11 @@ impl Config {
             if let Some(value) = env(name) {
                 set(&mut config, &value).map_err(|message| ConfigError::Invalid {
                     name: (*name).to_owned(),
-                    value: if name.ends_with("_SK") || name.ends_with("_AK") { "***".into() } else { value },
+                    value: if name.ends_with("_SK") || name.ends_with("_AK") || name.contains("POSTGRES_URL") {
+                        "***".into()
+                    } else {
+                        value
+                    },
                     message,
                 })?;
             }
@@ -346,6 +400,21 @@ impl Config {
     }
 
     /// The master keyring file: `custody.master_key_file`, else `<data_dir>/master.key`.
+    /// `store.postgres_url`, or the text of `store.postgres_url_file` (a secret file) without its
+    /// surrounding whitespace. Neither the URL nor any part of it is ever part of an error.
+    pub fn postgres_url(&self) -> Result<zeroize::Zeroizing<String>, ConfigError> {
+        use secrecy::ExposeSecret;
+        let value = self.store.postgres_url.as_ref().map(|url| url.expose_secret());
+        let file = self.store.postgres_url_file.as_deref();
+        match secret_file::value_or_file(value, file, self.secrets.allow_group_readable) {
+            Ok(Some(url)) => Ok(zeroize::Zeroizing::new(url.trim().to_owned())),
+            Ok(None) => {
+                Err(ConfigError::Unsupported("store.postgres_url or store.postgres_url_file is not set".into()))
+            }
+            Err(error) => Err(ConfigError::Unsupported(format!("store.postgres_url_file: {error}"))),
+        }
+    }
+
     pub fn master_key_path(&self) -> PathBuf {
         self.custody.master_key_file.clone().unwrap_or_else(|| self.data_dir.join("master.key"))
     }
@@ -389,6 +458,25 @@ impl Config {
                 "auth.mode = noauth refuses to listen on the non-loopback address {listen}; set \
                  auth.allow_noauth_remote = true to allow it (development only)"
             )));
+        }
+        if self.store.postgres_pool_size == 0 {
+            return Err(invalid("store.postgres_pool_size", "0", "must be positive"));
+        }
+        if self.store.backend == StoreBackend::Postgres {
+            if self.store.postgres_url.is_none() && self.store.postgres_url_file.is_none() {
+                return Err(ConfigError::Unsupported(
+                    "store.backend = postgres needs store.postgres_url or store.postgres_url_file \
+                     (KPS_STORE_POSTGRES_URL, KPS_STORE_POSTGRES_URL_FILE)"
+                        .into(),
+                ));
+            }
+            if self.custody.allow_default && self.custody.master_key_file.is_none() {
+                return Err(ConfigError::Unsupported(
+                    "store.backend = postgres needs custody.master_key_file (KPS_MASTER_KEY_FILE): the master \
+                     keyring every replica shares; kps never creates one for a replicated store"
+                        .into(),
+                ));
+            }
         }
         if self.tls.cert_file.is_some() != self.tls.key_file.is_some() {
             return Err(ConfigError::Unsupported(
@@ -545,15 +633,19 @@ mod tests {
     }
 
     #[test]
-    fn the_replicated_store_settings_are_refused_until_it_is_built() {
-        assert!(load(&[("KPS_STORE_BACKEND", "sled")], &Overrides::default()).is_ok());
-        for (name, value) in [
-            ("KPS_STORE_BACKEND", "postgres"),
-            ("KPS_STORE_POSTGRES_URL", "postgresql://kps@db/kps"),
-            ("KPS_STORE_POSTGRES_POOL_SIZE", "16"),
-        ] {
-            let error = load(&[(name, value)], &Overrides::default()).expect_err(name).to_string();
-            assert!(error.contains("not implemented yet"), "{error}");
-        }
+    fn the_store_settings_are_read_and_the_url_is_never_shown() {
+        let config = load(
+            &[
+                ("KPS_STORE_BACKEND", "postgres"),
+                ("KPS_STORE_POSTGRES_URL", "postgresql://kps:s3cret@db/kps"),
+                ("KPS_STORE_POSTGRES_POOL_SIZE", "4"),
+            ],
+            &Overrides::default(),
+        )
+        .expect("load");
+        assert_eq!((config.store.backend, config.store.postgres_pool_size), (StoreBackend::Postgres, 4));
+        assert!(!format!("{config:?}").contains("s3cret"));
+        let error = load(&[("KPS_STORE_BACKEND", "mysql")], &Overrides::default()).expect_err("no mysql");
+        assert!(error.to_string().contains("expected sled or postgres"), "{error}");
     }
 }
