@@ -320,7 +320,12 @@ fn a_primary_with_a_synchronous_standby_fails_over() {
 #[test]
 fn a_server_starts_answers_and_stops() {
     let Some(server) = PgServer::start() else { return };
+    let mut server = server;
     assert_eq!(server.psql("kps", "SELECT current_database()").trim(), "kps");
+    server.stop();
+    assert!(!server.is_running());
+    server.restart();
+    assert_eq!(server.psql("kps", "SELECT 1").trim(), "1");
     let data = server.data_dir();
     drop(server);
     assert!(!data.exists(), "the temp dir is removed after the server stopped");

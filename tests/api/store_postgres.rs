@@ -16,12 +16,10 @@ fn put(key: &str, value: &str) -> WriteOp {
 #[tokio::test]
 async fn the_store_suite_passes_on_postgres_over_tcp_and_the_unix_socket() {
     let Some(server) = PgServer::start() else { return };
-    let store = PostgresStore::open(&server.url(), 4).await.expect("open");
+    let store = PostgresStore::open(&server.socket_url(), 4).await.expect("open over the socket");
     kps::store::suite::run(&store).await;
-    let url = server.create_database("kps_socket");
-    assert!(url.ends_with("/kps_socket"));
-    let socket = format!("host={} port={} user=kps dbname=kps_socket", server.socket_dir(), server.port);
-    let store = PostgresStore::open(&socket, 4).await.expect("open over the socket");
+    let url = server.create_database("kps_tcp");
+    let store = PostgresStore::open(&url, 4).await.expect("open over TCP");
     kps::store::suite::run(&store).await;
 }
 

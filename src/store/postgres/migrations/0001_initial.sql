@@ -45,10 +45,6 @@ BEGIN
             IF counter < 0 OR counter > coalesce(maxes[i], counter) THEN
                 RAISE EXCEPTION USING ERRCODE = 'KP001', MESSAGE = (i - 1)::text;
             END IF;
-            -- A counter at 0 is no counter (WriteOp::outcome), as on sled: it leaves no row behind.
-            IF counter = 0 THEN
-                DELETE FROM kps.counters WHERE key = keys[i];
-            END IF;
         END IF;
         IF NOT FOUND THEN
             RAISE EXCEPTION USING ERRCODE = 'KP001', MESSAGE = (i - 1)::text;
