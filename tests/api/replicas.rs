@@ -228,8 +228,7 @@ fn concurrent_creates_of_one_name_on_two_replicas_succeed_once() {
         threads.into_iter().map(|t| t.join().expect("thread")).collect()
     });
     let mut wins = [0, 0];
-    for round in 0..rounds as usize {
-        let (a, b) = (&answers[0][round], &answers[1][round]);
+    for (round, (a, b)) in answers[0].iter().zip(&answers[1]).enumerate() {
         let mut statuses = [a.0, b.0];
         statuses.sort_unstable();
         assert_eq!(statuses, [200, 409], "round {round}: one create wins, the other conflicts: {} / {}", a.1, b.1);
