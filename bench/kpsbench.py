@@ -39,7 +39,7 @@ RATIO_TARGETS = [("show", 0.50), ("list50", 0.25)]
 RATIO_INFO = [("list50-uncached", 0.25)]
 # Issue 13: each workload on PostgreSQL (`<name>-pg`) against the same on sled, at 64 connections.
 PG_TARGETS = [("show", 0.25), ("list50", 0.25), ("import", 0.25)]
-PG_INFO = [("list50-uncached", 0.25)]
+PG_INFO = [("list50-uncached", 0.25), ("import-users", 0.25)]
 
 
 def percentile(sorted_values, pct):

@@ -255,6 +255,10 @@ for conns in 1 4 64; do
   run_wrk import "kps (default pool)" "$conns" "$KPS_A" import.lua BENCH_PATH=/v2.1/os-keypairs \
     BENCH_TOKEN="$TOKEN_IMPORT" BENCH_TAG="imp-c$conns"
 done
+# The same imports spread over many users (no two in flight write one owner's rows): info, and the
+# comparison that shows what PostgreSQL does when writes are not serialized on one owner.
+run_wrk import-users "kps (default pool)" 64 "$KPS_A" import.lua BENCH_PATH=/v2.1/os-keypairs \
+  BENCH_TOKEN="$TOKEN_IMPORT" BENCH_TAG="impu-c64" BENCH_USERS=64
 
 # --- RSA-2048 creates ---------------------------------------------------------------------------------
 run_create() { # NAME SERVER POOL_SIZE CONNS TOTAL: against KPS_URL / KPS_PID
@@ -305,6 +309,8 @@ if [[ $STORES == *postgres* ]]; then
     run_wrk import-pg "kps on postgres" "$conns" "$KPS_A" import.lua BENCH_PATH=/v2.1/os-keypairs \
       BENCH_TOKEN="$TOKEN_IMPORT" BENCH_TAG="imp-c$conns"
   done
+  run_wrk import-users-pg "kps on postgres" 64 "$KPS_A" import.lua BENCH_PATH=/v2.1/os-keypairs \
+    BENCH_TOKEN="$TOKEN_IMPORT" BENCH_TAG="impu-c64" BENCH_USERS=64
   stop_server "$KPS_PID"
   stop_postgres
   KPS_STORE_ENV=()
