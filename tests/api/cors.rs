@@ -3,10 +3,12 @@
 //! CORS off; and request ids end to end (README "Request ids"): an incoming `req-<uuid>` is logged on
 //! every line of its request, the KMS client's included.
 
-use std::sync::{Arc, Mutex};
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
 
 use serde_json::json;
 
+use crate::binary::free_port;
 use crate::kms::{KmsMock, SK};
 use crate::{Answer, ED25519_PRIVATE_KEY, ED25519_PUBLIC_KEY, Kps};
 
@@ -192,78 +194,91 @@ fn escrow_body(name: &str) -> String {
     .to_string()
 }
 
-/// A `MakeWriter` that keeps every log line in memory.
-#[derive(Clone, Default)]
-struct Captured(Arc<Mutex<Vec<u8>>>);
-
-impl std::io::Write for Captured {
-    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
-        self.0.lock().expect("log buffer").extend_from_slice(buf);
-        Ok(buf.len())
-    }
-    fn flush(&mut self) -> std::io::Result<()> {
-        Ok(())
-    }
-}
-
-impl<'a> tracing_subscriber::fmt::MakeWriter<'a> for Captured {
-    type Writer = Self;
-    fn make_writer(&'a self) -> Self {
-        self.clone()
-    }
-}
-
-impl Captured {
-    fn lines(&self) -> Vec<String> {
-        String::from_utf8_lossy(&self.0.lock().expect("log buffer")).lines().map(str::to_owned).collect()
-    }
-}
-
-/// One runtime thread, so the thread's default subscriber sees every line of the request.
-#[tokio::test(flavor = "current_thread")]
+/// An incoming `req-<uuid>` is the global request id (oslo.middleware): logged with the request's own id
+/// on every line of the request — the KMS client's included — by the real binary with JSON logs; the
+/// answer names the request's own id.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_incoming_request_id_is_logged_on_every_line_of_its_request_the_kms_clients_included() {
     let kms = KmsMock::start();
-    let kps = Kps::with_kms_mock(&kms);
     kms.fault(json!({"status": 503, "count": 10})).await;
-    let logs = Captured::default();
-    let subscriber = tracing_subscriber::fmt()
-        .with_max_level(tracing::Level::DEBUG)
-        .with_ansi(false)
-        .with_writer(logs.clone())
-        .finish();
-    let _default = tracing::subscriber::set_default(subscriber);
+    let dir = tempfile::tempdir().expect("tempdir");
+    let stderr_path = dir.path().join("stderr.log");
+    let port = free_port();
+    let url = format!("http://127.0.0.1:{port}");
+    let mut child = Command::new(env!("CARGO_BIN_EXE_kps"))
+        .args(["serve", "--listen", &format!("127.0.0.1:{port}"), "--data-dir"])
+        .arg(dir.path().join("data"))
+        .env_remove("KPS_CONFIG")
+        .env("KPS_LOG", "debug")
+        .env("KPS_LOG_FORMAT", "json")
+        .envs(kms.env())
+        .stdout(Stdio::null())
+        .stderr(std::fs::File::create(&stderr_path).expect("stderr file"))
+        .spawn()
+        .expect("spawn kps");
+    let client = reqwest::Client::new();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !client.get(format!("{url}/healthz")).send().await.is_ok_and(|r| r.status() == 200) {
+        assert!(Instant::now() < deadline && child.try_wait().expect("wait").is_none(), "kps did not start");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let send = |path: &str, global: &str, body: Option<String>| {
+        let request = match body {
+            Some(body) => client.post(format!("{url}{path}")).body(body),
+            None => client.get(format!("{url}{path}")),
+        };
+        request
+            .header("x-auth-token", "u:p")
+            .header("content-type", "application/json")
+            .header("x-openstack-request-id", global)
+            .send()
+    };
 
     let global = "req-6f1e3a52-9c0d-4b7e-8a21-0d5c3b9e4f17";
-    let headers = [("x-auth-token", "u:p"), ("content-type", "application/json"), ("x-openstack-request-id", global)];
-    let answer = kps.call("POST", "/v3/p/keypairs", &headers, Some(&escrow_body("k"))).await;
-    assert_eq!(answer.status, 503, "{}", String::from_utf8_lossy(&answer.body));
+    let answer = send("/v3/p/keypairs", global, Some(escrow_body("k"))).await.expect("kps answers");
+    assert_eq!(answer.status(), 503);
     // oslo.middleware keeps the caller's id as the global request id; the answer names this request's own.
-    let own = answer.header("x-openstack-request-id").expect("request id").to_owned();
-    assert_ne!(own, global);
-    assert_eq!(answer.header("x-compute-request-id"), Some(own.as_str()));
+    let own = answer.headers()["x-openstack-request-id"].to_str().expect("ascii").to_owned();
+    assert!(own.starts_with("req-") && own != global, "{own}");
+    assert_eq!(answer.headers()["x-compute-request-id"].to_str().ok(), Some(own.as_str()));
 
-    let lines = logs.lines();
-    let kms_lines: Vec<&String> = lines.iter().filter(|line| line.contains("KMS call failed")).collect();
-    assert!(!kms_lines.is_empty(), "the KMS client logged its failed calls: {lines:#?}");
-    let of_request: Vec<&String> = lines.iter().filter(|line| line.contains(&own)).collect();
-    assert!(of_request.len() > kms_lines.len(), "the KMS lines and the request line: {lines:#?}");
-    for line in &lines {
-        assert!(line.contains(&own) && line.contains(global), "a line without the ids: {line}");
+    let mut bogus_answers = Vec::new();
+    for bogus in ["req-6F1E3A52-9C0D-4B7E-8A21-0D5C3B9E4F17", "6f1e3a52-9c0d-4b7e-8a21-0d5c3b9e4f17", "req-1 x"] {
+        let answer = send("/v3/p/keypairs", bogus, None).await.expect("kps answers");
+        assert_eq!(answer.status(), 200);
+        let id = answer.headers()["x-openstack-request-id"].to_str().expect("ascii").to_owned();
+        assert_ne!(id, bogus);
+        bogus_answers.push((bogus, id));
+    }
+    Command::new("kill").args(["-TERM", &child.id().to_string()]).status().expect("kill");
+    child.wait().expect("wait");
+
+    let text = std::fs::read_to_string(&stderr_path).expect("stderr");
+    let lines: Vec<serde_json::Value> =
+        text.lines().map(|line| serde_json::from_str(line).unwrap_or_else(|e| panic!("{e}: {line}"))).collect();
+    // A line's request id and global id: from its span, or from the closing `request` line's fields.
+    let ids = |line: &serde_json::Value| {
+        let from = if line["span"]["name"] == "request" { &line["span"] } else { &line["fields"] };
+        (from["request_id"].as_str().map(str::to_owned), from["global_request_id"].as_str().map(str::to_owned))
+    };
+    let of_request: Vec<&serde_json::Value> =
+        lines.iter().filter(|line| ids(line).0.as_deref() == Some(own.as_str())).collect();
+    let kms_lines = of_request.iter().filter(|line| line["fields"]["message"] == "KMS call failed").count();
+    assert!(kms_lines >= 2, "the KMS client's retries are logged in the request's span: {text}");
+    assert!(of_request.iter().any(|line| line["fields"]["message"] == "request"), "{text}");
+    for line in &of_request {
+        assert_eq!(ids(line).1.as_deref(), Some(global), "{line}");
+    }
+    for line in text.lines() {
+        assert!(!line.contains(global) || line.contains(&own), "the global id on another request's line: {line}");
         for secret in [SK, "PRIVATE KEY", "u:p"] {
             assert!(!line.contains(secret), "a secret in the log: {line}");
         }
     }
-
     // Anything but req-<lowercase uuid> is ignored, as oslo.middleware ignores it.
-    for bogus in ["req-6F1E3A52-9C0D-4B7E-8A21-0D5C3B9E4F17", "6f1e3a52-9c0d-4b7e-8a21-0d5c3b9e4f17", "req-1 forged=x"]
-    {
-        let before = logs.lines().len();
-        let headers = [("x-auth-token", "u:p"), ("x-openstack-request-id", bogus)];
-        let answer = kps.call("GET", "/v3/p/keypairs", &headers, None).await;
-        assert_eq!(answer.status, 200);
-        assert_ne!(answer.header("x-openstack-request-id"), Some(bogus));
-        let lines = logs.lines().split_off(before);
-        assert!(!lines.is_empty() && lines.iter().all(|line| !line.contains("global_request_id")), "{lines:#?}");
-        assert!(!lines.iter().any(|line| line.contains(bogus)), "{bogus} was logged");
+    for (bogus, id) in bogus_answers {
+        let closing = lines.iter().find(|line| ids(line).0.as_deref() == Some(id.as_str())).expect("logged");
+        assert_eq!(ids(closing).1, None, "{bogus}");
+        assert!(!text.replace(global, "").contains(bogus), "{bogus} was logged");
     }
 }
