@@ -66,6 +66,7 @@ pub fn state(config: &Config, store: Arc<dyn Store>) -> Result<AppState, ServeEr
             config.limits.per_caller_rps,
         ),
         list_pages: page_cache::PageCache::new(config.cache.list_pages_mb.saturating_mul(1 << 20)),
+        cors: api::cors::Cors::new(&config.cors),
     })
 }
 

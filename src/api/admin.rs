@@ -11,6 +11,7 @@ use axum::body::{Body, Bytes};
 use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::Response;
 use serde_json::Value;
+use tracing::Instrument;
 
 use super::AppState;
 use super::error::ApiError;
@@ -49,12 +50,16 @@ pub async fn backup(state: &AppState, call: &Call<'_>) -> Result<Response, ApiEr
     let (sender, receiver) = tokio::sync::mpsc::channel::<Vec<u8>>(4);
     let (failed_sender, failed) = tokio::sync::oneshot::channel::<()>();
     let export = state.service.export_backup(sender);
-    tokio::spawn(async move {
-        if let Err(error) = export.await {
-            tracing::error!(%error, "backup stream failed");
-            let _ = failed_sender.send(());
+    // The export outlives this handler's future: it takes the request's span along, so its lines carry the id.
+    tokio::spawn(
+        async move {
+            if let Err(error) = export.await {
+                tracing::error!(%error, "backup stream failed");
+                let _ = failed_sender.send(());
+            }
         }
-    });
+        .in_current_span(),
+    );
     // After the last chunk, a failed export ends the body with an error, so the client sees a broken
     // transfer, never a short backup that looks complete.
     let stream = futures_util::stream::unfold((receiver, Some(failed)), |(mut receiver, failed)| async move {

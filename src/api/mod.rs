@@ -11,6 +11,7 @@ pub mod admin;
 pub mod audit;
 pub mod auth;
 pub mod body;
+pub mod cors;
 pub mod error;
 pub mod keypair_ops;
 pub mod limits;
@@ -59,6 +60,8 @@ pub struct AppState {
     pub caller_limits: Option<limits::CallerLimits>,
     /// Rendered Nova list pages (`cache.list_pages_mb`), current while `KeypairService::list_stamp` is.
     pub list_pages: crate::page_cache::PageCache,
+    /// `cors.allowed_origins`; `None` when CORS is off.
+    pub cors: Option<cors::Cors>,
 }
 
 /// The kps HTTP application (`listen`).

@@ -2,7 +2,9 @@
 //! (step 1), authentication and the per-caller limits (step 2), routing — 404, 405 with `Allow`, KPS.1014
 //! (step 3) — microversion (step 4), content type and JSON parse (step 5) and project match (step 6); then
 //! the route's handler, under the request timeout, inside a tracing span carrying the request id; then
-//! the request-id headers, the metrics and the request log line.
+//! the request-id headers, the CORS headers for a listed origin, the metrics and the request log line. A
+//! CORS preflight from a listed origin is answered after the body-size and listener checks, before
+//! authentication (`cors`).
 //!
 //! What the handler learns about its request is a [`Call`]. This module touches the router, the edge's
 //! helpers and the service only through the handlers.
@@ -19,6 +21,7 @@ use tracing::Instrument;
 use super::AppState;
 use super::auth::Caller;
 use super::body::{RequestJson, parse_json_body, read_body};
+use super::cors;
 use super::error::ApiError;
 use super::microversion::MicroVersion;
 use super::policy::Action;
@@ -78,11 +81,15 @@ impl Call<'_> {
 pub async fn dispatch(state: &AppState, request: Request, listener: Listener) -> Response {
     // A v4 UUID from the thread-local CSPRNG: no system call per request (Uuid::new_v4 reads getrandom).
     let request_id = format!("req-{}", uuid::Builder::from_random_bytes(rand::random()).into_uuid());
+    let global_request_id = global_request_id(request.headers());
+    let cors_origin = state.cors.as_ref().and_then(|cors| cors.allowed_origin(request.headers()));
     let method = request.method().clone();
     let path = request.uri().path().to_owned();
     let route_label = router::route(&path).map_or("unmatched", |matched| matched.label());
     let started = Instant::now();
-    let span = tracing::info_span!("request", request_id);
+    // Every line logged while the request is handled — the service's, the store's, the KMS client's — is
+    // inside this span and so carries its ids; tasks spawned for the request take it along.
+    let span = tracing::info_span!("request", request_id, global_request_id = global_request_id.as_deref());
     let handled = tokio::time::timeout(state.request_timeout, handle(state, request, &request_id, listener))
         .instrument(span)
         .await;
@@ -96,10 +103,14 @@ pub async fn dispatch(state: &AppState, request: Request, listener: Listener) ->
             headers.insert(name, value.clone());
         }
     }
+    if let Some(origin) = cors_origin {
+        cors::write_headers(origin, headers);
+    }
     let elapsed = started.elapsed();
     state.metrics.record_request(route_label, &method, response.status().as_u16(), elapsed);
     tracing::info!(
         request_id,
+        global_request_id = global_request_id.as_deref(),
         %method,
         path,
         status = response.status().as_u16(),
@@ -131,6 +142,12 @@ async fn handle(state: &AppState, request: Request, request_id: &str, listener: 
     };
     if !served_here {
         return ApiError::not_found_route().into_response();
+    }
+    // A CORS preflight from a listed origin carries no credentials: it is answered before authentication.
+    if let (Some(cors), Some(route)) = (&state.cors, &matched)
+        && let Some(answer) = cors.preflight(&parts, route)
+    {
+        return answer;
     }
 
     // 2. Authentication for every API path, routed or not.
@@ -235,6 +252,21 @@ fn with_version(mut response: Response, version: Option<MicroVersion>) -> Respon
         version.write_headers(response.headers_mut());
     }
     response
+}
+
+/// An incoming `X-OpenStack-Request-ID` of the form `req-<lowercase uuid>`: the caller's global request
+/// id, logged with the request's own id as oslo.middleware's `request_id` does. Anything else is ignored,
+/// and the answer's request-id headers always carry kps's own, fresh id, so they stay unique per request
+/// when a client sends one global id with each call of a command.
+fn global_request_id(headers: &HeaderMap) -> Option<String> {
+    let value = headers.get("x-openstack-request-id")?.to_str().ok()?;
+    let uuid = value.strip_prefix("req-")?;
+    let well_formed = uuid.len() == 36
+        && uuid.bytes().enumerate().all(|(index, byte)| match index {
+            8 | 13 | 18 | 23 => byte == b'-',
+            _ => byte.is_ascii_digit() || (b'a'..=b'f').contains(&byte),
+        });
+    well_formed.then(|| value.to_owned())
 }
 
 /// Paths below these prefixes need authentication before anything else is said about them.

@@ -498,6 +498,29 @@ pub const KEYS: &[Key] = &[
         shown: Shown::Default(|c| c.store.postgres_pool_size.to_string()),
         meaning: "Connections per replica",
     },
+    Key {
+        path: "cors.allowed_origins",
+        env: env("KPS_CORS_ALLOWED_ORIGINS", |c, v| {
+            c.cors.allowed_origins =
+                v.split(',').map(str::trim).filter(|origin| !origin.is_empty()).map(str::to_owned).collect();
+            Ok(())
+        }),
+        flag: None,
+        shown: Shown::Example("[\"https://console.example.com\"]"),
+        meaning: "Origins whose browser pages may call kps (CORS, as oslo.middleware's [cors] allowed_origin): \
+                  exact scheme://host[:port] values, no wildcard; the variable takes them comma-separated; \
+                  none = CORS off, no CORS header is ever sent",
+    },
+    Key {
+        path: "cors.max_age_s",
+        env: env("KPS_CORS_MAX_AGE_S", |c, v| {
+            c.cors.max_age_s = parse(v)?;
+            Ok(())
+        }),
+        flag: None,
+        shown: Shown::Default(|c| c.cors.max_age_s.to_string()),
+        meaning: "Seconds a browser may cache a preflight answer (Access-Control-Max-Age)",
+    },
 ];
 
 const HEADER: &str = "\
@@ -566,8 +589,8 @@ mod tests {
 
     use super::*;
     use crate::config::{
-        AuthConfig, CacheConfig, CustodyConfig, KeygenConfig, KeysConfig, KmsConfig, LimitsConfig, LogConfig,
-        Overrides, PolicyConfig, QuotaConfig, SecretsConfig, StoreConfig, TlsConfig,
+        AuthConfig, CacheConfig, CorsConfig, CustodyConfig, KeygenConfig, KeysConfig, KmsConfig, LimitsConfig,
+        LogConfig, Overrides, PolicyConfig, QuotaConfig, SecretsConfig, StoreConfig, TlsConfig,
     };
 
     /// The sample's TOML with the chosen lines uncommented: the `# key = default` lines, and with `examples`
@@ -607,6 +630,12 @@ mod tests {
         let table: toml::Table = toml::from_str(&format!("v = {toml_value}")).expect("a TOML value");
         match &table["v"] {
             toml::Value::String(text) => text.clone(),
+            // A list variable takes its items comma-separated (cors.allowed_origins).
+            toml::Value::Array(items) => items
+                .iter()
+                .map(|item| item.as_str().map_or_else(|| item.to_string(), str::to_owned))
+                .collect::<Vec<_>>()
+                .join(","),
             other => other.to_string(),
         }
     }
@@ -670,7 +699,7 @@ mod tests {
 
     #[test]
     fn every_field_of_config_is_a_declared_key_and_every_key_a_field() {
-        let tables: [(&str, &[&str]); 13] = [
+        let tables: [(&str, &[&str]); 14] = [
             ("tls", fields_of::<TlsConfig>()),
             ("auth", fields_of::<AuthConfig>()),
             ("policy", fields_of::<PolicyConfig>()),
@@ -684,6 +713,7 @@ mod tests {
             ("keygen", fields_of::<KeygenConfig>()),
             ("cache", fields_of::<CacheConfig>()),
             ("store", fields_of::<StoreConfig>()),
+            ("cors", fields_of::<CorsConfig>()),
         ];
         let mut fields = HashSet::new();
         for field in fields_of::<Config>() {

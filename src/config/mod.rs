@@ -48,6 +48,7 @@ pub struct Config {
     pub keygen: KeygenConfig,
     pub cache: CacheConfig,
     pub store: StoreConfig,
+    pub cors: CorsConfig,
 }
 
 #[derive(Debug, Clone, Default, Deserialize)]
@@ -309,6 +310,22 @@ impl Default for StoreConfig {
     }
 }
 
+/// Cross-origin access for browser consoles (oslo.middleware's `[cors]`); off while no origin is listed.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct CorsConfig {
+    /// Exact origins (`scheme://host[:port]`) whose pages may call kps; empty = CORS off.
+    pub allowed_origins: Vec<String>,
+    /// How long a browser may cache a preflight answer (`Access-Control-Max-Age`).
+    pub max_age_s: u64,
+}
+
+impl Default for CorsConfig {
+    fn default() -> Self {
+        Self { allowed_origins: Vec::new(), max_age_s: 3600 }
+    }
+}
+
 impl Default for Config {
     fn default() -> Self {
         Self {
@@ -329,6 +346,7 @@ impl Default for Config {
             keygen: KeygenConfig::default(),
             cache: CacheConfig::default(),
             store: StoreConfig::default(),
+            cors: CorsConfig::default(),
         }
     }
 }
@@ -448,6 +466,12 @@ impl Config {
         if self.limits.max_connections == 0 {
             return Err(invalid("limits.max_connections", "0", "must be positive"));
         }
+        for origin in &self.cors.allowed_origins {
+            if !is_exact_origin(origin) {
+                let message = "must be an exact origin: http(s)://host[:port], no path, no wildcard";
+                return Err(invalid("cors.allowed_origins", origin, message));
+            }
+        }
         if let Some(url) = &self.public_url
             && !(url.starts_with("http://") || url.starts_with("https://"))
         {
@@ -493,6 +517,18 @@ fn invalid(name: &str, value: &str, message: &str) -> ConfigError {
 
 fn parse_addr(name: &str, value: &str) -> Result<SocketAddr, ConfigError> {
     value.parse().map_err(|e: std::net::AddrParseError| invalid(name, value, &e.to_string()))
+}
+
+/// `scheme://host[:port]` as a browser sends it in `Origin`: http or https, a host of lowercase letters, digits, `.`,
+/// `-` (or a bracketed IPv6 address), an optional port, nothing else. Browsers compare origins exactly, so
+/// a pattern or a trailing slash would never match.
+fn is_exact_origin(origin: &str) -> bool {
+    let Some(authority) = origin.strip_prefix("https://").or_else(|| origin.strip_prefix("http://")) else {
+        return false;
+    };
+    !authority.is_empty()
+        && authority.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b".-:[]".contains(&b))
+        && !authority.starts_with([':', '.', '-'])
 }
 
 #[cfg(test)]
@@ -572,6 +608,27 @@ mod tests {
             let error = config.validate().expect_err(bad).to_string();
             assert!(error.contains("keys.min_rsa_bits") && error.contains("between 1024 and 16384"), "{error}");
         }
+    }
+
+    #[test]
+    fn cors_origins_are_read_comma_separated_and_must_be_exact() {
+        let variable = "https://console.example.com, http://localhost:8080,";
+        let config = load(&[("KPS_CORS_ALLOWED_ORIGINS", variable)], &Overrides::default()).expect("load");
+        assert_eq!(config.cors.allowed_origins, ["https://console.example.com", "http://localhost:8080"]);
+        config.validate().expect("exact origins are valid");
+        for bad in [
+            "*",
+            "https://*.example.com",
+            "https://console.example.com/",
+            "console.example.com",
+            "null",
+            "https://Console.example.com",
+        ] {
+            let config = load(&[("KPS_CORS_ALLOWED_ORIGINS", bad)], &Overrides::default()).expect("load");
+            let error = config.validate().expect_err(bad).to_string();
+            assert!(error.contains("cors.allowed_origins") && error.contains("exact origin"), "{bad}: {error}");
+        }
+        assert!(Config::default().cors.allowed_origins.is_empty(), "CORS is off by default");
     }
 
     #[test]

@@ -44,7 +44,8 @@ impl RsaKeyPool {
         if let Some(key) = self.keys.as_ref().and_then(|keys| keys.lock().ok()?.try_recv().ok()) {
             return Ok(key);
         }
-        tokio::task::spawn_blocking(|| generate_rsa(POOL_KEY_BITS))
+        let span = tracing::Span::current();
+        tokio::task::spawn_blocking(move || span.in_scope(|| generate_rsa(POOL_KEY_BITS)))
             .await
             .map_err(|e| KeypairError::Generation(e.to_string()))?
     }

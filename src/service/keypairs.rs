@@ -306,14 +306,18 @@ impl KeypairService {
             _ => None,
         };
         let user_id = user_id.to_owned();
-        let generated = tokio::task::spawn_blocking(move || match (key_type, rsa_key) {
-            (KeyType::X509, Some(key)) => generate::generate_x509(&user_id, key),
-            (KeyType::X509, None) => {
-                let bits = rsa_bits(algorithm).unwrap_or(2048);
-                generate::generate_x509(&user_id, generate::generate_rsa(bits)?)
+        let span = tracing::Span::current();
+        let generated = tokio::task::spawn_blocking(move || {
+            let _request = span.enter();
+            match (key_type, rsa_key) {
+                (KeyType::X509, Some(key)) => generate::generate_x509(&user_id, key),
+                (KeyType::X509, None) => {
+                    let bits = rsa_bits(algorithm).unwrap_or(2048);
+                    generate::generate_x509(&user_id, generate::generate_rsa(bits)?)
+                }
+                (KeyType::Ssh, Some(key)) => generate::generate_ssh_from_rsa(key),
+                (KeyType::Ssh, None) => generate::generate_ssh(algorithm),
             }
-            (KeyType::Ssh, Some(key)) => generate::generate_ssh_from_rsa(key),
-            (KeyType::Ssh, None) => generate::generate_ssh(algorithm),
         })
         .await
         .map_err(|e| KeypairError::Generation(e.to_string()))??;

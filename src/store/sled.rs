@@ -317,7 +317,8 @@ impl SledStore {
     /// async runtime.
     async fn sync(&self) -> Result<(), StoreError> {
         let durability = Arc::clone(&self.durability);
-        tokio::task::spawn_blocking(move || durability.sync())
+        let span = tracing::Span::current();
+        tokio::task::spawn_blocking(move || span.in_scope(|| durability.sync()))
             .await
             .map_err(|e| StoreError::Backend(format!("sync task: {e}")))?
     }
@@ -491,7 +492,8 @@ impl Store for SledStore {
             return Err(StoreError::Unavailable("the commit thread has stopped".into()));
         }
         let meta = self.meta.clone();
-        tokio::task::spawn_blocking(move || meta.get(STORE_FORMAT_KEY).map_err(backend))
+        let span = tracing::Span::current();
+        tokio::task::spawn_blocking(move || span.in_scope(|| meta.get(STORE_FORMAT_KEY).map_err(backend)))
             .await
             .map_err(|e| StoreError::Backend(format!("read task: {e}")))?
             .map(|_| ())

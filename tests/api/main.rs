@@ -7,6 +7,7 @@ mod audit_log;
 mod auth;
 mod binary;
 mod connections;
+mod cors;
 mod custody;
 mod deploy;
 mod durability;
