@@ -23,6 +23,7 @@ mod metrics;
 mod openapi;
 mod paging;
 mod pg;
+mod policy_files;
 mod rewrap;
 mod routing;
 mod store_postgres;
