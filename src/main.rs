@@ -110,6 +110,10 @@ enum ConfigCommand {
     /// Print the sample configuration: every key, commented out, with its default and meaning (this is how
     /// config/kps.toml is generated).
     Sample,
+    /// Load the configuration as `kps serve` would (file, environment, flags), check the files it names and
+    /// their modes, and print the effective settings with secrets redacted; exit 1 with the reason when
+    /// something is wrong.
+    Check(ServeArgs),
 }
 
 #[derive(Subcommand)]
@@ -202,7 +206,9 @@ fn main() -> ExitCode {
                 Err(error) => fail(&format!("cannot write the sample: {error}")),
             };
         }
-        Command::Serve(args) => (args.common.clone(), args.listen.clone(), args.auth),
+        Command::Serve(args) | Command::Config(ConfigCommand::Check(args)) => {
+            (args.common.clone(), args.listen.clone(), args.auth)
+        }
         Command::Backup(BackupCommand::Export { common, .. } | BackupCommand::Import { common, .. })
         | Command::MasterKey(MasterKeyCommand::Generate { common, .. })
         | Command::Rewrap { common, .. }
@@ -220,6 +226,15 @@ fn main() -> ExitCode {
         let caller = kps::api::auth::Caller { user_id: user, project_id: project, roles };
         let target = kps::api::policy::CheckTarget { user: target_user, project: target_project, domain_key };
         return policy_check(policy.as_deref().or(config.policy.file.as_deref()), &action, &caller, &target);
+    }
+    if let Command::Config(ConfigCommand::Check(_)) = command {
+        return match commands::config_check(&config) {
+            Ok(report) => match std::io::stdout().write_all(report.as_bytes()) {
+                Ok(()) => ExitCode::SUCCESS,
+                Err(error) => fail(&format!("cannot write the report: {error}")),
+            },
+            Err(error) => fail(&format!("config check failed: {error}")),
+        };
     }
     init_logging(config.log.format);
     let runtime = match tokio::runtime::Runtime::new() {
@@ -247,7 +262,7 @@ fn main() -> ExitCode {
                 commands::db_migrate(&config).await.map(|line| println!("{line}")).map_err(|e| e.to_string())
             }
             // Answered above, before the configuration was loaded (samples) or before the runtime started.
-            Command::Config(ConfigCommand::Sample) | Command::Policy(_) => Ok(()),
+            Command::Config(_) | Command::Policy(_) => Ok(()),
             Command::Backup(BackupCommand::Import { file, force, .. }) => {
                 let summary = commands::backup_import(&config, &file, force).await.map_err(|e| e.to_string())?;
                 println!(

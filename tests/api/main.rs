@@ -6,6 +6,7 @@ mod aksk;
 mod audit_log;
 mod auth;
 mod binary;
+mod config_check;
 mod connections;
 mod custody;
 mod deploy;
