@@ -65,7 +65,7 @@ fn policy_sample_writes_every_action_with_its_default() {
     for action in kps::api::policy::Action::ALL {
         assert!(sample.contains(&format!("#\"{}\": \"", action.name())), "{}", action.name());
     }
-    assert!(sample.contains("# List a user's key pairs (Nova: GET /os-keypairs)\n"));
+    assert!(sample.contains("# List a user's key pairs (Nova)\n# GET  /v2.1/os-keypairs\n"), "{sample}");
 }
 
 #[test]

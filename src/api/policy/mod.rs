@@ -87,25 +87,25 @@ impl Action {
         Self::ALL.into_iter().find(|action| action.name() == name)
     }
 
-    /// What the action does, for the policy sample.
+    /// What the action does, for the policy sample (which adds its routes from the route table).
     pub fn description(self) -> &'static str {
         match self {
-            Self::NovaCreate => "Create or import a key pair (Nova: POST /os-keypairs)",
-            Self::NovaIndex => "List a user's key pairs (Nova: GET /os-keypairs)",
-            Self::NovaShow => "Show a key pair (Nova: GET /os-keypairs/{keypair_name})",
-            Self::NovaDelete => "Delete a key pair (Nova: DELETE /os-keypairs/{keypair_name})",
-            Self::Create => "Create or import a key pair (V3: POST /v3/{project_id}/keypairs)",
-            Self::List => "List key pairs (V3: GET /v3/{project_id}/keypairs)",
-            Self::Show => "Show a key pair (V3: GET /v3/{project_id}/keypairs/{keypair_name})",
-            Self::Update => "Update a key pair's description (V3: PUT /v3/{project_id}/keypairs/{keypair_name})",
-            Self::Delete => "Delete a key pair (V3: DELETE /v3/{project_id}/keypairs/{keypair_name})",
-            Self::ImportPrivateKey => "Escrow a key pair's private key (V3: import_private_key)",
-            Self::ExportPrivateKey => "Reveal an escrowed private key (V3: export_private_key)",
-            Self::ClearPrivateKey => "Delete an escrowed private key (V3: clear_private_key)",
-            Self::BatchImport => "Import several key pairs at once (V3: batch_import)",
-            Self::BatchExport => "Export several private keys at once (V3: batch_export)",
-            Self::AdminBackup => "Export every record (admin API: backup)",
-            Self::AdminRewrap => "Re-seal every escrowed private key (admin API: rewrap)",
+            Self::NovaCreate => "Create or import a key pair (Nova)",
+            Self::NovaIndex => "List a user's key pairs (Nova)",
+            Self::NovaShow => "Show a key pair (Nova)",
+            Self::NovaDelete => "Delete a key pair (Nova)",
+            Self::Create => "Create or import a key pair (V3)",
+            Self::List => "List key pairs (V3)",
+            Self::Show => "Show a key pair (V3)",
+            Self::Update => "Update a key pair's description (V3)",
+            Self::Delete => "Delete a key pair (V3)",
+            Self::ImportPrivateKey => "Escrow a key pair's private key (V3)",
+            Self::ExportPrivateKey => "Reveal an escrowed private key (V3)",
+            Self::ClearPrivateKey => "Delete an escrowed private key (V3)",
+            Self::BatchImport => "Import several key pairs at once (V3)",
+            Self::BatchExport => "Export several private keys at once (V3)",
+            Self::AdminBackup => "Export every record (admin API)",
+            Self::AdminRewrap => "Re-seal every escrowed private key (admin API)",
         }
     }
 
@@ -644,7 +644,17 @@ pub fn sample() -> String {
         out.push_str(&format!("# {description}\n#\"{name}\": \"{rule}\"\n\n"));
     }
     for action in Action::ALL {
-        out.push_str(&format!("# {}\n#\"{}\": \"{}\"\n\n", action.description(), action.name(), action.default_rule()));
+        let routes = super::router::ROUTE_TABLE.iter().filter(|spec| spec.action == Some(action));
+        let operations: String = routes
+            .flat_map(|spec| {
+                spec.methods
+                    .iter()
+                    .filter(|method| **method != axum::http::Method::HEAD)
+                    .map(move |method| format!("# {}  {}\n", method.as_str(), spec.template))
+            })
+            .collect();
+        out.push_str(&format!("# {}\n{operations}", action.description()));
+        out.push_str(&format!("#\"{}\": \"{}\"\n\n", action.name(), action.default_rule()));
     }
     out
 }
@@ -1053,11 +1063,8 @@ mod tests {
     fn the_sample_uncommented_is_the_default_policy() {
         let sample = sample();
         for action in Action::ALL {
-            assert!(
-                sample.contains(&format!("# {}\n#\"{}\": ", action.description(), action.name())),
-                "{}",
-                action.name()
-            );
+            assert!(sample.contains(&format!("# {}\n", action.description())), "{}", action.name());
+            assert!(sample.contains(&format!("\n#\"{}\": ", action.name())), "{}", action.name());
         }
         assert!(sample.contains("#\"context_is_admin\": \"role:admin\""));
         let uncommented: String = sample
