@@ -51,6 +51,49 @@ enum Command {
     /// The PostgreSQL database (store.backend = postgres).
     #[command(subcommand)]
     Db(DbCommand),
+    /// The access policy (policy.file).
+    #[command(subcommand)]
+    Policy(PolicyCommand),
+}
+
+#[derive(Subcommand)]
+enum PolicyCommand {
+    /// Print the default policy in oslo.policy's YAML, commented out, each action with its description (as
+    /// oslopolicy-sample-generator does).
+    Sample,
+    /// Whether a caller may perform an action on a target under the configured policy: prints allowed or
+    /// denied, exit 0 or 1.
+    Check(Box<PolicyCheckArgs>),
+}
+
+#[derive(Args)]
+struct PolicyCheckArgs {
+    #[command(flatten)]
+    common: CommonArgs,
+    /// The policy file to use instead of the configured policy.file.
+    #[arg(long, value_name = "FILE")]
+    policy: Option<PathBuf>,
+    /// The action, e.g. os_compute_api:os-keypairs:show.
+    #[arg(long)]
+    action: String,
+    /// The caller's user id.
+    #[arg(long)]
+    user: String,
+    /// The caller's project id.
+    #[arg(long)]
+    project: String,
+    /// The caller's roles, comma-separated.
+    #[arg(long, value_delimiter = ',')]
+    roles: Vec<String>,
+    /// The user whose key pairs the action is on (default: the caller).
+    #[arg(long, value_name = "USER")]
+    target_user: Option<String>,
+    /// The project of the key pair the action is on (default: no single key pair).
+    #[arg(long, value_name = "PROJECT")]
+    target_project: Option<String>,
+    /// The key pair is a domain key of its project.
+    #[arg(long, requires = "target_project")]
+    domain_key: bool,
 }
 
 #[derive(Subcommand)]
@@ -67,6 +110,10 @@ enum ConfigCommand {
     /// Print the sample configuration: every key, commented out, with its default and meaning (this is how
     /// config/kps.toml is generated).
     Sample,
+    /// Load the configuration as `kps serve` would (file, environment, flags), check the files it names and
+    /// their modes, and print the effective settings with secrets redacted; exit 1 with the reason when
+    /// something is wrong.
+    Check(ServeArgs),
 }
 
 #[derive(Subcommand)]
@@ -153,17 +200,42 @@ fn main() -> ExitCode {
                 Err(error) => fail(&format!("cannot write the sample: {error}")),
             };
         }
-        Command::Serve(args) => (args.common.clone(), args.listen.clone(), args.auth),
+        Command::Policy(PolicyCommand::Sample) => {
+            return match std::io::stdout().write_all(kps::api::policy::sample().as_bytes()) {
+                Ok(()) => ExitCode::SUCCESS,
+                Err(error) => fail(&format!("cannot write the sample: {error}")),
+            };
+        }
+        Command::Serve(args) | Command::Config(ConfigCommand::Check(args)) => {
+            (args.common.clone(), args.listen.clone(), args.auth)
+        }
         Command::Backup(BackupCommand::Export { common, .. } | BackupCommand::Import { common, .. })
         | Command::MasterKey(MasterKeyCommand::Generate { common, .. })
         | Command::Rewrap { common, .. }
         | Command::Db(DbCommand::Migrate { common }) => (common.clone(), None, None),
+        Command::Policy(PolicyCommand::Check(args)) => (args.common.clone(), None, None),
     };
     let overrides = Overrides { config: common.config, listen, data_dir: common.data_dir, auth };
     let config = match Config::load(&overrides, |name| std::env::var(name).ok()) {
         Ok(config) => config,
         Err(error) => return fail(&error),
     };
+    if let Command::Policy(PolicyCommand::Check(args)) = command {
+        let PolicyCheckArgs { policy, action, user, project, roles, target_user, target_project, domain_key, .. } =
+            *args;
+        let caller = kps::api::auth::Caller { user_id: user, project_id: project, roles };
+        let target = kps::api::policy::CheckTarget { user: target_user, project: target_project, domain_key };
+        return policy_check(policy.as_deref().or(config.policy.file.as_deref()), &action, &caller, &target);
+    }
+    if let Command::Config(ConfigCommand::Check(_)) = command {
+        return match commands::config_check(&config) {
+            Ok(report) => match std::io::stdout().write_all(report.as_bytes()) {
+                Ok(()) => ExitCode::SUCCESS,
+                Err(error) => fail(&format!("cannot write the report: {error}")),
+            },
+            Err(error) => fail(&format!("config check failed: {error}")),
+        };
+    }
     init_logging(config.log.format);
     let runtime = match tokio::runtime::Runtime::new() {
         Ok(runtime) => runtime,
@@ -189,8 +261,8 @@ fn main() -> ExitCode {
             Command::Db(DbCommand::Migrate { .. }) => {
                 commands::db_migrate(&config).await.map(|line| println!("{line}")).map_err(|e| e.to_string())
             }
-            // Answered above, before the configuration was loaded.
-            Command::Config(ConfigCommand::Sample) => Ok(()),
+            // Answered above, before the configuration was loaded (samples) or before the runtime started.
+            Command::Config(_) | Command::Policy(_) => Ok(()),
             Command::Backup(BackupCommand::Import { file, force, .. }) => {
                 let summary = commands::backup_import(&config, &file, force).await.map_err(|e| e.to_string())?;
                 println!(
@@ -203,6 +275,34 @@ fn main() -> ExitCode {
     });
     match outcome {
         Ok(()) => ExitCode::SUCCESS,
+        Err(error) => fail(&error),
+    }
+}
+
+/// `kps policy check`: "allowed" and exit 0, "denied" and exit 1; exit 1 with the reason when the policy or
+/// the action is wrong.
+fn policy_check(
+    file: Option<&std::path::Path>,
+    action: &str,
+    caller: &kps::api::auth::Caller,
+    target: &kps::api::policy::CheckTarget,
+) -> ExitCode {
+    let policy = match file {
+        Some(path) => match kps::api::policy::Policy::load(path) {
+            Ok(policy) => policy,
+            Err(error) => return fail(&error),
+        },
+        None => kps::api::policy::Policy::default(),
+    };
+    match policy.check(action, caller, target) {
+        Ok(true) => {
+            let _ = writeln!(std::io::stdout(), "allowed: {action}");
+            ExitCode::SUCCESS
+        }
+        Ok(false) => {
+            let _ = writeln!(std::io::stdout(), "denied: {action}");
+            ExitCode::FAILURE
+        }
         Err(error) => fail(&error),
     }
 }

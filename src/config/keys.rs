@@ -203,8 +203,9 @@ pub const KEYS: &[Key] = &[
         }),
         flag: None,
         shown: Shown::Example("\"/etc/kps/policy.toml\""),
-        meaning: "Policy overrides, one `\"action\" = \"rule\"` per line (quoted: names contain \":\"); unset = \
-                  built-in default policy",
+        meaning: "Policy overrides: an oslo.policy file in YAML or JSON (.yaml/.yml/.json; `kps policy sample`), or \
+                  TOML with one `\"action\" = \"rule\"` per line (quoted: names contain \":\"); unset = built-in \
+                  default policy",
     },
     Key {
         path: "quota.key_pairs",

@@ -14,7 +14,7 @@ use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 
 use secrecy::SecretString;
-use serde::Deserialize;
+use serde::{Deserialize, Serialize, Serializer};
 
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
@@ -28,7 +28,7 @@ pub enum ConfigError {
     Unsupported(String),
 }
 
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct Config {
     pub listen: String,
@@ -51,14 +51,14 @@ pub struct Config {
     pub cors: CorsConfig,
 }
 
-#[derive(Debug, Clone, Default, Deserialize)]
+#[derive(Debug, Clone, Default, Deserialize, Serialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct TlsConfig {
     pub cert_file: Option<PathBuf>,
     pub key_file: Option<PathBuf>,
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
 #[serde(rename_all = "lowercase")]
 pub enum AuthMode {
     Noauth,
@@ -92,7 +92,7 @@ impl std::str::FromStr for AuthMode {
     }
 }
 
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct AuthConfig {
     pub mode: AuthMode,
@@ -116,13 +116,13 @@ impl Default for AuthConfig {
     }
 }
 
-#[derive(Debug, Clone, Default, Deserialize)]
+#[derive(Debug, Clone, Default, Deserialize, Serialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct PolicyConfig {
     pub file: Option<PathBuf>,
 }
 
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct QuotaConfig {
     /// Key pairs per user; `-1` = unlimited.
@@ -136,7 +136,7 @@ impl Default for QuotaConfig {
 }
 
 /// Which imported keys are accepted.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct KeysConfig {
     /// Imported RSA keys shorter than this are invalid (KPS.1204); generated keys are never shorter.
@@ -149,7 +149,7 @@ impl Default for KeysConfig {
     }
 }
 
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct CustodyConfig {
     pub enabled: bool,
@@ -163,7 +163,7 @@ impl Default for CustodyConfig {
     }
 }
 
-#[derive(Debug, Clone, Default, Deserialize)]
+#[derive(Debug, Clone, Default, Deserialize, Serialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct KmsConfig {
     pub provider: Option<String>,
@@ -172,13 +172,14 @@ pub struct KmsConfig {
     pub region: Option<String>,
     pub ak: Option<String>,
     /// A secret: `Debug` shows `[REDACTED]`, the value is zeroized when dropped.
+    #[serde(serialize_with = "redacted")]
     pub sk: Option<SecretString>,
     pub ak_file: Option<PathBuf>,
     pub sk_file: Option<PathBuf>,
     pub check_key: Option<String>,
 }
 
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct LimitsConfig {
     pub max_body_bytes: usize,
@@ -204,7 +205,7 @@ impl Default for LimitsConfig {
     }
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize, Serialize)]
 #[serde(rename_all = "lowercase")]
 pub enum LogFormat {
     #[default]
@@ -222,20 +223,20 @@ impl LogFormat {
     }
 }
 
-#[derive(Debug, Clone, Default, Deserialize)]
+#[derive(Debug, Clone, Default, Deserialize, Serialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct LogConfig {
     pub format: LogFormat,
 }
 
-#[derive(Debug, Clone, Default, Deserialize)]
+#[derive(Debug, Clone, Default, Deserialize, Serialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct SecretsConfig {
     pub allow_group_readable: bool,
 }
 
 /// kps extension (no environment variable): key generation tuning.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct KeygenConfig {
     /// Pre-generated RSA-2048 keys kept ready in memory; 0 disables the pool.
@@ -249,7 +250,7 @@ impl Default for KeygenConfig {
 }
 
 /// kps extension (no environment variable): in-memory caches.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct CacheConfig {
     /// MiB of rendered list pages kept until a write to their owner (`page_cache`); 0 disables it.
@@ -263,7 +264,7 @@ impl Default for CacheConfig {
 }
 
 /// Where the records live (spec/interface.md, "Replicated store").
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize, Serialize)]
 #[serde(rename_all = "lowercase")]
 pub enum StoreBackend {
     /// Embedded, in `data_dir`; one process.
@@ -294,11 +295,12 @@ impl std::str::FromStr for StoreBackend {
     }
 }
 
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct StoreConfig {
     pub backend: StoreBackend,
     /// May carry a password: `Debug` shows `[REDACTED]`, never logged.
+    #[serde(serialize_with = "redacted")]
     pub postgres_url: Option<SecretString>,
     pub postgres_url_file: Option<PathBuf>,
     pub postgres_pool_size: usize,
@@ -348,6 +350,15 @@ impl Default for Config {
             store: StoreConfig::default(),
             cors: CorsConfig::default(),
         }
+    }
+}
+
+/// Secrets are never serialized: `kps config check` prints the effective settings, and a set secret shows
+/// as `"[REDACTED]"` there.
+fn redacted<S: Serializer>(secret: &Option<SecretString>, serializer: S) -> Result<S::Ok, S::Error> {
+    match secret {
+        Some(_) => serializer.serialize_str("[REDACTED]"),
+        None => serializer.serialize_none(),
     }
 }
 
