@@ -85,12 +85,13 @@ pub async fn dispatch(state: &AppState, request: Request, listener: Listener) ->
     let cors_origin = state.cors.as_ref().and_then(|cors| cors.allowed_origin(request.headers()));
     let method = request.method().clone();
     let path = request.uri().path().to_owned();
-    let route_label = router::route(&path).map_or("unmatched", |matched| matched.label());
+    let matched = router::route(&path);
+    let route_label = matched.as_ref().map_or("unmatched", router::Matched::label);
     let started = Instant::now();
     // Every line logged while the request is handled — the service's, the store's, the KMS client's — is
     // inside this span and so carries its ids; tasks spawned for the request take it along.
     let span = tracing::info_span!("request", request_id, global_request_id = global_request_id.as_deref());
-    let handled = tokio::time::timeout(state.request_timeout, handle(state, request, &request_id, listener))
+    let handled = tokio::time::timeout(state.request_timeout, handle(state, request, matched, &request_id, listener))
         .instrument(span)
         .await;
     let mut response = match handled {
@@ -121,7 +122,13 @@ pub async fn dispatch(state: &AppState, request: Request, listener: Listener) ->
 }
 
 /// Runs the checks of errors.md §4 and the handler; every failure becomes its catalogue error.
-async fn handle(state: &AppState, request: Request, request_id: &str, listener: Listener) -> Response {
+async fn handle(
+    state: &AppState,
+    request: Request,
+    matched: Option<router::Matched>,
+    request_id: &str,
+    listener: Listener,
+) -> Response {
     let (parts, body) = request.into_parts();
     // 1. Body size, whoever is asking.
     let body = match read_body(body, &parts.headers, state.max_body_bytes).await {
@@ -129,7 +136,6 @@ async fn handle(state: &AppState, request: Request, request_id: &str, listener: 
         Err(error) => return error.into_response(),
     };
     let path = parts.uri.path();
-    let matched = router::route(path);
     // The operations endpoints live on exactly one listener; the admin listener serves nothing else.
     let served_here = match (&matched, listener) {
         (Some(route), Listener::Admin) => route.access().is_operations_endpoint(),

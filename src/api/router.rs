@@ -274,41 +274,79 @@ impl RouteSpec {
 /// literal segment comes earliest wins (`/v3/p/keypairs/batch-import` is not a key pair named
 /// `batch-import`; `/v2.1/os-keypairs/k` is not project `os-keypairs`).
 pub fn route(path: &str) -> Option<Matched> {
-    let mut best: Option<(Vec<bool>, &'static RouteSpec, PathParams)> = None;
-    for spec in ROUTE_TABLE {
-        let Some((literals, params)) = match_template(spec.template, path) else { continue };
+    // Every request routes: no allocation until the winner's parameters are taken.
+    let given: Vec<&str> = path.split('/').collect();
+    let mut best: Option<(u64, &'static RouteSpec, &[Segment])> = None;
+    for (spec, segments) in compiled() {
+        let Some(literals) = match_segments(segments, &given) else { continue };
         if best.as_ref().is_none_or(|(best_literals, _, _)| literals > *best_literals) {
-            best = Some((literals, spec, params));
+            best = Some((literals, spec, segments));
         }
     }
-    best.map(|(_, first, params)| Matched { first, params })
+    let (_, first, segments) = best?;
+    let mut params = PathParams::default();
+    for (segment, value) in segments.iter().zip(&given) {
+        match segment {
+            Segment::Project => params.project = Some((*value).to_owned()),
+            Segment::Name => params.name = Some(decode_segment(value)),
+            Segment::Literal(_) | Segment::Task => {}
+        }
+    }
+    Some(Matched { first, params })
 }
 
-/// Whether `path` fits `template`; on a match, which segments were literal and what the placeholders held.
-fn match_template(template: &str, path: &str) -> Option<(Vec<bool>, PathParams)> {
-    let expected: Vec<&str> = template.split('/').collect();
-    let given: Vec<&str> = path.split('/').collect();
-    if expected.len() != given.len() {
+/// One segment of a template.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Segment {
+    Literal(&'static str),
+    /// `{project_id}`: 1 to 255 bytes.
+    Project,
+    /// `{keypair_name}`, percent-decoded.
+    Name,
+    /// `{task_id}`.
+    Task,
+}
+
+/// The templates of the route table, split into segments once.
+fn compiled() -> &'static [(&'static RouteSpec, Vec<Segment>)] {
+    static COMPILED: std::sync::LazyLock<Vec<(&'static RouteSpec, Vec<Segment>)>> = std::sync::LazyLock::new(|| {
+        ROUTE_TABLE
+            .iter()
+            .map(|spec| {
+                let segments = spec
+                    .template
+                    .split('/')
+                    .map(|part| match part {
+                        "{project_id}" => Segment::Project,
+                        "{keypair_name}" => Segment::Name,
+                        "{task_id}" => Segment::Task,
+                        literal => Segment::Literal(literal),
+                    })
+                    .collect();
+                (spec, segments)
+            })
+            .collect()
+    });
+    &COMPILED
+}
+
+/// Whether `given` (a path split at `/`) fits `segments`; on a match, which segments were literal, as bits
+/// from the first segment down (a larger number = a literal earlier).
+fn match_segments(segments: &[Segment], given: &[&str]) -> Option<u64> {
+    if segments.len() != given.len() || segments.len() > 64 {
         return None;
     }
-    let mut literals = Vec::with_capacity(expected.len());
-    let mut params = PathParams::default();
-    for (pattern, segment) in expected.into_iter().zip(given) {
-        let is_placeholder = pattern.starts_with('{');
-        if is_placeholder && segment.is_empty() {
-            return None;
+    let mut literals = 0u64;
+    for (index, (segment, value)) in segments.iter().zip(given).enumerate() {
+        match segment {
+            Segment::Literal(literal) if literal == value => literals |= 1 << (63 - index),
+            Segment::Literal(_) => return None,
+            _ if value.is_empty() => return None,
+            Segment::Project if value.len() > 255 => return None,
+            Segment::Project | Segment::Name | Segment::Task => {}
         }
-        match pattern {
-            "{project_id}" if segment.len() > 255 => return None,
-            "{project_id}" => params.project = Some(segment.to_owned()),
-            "{keypair_name}" => params.name = Some(decode_segment(segment)),
-            "{task_id}" => {}
-            literal if literal != segment => return None,
-            _ => {}
-        }
-        literals.push(!is_placeholder);
     }
-    Some((literals, params))
+    Some(literals)
 }
 
 pub fn decode_segment(segment: &str) -> String {

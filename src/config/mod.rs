@@ -313,7 +313,7 @@ impl Default for StoreConfig {
 }
 
 /// Cross-origin access for browser consoles (oslo.middleware's `[cors]`); off while no origin is listed.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct CorsConfig {
     /// Exact origins (`scheme://host[:port]`) whose pages may call kps; empty = CORS off.
