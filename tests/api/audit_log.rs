@@ -5,13 +5,11 @@
 
 use std::io::Read as _;
 use std::path::Path;
-use std::process::{Command, Stdio};
-use std::time::{Duration, Instant};
 
 use serde_json::{Value, json};
 use sha2::{Digest, Sha256};
 
-use crate::binary::free_port;
+use crate::binary::Server;
 use crate::kms::{AK, ESCROW_ID, KmsMock, SK};
 use crate::{ED25519_PRIVATE_KEY, ED25519_PUBLIC_KEY, RSA_PRIVATE_KEY, RSA_PUBLIC_KEY};
 
@@ -75,27 +73,13 @@ fn custody_actions_are_audited_and_no_log_line_carries_a_secret() {
         &format!("[[tokens]]\nsha256 = \"{hash}\"\nuser_id = \"alice\"\nproject_id = \"p-42\"\nroles = [\"member\"]\n"),
     );
     let stderr_path = dir.path().join("stderr.log");
-    let port = free_port();
-    let url = format!("http://127.0.0.1:{port}");
-    let mut child = Command::new(env!("CARGO_BIN_EXE_kps"))
-        .args(["serve", "--listen", &format!("127.0.0.1:{port}"), "--data-dir"])
-        .arg(dir.path().join("data"))
-        .env_remove("KPS_CONFIG")
-        .env("KPS_LOG", "trace")
-        .env("KPS_LOG_FORMAT", "json")
-        .env("KPS_AUTH", "static")
-        .env("KPS_AUTH_TOKENS_FILE", &tokens)
-        .envs(kms.env())
-        .env("KPS_KMS_CHECK_KEY", "kps-escrow")
-        .stdout(Stdio::null())
-        .stderr(std::fs::File::create(&stderr_path).expect("stderr file"))
-        .spawn()
-        .expect("spawn kps");
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while !reqwest::blocking::get(format!("{url}/healthz")).is_ok_and(|r| r.status() == 200) {
-        assert!(Instant::now() < deadline && child.try_wait().expect("wait").is_none(), "kps did not start");
-        std::thread::sleep(Duration::from_millis(50));
-    }
+    let tokens_file = tokens.to_str().expect("utf-8 path");
+    let mut env: Vec<(&str, String)> = kms.env().into_iter().collect();
+    env.extend([("KPS_AUTH", "static".into()), ("KPS_AUTH_TOKENS_FILE", tokens_file.into())]);
+    env.push(("KPS_KMS_CHECK_KEY", "kps-escrow".into()));
+    let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (*k, v.as_str())).collect();
+    let server = Server::start_logging(&dir.path().join("data"), &stderr_path, "trace", &env);
+    let url = server.url.clone();
     let call = Call { client: reqwest::blocking::Client::new(), url: &url };
     let kms_escrow = json!({"type": "kms", "kms_key_name": "kps-escrow"});
 
@@ -142,8 +126,7 @@ fn custody_actions_are_audited_and_no_log_line_carries_a_secret() {
     );
 
     let master_key = std::fs::read_to_string(dir.path().join("data/master.key")).expect("master key");
-    Command::new("kill").args(["-TERM", &child.id().to_string()]).status().expect("kill");
-    assert!(child.wait().expect("wait").success());
+    assert!(server.stop().success());
     let mut log = String::new();
     std::fs::File::open(&stderr_path).expect("log").read_to_string(&mut log).expect("read");
 

@@ -29,9 +29,23 @@ impl Server {
         Self::spawn(data_dir, None, env)
     }
 
+    /// With its log as JSON lines at `level` in the file `log` (for tests that read what kps logged), and
+    /// extra `KPS_*` variables. Blocking: from an async test, call it in `spawn_blocking`.
+    pub fn start_logging(data_dir: &Path, log: &Path, level: &str, env: &[(&str, &str)]) -> Self {
+        let log = std::fs::File::create(log).expect("log file");
+        let mut env = env.to_vec();
+        env.extend([("KPS_LOG", level), ("KPS_LOG_FORMAT", "json")]);
+        Self::spawn_with(data_dir, None, &env, Stdio::from(log))
+    }
+
     fn spawn(data_dir: &Path, config: Option<&Path>, env: &[(&str, &str)]) -> Self {
+        Self::spawn_with(data_dir, config, env, Stdio::null())
+    }
+
+    fn spawn_with(data_dir: &Path, config: Option<&Path>, env: &[(&str, &str)], stderr: Stdio) -> Self {
         let port = free_port();
         let mut command = Command::new(env!("CARGO_BIN_EXE_kps"));
+        command.env_remove("KPS_CONFIG").env("KPS_LOG", "warn");
         if let Some(config) = config {
             command.env("KPS_CONFIG", config);
         }
@@ -39,9 +53,8 @@ impl Server {
         let child = command
             .args(["serve", "--listen", &format!("127.0.0.1:{port}"), "--data-dir"])
             .arg(data_dir)
-            .env("KPS_LOG", "warn")
             .stdout(Stdio::null())
-            .stderr(Stdio::null())
+            .stderr(stderr)
             .spawn()
             .expect("spawn kps");
         let server = Self { child, url: format!("http://127.0.0.1:{port}") };

@@ -3,12 +3,9 @@
 //! CORS off; and request ids end to end (README "Request ids"): an incoming `req-<uuid>` is logged on
 //! every line of its request, the KMS client's included.
 
-use std::process::{Command, Stdio};
-use std::time::{Duration, Instant};
-
 use serde_json::json;
 
-use crate::binary::free_port;
+use crate::binary::Server;
 use crate::kms::{KmsMock, SK};
 use crate::{Answer, ED25519_PRIVATE_KEY, ED25519_PUBLIC_KEY, Kps};
 
@@ -203,25 +200,16 @@ async fn an_incoming_request_id_is_logged_on_every_line_of_its_request_the_kms_c
     kms.fault(json!({"status": 503, "count": 10})).await;
     let dir = tempfile::tempdir().expect("tempdir");
     let stderr_path = dir.path().join("stderr.log");
-    let port = free_port();
-    let url = format!("http://127.0.0.1:{port}");
-    let mut child = Command::new(env!("CARGO_BIN_EXE_kps"))
-        .args(["serve", "--listen", &format!("127.0.0.1:{port}"), "--data-dir"])
-        .arg(dir.path().join("data"))
-        .env_remove("KPS_CONFIG")
-        .env("KPS_LOG", "debug")
-        .env("KPS_LOG_FORMAT", "json")
-        .envs(kms.env())
-        .stdout(Stdio::null())
-        .stderr(std::fs::File::create(&stderr_path).expect("stderr file"))
-        .spawn()
-        .expect("spawn kps");
+    let env: Vec<(&'static str, String)> = kms.env().into();
+    let (data, log) = (dir.path().join("data"), stderr_path.clone());
+    let server = tokio::task::spawn_blocking(move || {
+        let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (*k, v.as_str())).collect();
+        Server::start_logging(&data, &log, "debug", &env)
+    })
+    .await
+    .expect("start kps");
+    let url = server.url.clone();
     let client = reqwest::Client::new();
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while !client.get(format!("{url}/healthz")).send().await.is_ok_and(|r| r.status() == 200) {
-        assert!(Instant::now() < deadline && child.try_wait().expect("wait").is_none(), "kps did not start");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
     let send = |path: &str, global: &str, body: Option<String>| {
         let request = match body {
             Some(body) => client.post(format!("{url}{path}")).body(body),
@@ -250,8 +238,7 @@ async fn an_incoming_request_id_is_logged_on_every_line_of_its_request_the_kms_c
         assert_ne!(id, bogus);
         bogus_answers.push((bogus, id));
     }
-    Command::new("kill").args(["-TERM", &child.id().to_string()]).status().expect("kill");
-    child.wait().expect("wait");
+    tokio::task::spawn_blocking(move || server.stop()).await.expect("stop kps");
 
     let text = std::fs::read_to_string(&stderr_path).expect("stderr");
     let lines: Vec<serde_json::Value> =
