@@ -82,8 +82,12 @@ impl Repo {
                 return Ok(());
             }
             let mut counts = layout::Counts::default();
-            for loaded in self.walk_all().await? {
-                counts.add(&loaded.record);
+            let mut after: Option<Vec<u8>> = None;
+            loop {
+                let page = self.walk(after.as_deref(), 1000).await?;
+                let Some(last) = page.last() else { break };
+                after = Some(last.key.clone());
+                page.iter().for_each(|loaded| counts.add(&loaded.record));
             }
             let mut ops = Vec::new();
             let mut current = std::collections::BTreeMap::new();
@@ -116,18 +120,6 @@ impl Repo {
                 Err(ApplyError::Conflict { .. }) => {}
                 Err(ApplyError::Store(error)) => return Err(error.into()),
             }
-        }
-    }
-
-    /// Every stored key pair, in store order.
-    async fn walk_all(&self) -> Result<Vec<Loaded>, ServiceError> {
-        let mut all = Vec::new();
-        let mut after: Option<Vec<u8>> = None;
-        loop {
-            let page = self.walk(after.as_deref(), 1000).await?;
-            let Some(last) = page.last() else { return Ok(all) };
-            after = Some(last.key.clone());
-            all.extend(page);
         }
     }
 
