@@ -11,7 +11,7 @@ use crate::config::{self, Config, StoreBackend};
 use crate::keypair::pool::RsaKeyPool;
 use crate::service::KeypairService;
 use crate::store::Store;
-use crate::{connections, custody, datadir, kms, page_cache, store, tls};
+use crate::{audit_file, connections, custody, datadir, kms, page_cache, store, tls};
 
 /// Why the server could not start or stopped with an error.
 #[derive(Debug, thiserror::Error)]
@@ -34,6 +34,8 @@ pub enum ServeError {
     Policy(#[from] api::policy::PolicyError),
     #[error("cannot open the store: {0}")]
     Store(#[from] store::StoreError),
+    #[error(transparent)]
+    Audit(#[from] audit_file::AuditFileError),
     #[error("cannot listen on {addr}: {source}")]
     Bind { addr: String, source: std::io::Error },
     #[error("server error: {0}")]
@@ -67,6 +69,10 @@ pub fn state(config: &Config, store: Arc<dyn Store>) -> Result<AppState, ServeEr
         ),
         list_pages: page_cache::PageCache::new(config.cache.list_pages_mb.saturating_mul(1 << 20)),
         cors: api::cors::Cors::new(&config.cors),
+        audit: api::audit::Audit::new(
+            config.audit.file.as_deref().map(audit_file::AuditFile::open).transpose()?,
+            config.audit.fail_closed,
+        ),
     })
 }
 

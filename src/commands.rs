@@ -280,6 +280,10 @@ pub fn config_check(config: &Config) -> Result<String, String> {
         std::fs::metadata(path).map_err(|e| format!("{key} {}: {e}", path.display()))?;
         checked.push(format!("{key} {}: exists", path.display()));
     }
+    if let Some(path) = &config.audit.file {
+        let state = crate::audit_file::AuditFile::check(path).map_err(|e| format!("audit.file: {e}"))?;
+        checked.push(format!("audit.file {}: {state}", path.display()));
+    }
     if let Some(path) = &config.policy.file {
         crate::api::policy::Policy::load(path).map_err(|e| e.to_string())?;
         checked.push(format!("policy.file {}: parses", path.display()));

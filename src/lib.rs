@@ -9,6 +9,7 @@
 pub mod api;
 mod app;
 pub mod atomic_file;
+pub mod audit_file;
 pub mod commands;
 pub mod config;
 pub mod connections;

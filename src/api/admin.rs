@@ -14,6 +14,7 @@ use serde_json::Value;
 use tracing::Instrument;
 
 use super::AppState;
+use super::audit::Outcome;
 use super::error::ApiError;
 use super::pipeline::Call;
 use super::policy::Target;
@@ -27,7 +28,8 @@ pub async fn rewrap(state: &AppState, call: &Call<'_>) -> Result<Response, ApiEr
     state.policy.enforce(call.action()?, caller, &Target::nothing())?;
     let options = rewrap_options(&call.json).map_err(ApiError::schema)?;
     let report = state.service.rewrap(&options.target(), options.dry_run).await?;
-    tracing::info!(target: "kps::audit", user = caller.user_id, action = "rewrap", ?report, "custody action");
+    let detail = serde_json::json!({"options": &options, "report": &report}).to_string();
+    state.audit.admin_action(Some(caller), "rewrap", Outcome::Success, &detail, call.request_id).await?;
     Ok(json_ok(StatusCode::OK, &report))
 }
 
@@ -46,15 +48,26 @@ pub fn rewrap_options(value: &Value) -> Result<RewrapOptions, String> {
 
 /// `POST /admin/v1/backup`: streams the backup lines of `service::backup`.
 pub async fn backup(state: &AppState, call: &Call<'_>) -> Result<Response, ApiError> {
-    state.policy.enforce(call.action()?, call.caller()?, &Target::nothing())?;
+    let caller = call.caller()?;
+    state.policy.enforce(call.action()?, caller, &Target::nothing())?;
     let (sender, receiver) = tokio::sync::mpsc::channel::<Vec<u8>>(4);
     let (failed_sender, failed) = tokio::sync::oneshot::channel::<()>();
     let export = state.service.export_backup(sender);
+    let (audit, caller, request_id) = (state.audit.clone(), caller.clone(), call.request_id.to_owned());
     // The export outlives this handler's future: it takes the request's span along, so its lines carry the id.
+    // Its audit line is written once the last record is out; a line that cannot be written (with
+    // `audit.fail_closed`) breaks the transfer like a failed export.
     tokio::spawn(
         async move {
-            if let Err(error) = export.await {
-                tracing::error!(%error, "backup stream failed");
+            let (outcome, detail) = match export.await {
+                Ok(()) => (Outcome::Success, "backup streamed whole".to_owned()),
+                Err(error) => {
+                    tracing::error!(%error, "backup stream failed");
+                    (Outcome::Failed, format!("backup stream failed: {error}"))
+                }
+            };
+            let audited = audit.admin_action(Some(&caller), "backup", outcome, &detail, &request_id).await;
+            if outcome == Outcome::Failed || audited.is_err() {
                 let _ = failed_sender.send(());
             }
         }

@@ -182,6 +182,12 @@ impl ApiError {
         Self::citing_request_id(StatusCode::SERVICE_UNAVAILABLE, "KPS.9004", "Request timed out.")
     }
 
+    /// KPS.9006: `audit.fail_closed` and the audit line of a custody request could not be written; nothing
+    /// was revealed. The detail is logged, never sent.
+    pub fn audit_unavailable() -> Self {
+        Self::citing_request_id(StatusCode::SERVICE_UNAVAILABLE, "KPS.9006", "Audit log is unavailable.")
+    }
+
     /// KPS.9003.
     pub fn shutting_down() -> Self {
         Self::new(StatusCode::SERVICE_UNAVAILABLE, "KPS.9003", "Service is shutting down")

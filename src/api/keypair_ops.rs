@@ -57,7 +57,8 @@ impl CreateRequest {
 }
 
 /// Policy on the new key pair (step 8), the custody switch (step 9), the service's create, and the audit
-/// line of an escrow.
+/// lines of an escrow: an attempt before, a success (or failure) line after; an escrow whose success line
+/// cannot be written under `audit.fail_closed` is deleted again and its private key never leaves.
 pub async fn create_and_audit(
     state: &AppState,
     caller: &Caller,
@@ -67,9 +68,13 @@ pub async fn create_and_audit(
 ) -> Result<Created, ApiError> {
     let owner = owner_of(caller, request.user_id.as_deref());
     state.policy.enforce(action, caller, &Target::new_keypair(&owner, &caller.project_id))?;
-    if request.escrows() {
+    let escrows = request.escrows();
+    let escrow = CustodyAction::Escrow.name();
+    if escrows {
         custody_switch(state)?;
+        audit::attempt(state, caller, escrow, Some(&request.name), request_id).await?;
     }
+    let name = request.name.clone();
     let new = NewKeypair {
         name: request.name,
         key_type: request.key_type,
@@ -80,14 +85,39 @@ pub async fn create_and_audit(
         scope: request.scope,
         protection: request.key_protection,
     };
-    let created = state.service.create(new).await?;
-    if created.record.sealed.is_some() {
-        audit::custody_action(state, caller, CustodyAction::Escrow, &created.record, request_id);
+    let created = match state.service.create(new).await {
+        Ok(created) => created,
+        Err(error) => {
+            let error = ApiError::from(error);
+            if escrows {
+                audit::refused(
+                    state,
+                    Some(caller),
+                    escrow,
+                    Some(&name),
+                    (error.status.as_u16(), error.code),
+                    request_id,
+                )
+                .await;
+            }
+            return Err(error);
+        }
+    };
+    if created.record.sealed.is_some()
+        && let Err(unaudited) =
+            audit::custody_action(state, caller, CustodyAction::Escrow, &created.record, request_id).await
+    {
+        let record = &created.record;
+        if let Err(error) = state.service.delete(&record.user_id, &record.project_id, &record.name).await {
+            tracing::error!(%error, keypair_id = record.id, "an unaudited escrow could not be deleted");
+        }
+        return Err(unaudited);
     }
     Ok(created)
 }
 
-/// Policy, the service's delete, and the audit line when an escrowed key went with the key pair.
+/// Policy, the service's delete, and the audit lines when an escrowed key goes with the key pair (the
+/// attempt line only with `audit.file`: it costs a read when the policy did not load the record).
 pub async fn delete_and_audit(
     state: &AppState,
     caller: &Caller,
@@ -96,10 +126,31 @@ pub async fn delete_and_audit(
     user: &str,
     name: &str,
 ) -> Result<(), ApiError> {
-    authorize_record(state, caller, action, user)?.load(user, name).await?;
-    let deleted = state.service.delete(user, &caller.project_id, name).await?;
+    let loaded = authorize_record(state, caller, action, user)?.load(user, name).await?;
+    let escrowed = match loaded {
+        Some(record) => record.sealed.is_some(),
+        None if state.audit.writes_file() => {
+            state.service.get(user, &caller.project_id, name).await.is_ok_and(|record| record.sealed.is_some())
+        }
+        None => false,
+    };
+    let delete_escrowed = CustodyAction::DeleteEscrowed.name();
+    if escrowed {
+        audit::attempt(state, caller, delete_escrowed, Some(name), request_id).await?;
+    }
+    let deleted = match state.service.delete(user, &caller.project_id, name).await {
+        Ok(deleted) => deleted,
+        Err(error) => {
+            let error = ApiError::from(error);
+            if escrowed {
+                let status = (error.status.as_u16(), error.code);
+                audit::refused(state, Some(caller), delete_escrowed, Some(name), status, request_id).await;
+            }
+            return Err(error);
+        }
+    };
     if deleted.sealed.is_some() {
-        audit::custody_action(state, caller, CustodyAction::DeleteEscrowed, &deleted, request_id);
+        audit::custody_action(state, caller, CustodyAction::DeleteEscrowed, &deleted, request_id).await?;
     }
     Ok(())
 }

@@ -169,6 +169,17 @@ pub fn render(state: &AppState) -> String {
         "Escrowed private keys revealed by export and batch export.",
     );
     page.sample("kps_private_keys_exported_total", &[], metrics.keys_exported.get() as f64);
+    let (audit_lines, audit_write_failures) = state.audit.counts();
+    page.family("kps_audit_lines_total", "counter", "Audit lines of custody requests, by outcome.");
+    for (outcome, count) in audit_lines {
+        page.sample("kps_audit_lines_total", &[("outcome", outcome.name())], count as f64);
+    }
+    page.family(
+        "kps_audit_write_failures_total",
+        "counter",
+        "Audit lines that could not be written to audit.file (the request failed with audit.fail_closed).",
+    );
+    page.sample("kps_audit_write_failures_total", &[], audit_write_failures as f64);
 
     if let Some(stats) = state.service.store_commit_stats() {
         use std::sync::atomic::Ordering::Relaxed;

@@ -62,6 +62,8 @@ pub struct AppState {
     pub list_pages: crate::page_cache::PageCache,
     /// `cors.allowed_origins`; `None` when CORS is off.
     pub cors: Option<cors::Cors>,
+    /// `audit.file` and `audit.fail_closed`.
+    pub audit: audit::Audit,
 }
 
 /// The kps HTTP application (`listen`).

@@ -19,6 +19,7 @@ use axum::response::{IntoResponse, Response};
 use tracing::Instrument;
 
 use super::AppState;
+use super::audit;
 use super::auth::Caller;
 use super::body::{RequestJson, parse_json_body, read_body};
 use super::cors;
@@ -156,12 +157,33 @@ async fn handle(
         return answer;
     }
 
+    // A custody route: its refusals and its attempt are audited (`audit`), whoever is asking.
+    let audited = matched
+        .as_ref()
+        .and_then(|route| route.operation(&parts.method))
+        .and_then(|operation| operation.action)
+        .and_then(audit::audited_route);
+    let path_name = audited.and(matched.as_ref()).and_then(|route| route.params.name.clone());
+
     // 2. Authentication for every API path, routed or not.
     let needs_auth = matched.as_ref().map_or_else(|| is_api_path(path), |route| route.access().needs_auth());
     let caller = if needs_auth {
         match state.authenticator.authenticate(&parts, &body).await {
             Ok(caller) => Some(caller),
-            Err(error) => return state.authenticator.reject(error),
+            Err(error) => {
+                if let Some(action) = audited {
+                    audit::refused(
+                        state,
+                        None,
+                        action,
+                        path_name.as_deref(),
+                        (error.status.as_u16(), error.code),
+                        request_id,
+                    )
+                    .await;
+                }
+                return state.authenticator.reject(error);
+            }
         }
     } else {
         None
@@ -172,7 +194,12 @@ async fn handle(
             Ok(permit) => Some(permit),
             Err(limited) => {
                 state.metrics.record_limited(limited.kind);
-                return limited.into_error().into_response();
+                let error = limited.into_error();
+                if let Some(action) = audited {
+                    let status = (error.status.as_u16(), error.code);
+                    audit::refused(state, Some(caller), action, path_name.as_deref(), status, request_id).await;
+                }
+                return error.into_response();
             }
         },
         _ => None,
@@ -213,13 +240,38 @@ async fn handle(
 
     let call = match prepare(state, &parts, &body, operation, &matched.params, caller.as_ref(), version, request_id) {
         Ok(call) => call,
-        Err(error) => return with_version(error.into_response(), version),
+        Err(error) => {
+            if let Some(action) = audited {
+                let status = (error.status.as_u16(), error.code);
+                audit::refused(state, caller.as_ref(), action, path_name.as_deref(), status, request_id).await;
+            }
+            return with_version(error.into_response(), version);
+        }
     };
-    let response = match handler(state, &call).await {
+    let response = match audited_handler(state, handler, &call, audited).await {
         Ok(response) => response,
         Err(error) => error.with_request_id(request_id).into_response(),
     };
     with_version(response, version)
+}
+
+/// The handler of a route; on a custody route (`audited`), between its attempt line (which must be written
+/// before anything happens, with `audit.fail_closed`) and, when it fails, its refusal line.
+async fn audited_handler(
+    state: &AppState,
+    handler: router::Handler,
+    call: &Call<'_>,
+    audited: Option<&'static str>,
+) -> Result<Response, ApiError> {
+    let (Some(action), Some(caller)) = (audited, call.caller) else { return handler(state, call).await };
+    // The key pair it names: in the path (clear) or the body (export, import); none for batches and admin.
+    let name = call.params.name.as_deref().or_else(|| call.json.get("keypair")?.get("name")?.as_str());
+    audit::attempt(state, caller, action, name, call.request_id).await?;
+    let result = handler(state, call).await;
+    if let Err(error) = &result {
+        audit::refused(state, Some(caller), action, name, (error.status.as_u16(), error.code), call.request_id).await;
+    }
+    result
 }
 
 /// Steps 5 and 6: the JSON body of a route that takes one, then the project of the URL.

@@ -522,6 +522,30 @@ pub const KEYS: &[Key] = &[
         shown: Shown::Default(|c| c.cors.max_age_s.to_string()),
         meaning: "Seconds a browser may cache a preflight answer (Access-Control-Max-Age)",
     },
+    Key {
+        path: "audit.file",
+        env: env("KPS_AUDIT_FILE", |c, v| {
+            c.audit.file = Some(v.into());
+            Ok(())
+        }),
+        flag: None,
+        shown: Shown::Example("\"/var/log/kps/audit.jsonl\""),
+        meaning: "The audit trail as its own stream: one JSON line per custody attempt and outcome, appended and \
+                  synced before the answer, mode 0600 (created so; refused when group- or world-accessible); \
+                  unset = the kps::audit lines of the log only",
+    },
+    Key {
+        path: "audit.fail_closed",
+        env: env("KPS_AUDIT_FAIL_CLOSED", |c, v| {
+            c.audit.fail_closed = parse_bool(v)?;
+            Ok(())
+        }),
+        flag: None,
+        shown: Shown::Default(|c| c.audit.fail_closed.to_string()),
+        meaning: "With audit.file: a custody request whose audit line cannot be written (full disk, I/O error) \
+                  fails with 503 KPS.9006 and reveals nothing, as Vault does; false = the request goes on and the \
+                  failure is logged and counted (kps_audit_write_failures_total)",
+    },
 ];
 
 const HEADER: &str = "\
@@ -590,8 +614,8 @@ mod tests {
 
     use super::*;
     use crate::config::{
-        AuthConfig, CacheConfig, CorsConfig, CustodyConfig, KeygenConfig, KeysConfig, KmsConfig, LimitsConfig,
-        LogConfig, Overrides, PolicyConfig, QuotaConfig, SecretsConfig, StoreConfig, TlsConfig,
+        AuditConfig, AuthConfig, CacheConfig, CorsConfig, CustodyConfig, KeygenConfig, KeysConfig, KmsConfig,
+        LimitsConfig, LogConfig, Overrides, PolicyConfig, QuotaConfig, SecretsConfig, StoreConfig, TlsConfig,
     };
 
     /// The sample's TOML with the chosen lines uncommented: the `# key = default` lines, and with `examples`
@@ -700,7 +724,7 @@ mod tests {
 
     #[test]
     fn every_field_of_config_is_a_declared_key_and_every_key_a_field() {
-        let tables: [(&str, &[&str]); 14] = [
+        let tables: [(&str, &[&str]); 15] = [
             ("tls", fields_of::<TlsConfig>()),
             ("auth", fields_of::<AuthConfig>()),
             ("policy", fields_of::<PolicyConfig>()),
@@ -715,6 +739,7 @@ mod tests {
             ("cache", fields_of::<CacheConfig>()),
             ("store", fields_of::<StoreConfig>()),
             ("cors", fields_of::<CorsConfig>()),
+            ("audit", fields_of::<AuditConfig>()),
         ];
         let mut fields = HashSet::new();
         for field in fields_of::<Config>() {

@@ -49,6 +49,7 @@ pub struct Config {
     pub cache: CacheConfig,
     pub store: StoreConfig,
     pub cors: CorsConfig,
+    pub audit: AuditConfig,
 }
 
 #[derive(Debug, Clone, Default, Deserialize, Serialize)]
@@ -322,6 +323,17 @@ pub struct CorsConfig {
     pub max_age_s: u64,
 }
 
+/// The audit trail's own stream (`api::audit`): the `kps::audit` log lines are always written to the log; this
+/// adds a JSON-lines file and whether custody requests depend on it.
+#[derive(Debug, Clone, Default, Deserialize, Serialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct AuditConfig {
+    /// JSON-lines audit file, appended, mode 0600; unset = the log only.
+    pub file: Option<PathBuf>,
+    /// Custody requests fail with 503 KPS.9006 when their audit line cannot be written to `file`.
+    pub fail_closed: bool,
+}
+
 impl Default for CorsConfig {
     fn default() -> Self {
         Self { allowed_origins: Vec::new(), max_age_s: 3600 }
@@ -349,6 +361,7 @@ impl Default for Config {
             cache: CacheConfig::default(),
             store: StoreConfig::default(),
             cors: CorsConfig::default(),
+            audit: AuditConfig::default(),
         }
     }
 }

@@ -119,7 +119,7 @@ fn custody_actions_are_audited_and_no_log_line_carries_a_secret() {
     call.ok("DELETE", "/v3/p-42/keypairs/rsa/private-key", None);
     call.ok("DELETE", "/v2.1/os-keypairs/gen", None);
     call.ok("DELETE", "/v3/p-42/keypairs/rsa", None);
-    // A failed custody action is not audited.
+    // A failed custody action is audited too: its attempt, then how it failed.
     assert_eq!(
         call.send("POST", "/v3/p-42/keypairs/private-key/export", Some(json!({"keypair": {"name": "rsa"}}))).0,
         404
@@ -135,7 +135,15 @@ fn custody_actions_are_audited_and_no_log_line_carries_a_secret() {
         .map(|line| serde_json::from_str(line).unwrap_or_else(|e| panic!("not a JSON log line ({e}): {line}")))
         .collect();
     assert!(lines.iter().any(|l| l["level"] == "TRACE" || l["level"] == "DEBUG"), "KPS_LOG=trace took effect");
-    let audit: Vec<&Value> = lines.iter().filter(|l| l["target"] == "kps::audit").map(|l| &l["fields"]).collect();
+    let all_audit: Vec<&Value> = lines.iter().filter(|l| l["target"] == "kps::audit").map(|l| &l["fields"]).collect();
+    let audit: Vec<&Value> = all_audit.iter().copied().filter(|f| f["outcome"] == "success").collect();
+    let failed = all_audit.last().expect("the failed export's line");
+    assert_eq!((&failed["action"], &failed["outcome"]), (&json!("export_private_key"), &json!("failed")));
+    assert_eq!((&failed["status"], &failed["keypair_name"]), (&json!(404), &json!("rsa")), "{failed}");
+    assert!(failed["error_code"].as_str().is_some_and(|code| code.starts_with("KPS.")), "{failed}");
+    // Escrow (2), import, export, batch export, clear, the failed export; a delete's attempt needs audit.file.
+    let attempts = all_audit.iter().filter(|f| f["outcome"] == "attempt").count();
+    assert_eq!(attempts, 7, "one attempt per custody request before it acted: {all_audit:#?}");
     let actions: Vec<(&str, &str)> =
         audit.iter().map(|f| (f["action"].as_str().unwrap_or(""), f["keypair_name"].as_str().unwrap_or(""))).collect();
     assert_eq!(

@@ -91,4 +91,10 @@ fn a_wrong_file_fails_with_the_reason_and_no_secret() {
     let output = check(&sound, &[("KPS_MASTER_KEY_FILE", missing.to_str().expect("utf-8"))]);
     assert_eq!(output.status.code(), Some(1));
     assert!(String::from_utf8_lossy(&output.stderr).contains("missing.key: no such file"));
+
+    let shared_audit = write(dir.path(), "audit.jsonl", "", 0o640);
+    let output = check(&sound, &[("KPS_AUDIT_FILE", shared_audit.to_str().expect("utf-8"))]);
+    assert_eq!(output.status.code(), Some(1));
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(stderr.contains("audit.file") && stderr.contains("mode 0640"), "{stderr}");
 }

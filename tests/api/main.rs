@@ -3,6 +3,7 @@
 
 mod admin_listen;
 mod aksk;
+mod audit_file;
 mod audit_log;
 mod auth;
 mod binary;

@@ -117,7 +117,7 @@ pub async fn batch_export(state: &AppState, call: &Call<'_>) -> Result<Response,
         keys.push((record.name.clone(), private_key));
         records.push(record);
     }
-    audit::batch_export(state, caller, &records.iter().collect::<Vec<_>>(), call.request_id);
+    audit::batch_export(state, caller, &records, call.request_id).await?;
     let zip = build_zip(&keys).map_err(|error| {
         tracing::error!(%error, request_id = call.request_id, "zip failed");
         ApiError::internal()

@@ -160,7 +160,7 @@ pub async fn import_private_key(state: &AppState, call: &Call<'_>) -> Result<Res
     let encryption = protection.encryption.clone();
     let check = |record: &Keypair| policy.check(record);
     let record = state.service.import_private_key(&owner, &caller.project_id, &name, &check, protection).await?;
-    audit::custody_action(state, caller, CustodyAction::ImportPrivateKey, &record, call.request_id);
+    audit::custody_action(state, caller, CustodyAction::ImportPrivateKey, &record, call.request_id).await?;
     let mut settings = Map::new();
     match (&encryption, &record.sealed) {
         (EncryptionRequest::Kms { key_name, .. }, Some(sealed)) => {
@@ -190,7 +190,7 @@ pub async fn export_private_key(state: &AppState, call: &Call<'_>) -> Result<Res
     let check = |record: &Keypair| policy.check(record);
     let (record, private_key) =
         state.service.export_private_key(&caller.user_id, &caller.project_id, &name, &check).await?;
-    audit::custody_action(state, caller, CustodyAction::ExportPrivateKey, &record, call.request_id);
+    audit::custody_action(state, caller, CustodyAction::ExportPrivateKey, &record, call.request_id).await?;
     let mut keypair = Map::new();
     keypair.insert("name".into(), record.name.into());
     Ok(private_key_response(StatusCode::OK, keypair, "keypair", private_key.expose()))
@@ -203,6 +203,6 @@ pub async fn clear_private_key(state: &AppState, call: &Call<'_>) -> Result<Resp
     let policy = authorize_record(state, caller, call.action()?, &caller.user_id)?;
     let check = |record: &Keypair| policy.check(record);
     let cleared = state.service.clear_private_key(&caller.user_id, &caller.project_id, call.name(), &check).await?;
-    audit::custody_action(state, caller, CustodyAction::ClearPrivateKey, &cleared, call.request_id);
+    audit::custody_action(state, caller, CustodyAction::ClearPrivateKey, &cleared, call.request_id).await?;
     Ok(empty_ok())
 }
