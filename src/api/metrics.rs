@@ -1,7 +1,7 @@
 //! `GET /metrics`: what the edge counts (requests by route template, method and status; latency by route;
 //! custody actions; per-caller limit rejections) plus, read at render time, the store's group-commit figures,
-//! the KMS client's call counts and latencies, the hits and misses of every cache and the process figures
-//! (`process_*`, from `/proc/self`).
+//! the KMS client's call counts and latencies, the hits and misses of every cache, TLS certificate reloads
+//! and the process figures (`process_*`, from `/proc/self`).
 //!
 //! Labels are bounded by construction: routes are the templates of `ROUTE_TABLE` (never a raw path or a
 //! key pair name), methods the standard ones or `other`, statuses three digits.
@@ -207,6 +207,15 @@ pub fn render(state: &AppState) -> String {
     }
 
     render_caches(&mut page, state);
+    if state.https {
+        page.family(
+            "kps_tls_reloads_total",
+            "counter",
+            "TLS certificate reloads on SIGHUP, by outcome (a failed one keeps the previous certificate).",
+        );
+        page.sample("kps_tls_reloads_total", &[("outcome", "ok")], state.tls_reloads.succeeded.get() as f64);
+        page.sample("kps_tls_reloads_total", &[("outcome", "error")], state.tls_reloads.failed.get() as f64);
+    }
     render_process(&mut page);
     page.finish()
 }

@@ -62,6 +62,8 @@ pub struct AppState {
     pub list_pages: crate::page_cache::PageCache,
     /// `cors.allowed_origins`; `None` when CORS is off.
     pub cors: Option<cors::Cors>,
+    /// Certificate reloads on SIGHUP, counted by `app::serve` (reported when `https`).
+    pub tls_reloads: Arc<crate::tls::ReloadCounts>,
 }
 
 /// The kps HTTP application (`listen`).
