@@ -73,6 +73,7 @@ pub fn state(config: &Config, store: Arc<dyn Store>) -> Result<AppState, ServeEr
             config.audit.file.as_deref().map(audit_file::AuditFile::open).transpose()?,
             config.audit.fail_closed,
         ),
+        tls_reloads: Arc::default(),
     })
 }
 
@@ -147,6 +148,17 @@ pub async fn serve(config: Config) -> Result<(), ServeError> {
         });
     }
 
+    // The certificate is read before any listener opens; from here on SIGHUP reloads it instead of
+    // terminating kps (the signal's default action).
+    let certificate = match (&config.tls.cert_file, &config.tls.key_file) {
+        (Some(cert), Some(key)) => {
+            Some(Arc::new(tls::ServerCertificate::load(cert, key, config.secrets.allow_group_readable)?))
+        }
+        _ => None,
+    };
+    let tls = certificate.clone().map(tls::server_config).transpose()?;
+    reload_on_sighup(certificate, Arc::clone(&state.tls_reloads))?;
+
     let addr = config.listen_addr()?;
     let listener = tokio::net::TcpListener::bind(addr)
         .await
@@ -177,17 +189,44 @@ pub async fn serve(config: Config) -> Result<(), ServeError> {
     // In-flight requests get the request deadline plus a margin to finish; a request stuck past that (a
     // blocked store thread cannot be cancelled) must not keep the process from stopping.
     let grace = Duration::from_secs(config.limits.request_timeout_s + 5);
-    let tls = match (&config.tls.cert_file, &config.tls.key_file) {
-        (Some(cert), Some(key)) => {
-            tracing::info!("serving HTTPS");
-            Some(tls::server_config(cert, key, config.secrets.allow_group_readable)?)
-        }
-        _ => None,
-    };
+    if tls.is_some() {
+        tracing::info!("serving HTTPS");
+    }
     run_until_stopped(listener, tls, app(state), limits, grace, stop_admin).await;
     store.flush().await?;
     tracing::info!("kps stopped");
     drop(data_dir);
+    Ok(())
+}
+
+/// Handles SIGHUP from now on: it reloads the TLS certificate and key files (`tls::ServerCertificate`), for
+/// new handshakes only, while open connections go on; a reload that fails keeps the old certificate. Each
+/// outcome is logged and counted in `counts`. Without TLS a SIGHUP is logged and ignored. The admin
+/// listener (`admin_listen`) serves plain HTTP and has no certificate.
+fn reload_on_sighup(
+    certificate: Option<Arc<tls::ServerCertificate>>,
+    counts: Arc<tls::ReloadCounts>,
+) -> std::io::Result<()> {
+    let mut hangups = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())?;
+    tokio::spawn(async move {
+        while hangups.recv().await.is_some() {
+            let Some(certificate) = &certificate else {
+                tracing::warn!("SIGHUP ignored: TLS is off (no tls.cert_file), there is nothing to reload");
+                continue;
+            };
+            // The error names the file and what is wrong with it, never key material (`tls`).
+            match certificate.reload() {
+                Ok(()) => {
+                    counts.succeeded.increment();
+                    tracing::info!("SIGHUP: TLS certificate reloaded; new connections use it");
+                }
+                Err(error) => {
+                    counts.failed.increment();
+                    tracing::error!(%error, "SIGHUP: TLS certificate not reloaded; the previous one stays in use");
+                }
+            }
+        }
+    });
     Ok(())
 }
 

@@ -8,6 +8,8 @@
 //! could not check exact numbers. Here each layer owns its figures (the store its commit stats, the KMS client
 //! its call counts, the edge its request counts) and `GET /metrics` reads them all at render time.
 
+pub mod process;
+
 use std::fmt::Write as _;
 use std::sync::atomic::{AtomicU64, Ordering};
 
@@ -33,6 +35,32 @@ impl Counter {
     }
 }
 
+/// Lookups of one cache that it answered (hits) and that went to the source (misses). The hit ratio is left
+/// to the query (`rate(hits) / (rate(hits) + rate(misses))`), as Prometheus' conventions ask.
+#[derive(Debug, Default)]
+pub struct CacheCounts {
+    hits: Counter,
+    misses: Counter,
+}
+
+impl CacheCounts {
+    pub fn hit(&self) {
+        self.hits.increment();
+    }
+
+    pub fn miss(&self) {
+        self.misses.increment();
+    }
+
+    pub fn hits(&self) -> u64 {
+        self.hits.get()
+    }
+
+    pub fn misses(&self) -> u64 {
+        self.misses.get()
+    }
+}
+
 /// Observations counted into fixed upper bounds (`le`), plus their count and sum.
 #[derive(Debug)]
 pub struct Histogram {
@@ -47,6 +75,9 @@ pub struct Histogram {
 /// Request latency bounds, in seconds.
 pub const LATENCY_BOUNDS: &[f64] =
     &[0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0];
+
+/// Network call latency bounds (a KMS call, its retries included), in seconds: 5 ms to 10 s.
+pub const NETWORK_BOUNDS: &[f64] = &[0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0];
 
 /// Bounds for small counts (batch sizes).
 pub const SIZE_BOUNDS: &[f64] = &[1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 64.0, 128.0, 256.0, 512.0, 1024.0];

@@ -9,12 +9,14 @@
 //! the generations are read from the shared store on each request.
 //!
 //! The cache is bounded by the bytes of the bodies it holds (`cache.list_pages_mb`); the oldest pages go
-//! first.
+//! first. Its lookups are counted (hits and misses, `GET /metrics`) while it is enabled.
 
 use std::collections::{HashMap, VecDeque};
 use std::sync::Mutex;
 
 use bytes::Bytes;
+
+use crate::metrics::CacheCounts;
 
 /// What a cached page was computed from: the generations of the owners it shows.
 pub type Stamp = (u64, u64);
@@ -45,12 +47,13 @@ struct Pages {
 pub struct PageCache {
     max_bytes: usize,
     pages: Mutex<Pages>,
+    counts: CacheCounts,
 }
 
 impl PageCache {
     /// A cache holding at most `max_bytes` of bodies; 0 disables it.
     pub fn new(max_bytes: usize) -> Self {
-        Self { max_bytes, pages: Mutex::new(Pages::default()) }
+        Self { max_bytes, pages: Mutex::new(Pages::default()), counts: CacheCounts::default() }
     }
 
     pub fn enabled(&self) -> bool {
@@ -67,8 +70,21 @@ impl PageCache {
         if !self.enabled() {
             return None;
         }
-        let pages = self.lock();
-        pages.map.get(key).filter(|entry| entry.stamp == stamp).map(|entry| entry.body.clone())
+        let found = {
+            let pages = self.lock();
+            pages.map.get(key).filter(|entry| entry.stamp == stamp).map(|entry| entry.body.clone())
+        };
+        if found.is_some() {
+            self.counts.hit()
+        } else {
+            self.counts.miss()
+        }
+        found
+    }
+
+    /// Lookups answered with a page and lookups that found none (or a stale one).
+    pub fn counts(&self) -> &CacheCounts {
+        &self.counts
     }
 
     /// Stores a page computed at `stamp` (read before the page was computed). Pages costing more than an
@@ -112,6 +128,7 @@ mod tests {
         assert_eq!(cache.get("bob", stamp), None);
         assert_eq!(cache.get("alice", (4, 7)), None, "a write to the owner makes the page stale");
         assert_eq!(cache.get("alice", (3, 8)), None, "a domain-key write of the project too");
+        assert_eq!((cache.counts().hits(), cache.counts().misses()), (1, 3));
     }
 
     #[test]
@@ -146,5 +163,6 @@ mod tests {
         cache.insert("k".into(), (0, 0), Bytes::from_static(b"page"));
         assert_eq!(cache.get("k", (0, 0)), None);
         assert_eq!(cache.bytes(), 0);
+        assert_eq!((cache.counts().hits(), cache.counts().misses()), (0, 0), "a disabled cache counts nothing");
     }
 }

@@ -1,15 +1,26 @@
 //! HTTPS on the API listener: rustls (ring provider) from a PEM certificate chain and a PEM private key
 //! (mode 0600, as every secret file). Handshakes run per connection, within the header timeout
 //! (`connections`), so a slow or silent client cannot stall other connections.
+//!
+//! The certificate can be replaced while kps runs (SIGHUP, `app`): the server configuration asks
+//! [`ServerCertificate`] for the certificate at every handshake, and a reload swaps the one it holds. Open
+//! connections keep the session they negotiated; only new handshakes see the new certificate. A reload
+//! that fails (unreadable file, wrong mode, no certificate, a key that does not match it) changes nothing:
+//! the old certificate stays in use.
 
+use std::fmt;
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
+use std::sync::{Arc, PoisonError, RwLock};
 
 use rustls_pki_types::pem::PemObject;
 use rustls_pki_types::{CertificateDer, PrivateKeyDer};
 use tokio_rustls::rustls::ServerConfig;
+use tokio_rustls::rustls::crypto::CryptoProvider;
+use tokio_rustls::rustls::server::{ClientHello, ResolvesServerCert};
+use tokio_rustls::rustls::sign::CertifiedKey;
 
 use crate::config::secret_file::{self, SecretFileError};
+use crate::metrics::Counter;
 
 #[derive(Debug, thiserror::Error)]
 pub enum TlsError {
@@ -24,12 +35,78 @@ pub enum TlsError {
     Config(String),
 }
 
-/// The rustls server configuration (HTTP/1.1) from the certificate chain and key files.
-pub fn server_config(
+/// How many certificate reloads (SIGHUP) succeeded and failed, for `GET /metrics`.
+#[derive(Debug, Default)]
+pub struct ReloadCounts {
+    pub succeeded: Counter,
+    pub failed: Counter,
+}
+
+/// The certificate and key the API listener presents, read from `tls.cert_file` and `tls.key_file`, and
+/// replaceable by [`ServerCertificate::reload`] while handshakes go on.
+pub struct ServerCertificate {
+    cert_file: PathBuf,
+    key_file: PathBuf,
+    allow_group_readable: bool,
+    provider: Arc<CryptoProvider>,
+    current: RwLock<Arc<CertifiedKey>>,
+}
+
+impl ServerCertificate {
+    /// Reads and checks both files (the key file under the secret-file mode rule).
+    pub fn load(cert_file: &Path, key_file: &Path, allow_group_readable: bool) -> Result<Self, TlsError> {
+        let provider = Arc::new(tokio_rustls::rustls::crypto::ring::default_provider());
+        let current = certified_key(cert_file, key_file, allow_group_readable, &provider)?;
+        Ok(Self {
+            cert_file: cert_file.into(),
+            key_file: key_file.into(),
+            allow_group_readable,
+            provider,
+            current: RwLock::new(Arc::new(current)),
+        })
+    }
+
+    /// Reads both files again; on success new handshakes present the new certificate, on failure the old
+    /// one stays and the error says why (never with key material in it).
+    pub fn reload(&self) -> Result<(), TlsError> {
+        let fresh = certified_key(&self.cert_file, &self.key_file, self.allow_group_readable, &self.provider)?;
+        // A poisoned lock held a complete `Arc` all along: the swap is a single assignment.
+        *self.current.write().unwrap_or_else(PoisonError::into_inner) = Arc::new(fresh);
+        Ok(())
+    }
+
+    /// The certificate chain presented now (DER, leaf first).
+    pub fn chain(&self) -> Vec<CertificateDer<'static>> {
+        self.current().cert.clone()
+    }
+
+    fn current(&self) -> Arc<CertifiedKey> {
+        Arc::clone(&self.current.read().unwrap_or_else(PoisonError::into_inner))
+    }
+}
+
+impl fmt::Debug for ServerCertificate {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("ServerCertificate")
+            .field("cert_file", &self.cert_file)
+            .field("key_file", &self.key_file)
+            .finish_non_exhaustive()
+    }
+}
+
+impl ResolvesServerCert for ServerCertificate {
+    fn resolve(&self, _client_hello: ClientHello<'_>) -> Option<Arc<CertifiedKey>> {
+        Some(self.current())
+    }
+}
+
+/// The certificate chain and its key, checked to belong together.
+fn certified_key(
     cert_file: &Path,
     key_file: &Path,
     allow_group_readable: bool,
-) -> Result<Arc<ServerConfig>, TlsError> {
+    provider: &CryptoProvider,
+) -> Result<CertifiedKey, TlsError> {
     let file_error = |path: &Path, message: String| TlsError::File { path: path.into(), message };
     let key_pem = secret_file::read(key_file, allow_group_readable).map_err(|error| match error {
         SecretFileError::Io { path, source } => TlsError::File { path, message: source.to_string() },
@@ -45,13 +122,63 @@ pub fn server_config(
     // The key's parse error is not echoed: it could quote key material.
     let key = PrivateKeyDer::from_pem_slice(&key_pem)
         .map_err(|_| file_error(key_file, "no usable PEM private key".into()))?;
-    let provider = Arc::new(tokio_rustls::rustls::crypto::ring::default_provider());
-    let mut config = ServerConfig::builder_with_provider(provider)
+    CertifiedKey::from_der(certs, key, provider).map_err(|e| TlsError::Config(e.to_string()))
+}
+
+/// The rustls server configuration (HTTP/1.1) presenting `certificate`'s current certificate.
+pub fn server_config(certificate: Arc<ServerCertificate>) -> Result<Arc<ServerConfig>, TlsError> {
+    let mut config = ServerConfig::builder_with_provider(Arc::clone(&certificate.provider))
         .with_safe_default_protocol_versions()
         .map_err(|e| TlsError::Config(e.to_string()))?
         .with_no_client_auth()
-        .with_single_cert(certs, key)
-        .map_err(|e| TlsError::Config(e.to_string()))?;
+        .with_cert_resolver(certificate);
     config.alpn_protocols = vec![b"http/1.1".to_vec()];
     Ok(Arc::new(config))
+}
+
+#[cfg(test)]
+mod tests {
+    use std::os::unix::fs::PermissionsExt;
+
+    use super::*;
+
+    /// A self-signed certificate for `name` and its key, written to `dir` (key 0600).
+    fn write_pair(dir: &Path, name: &str) -> (PathBuf, PathBuf) {
+        let key = rcgen::KeyPair::generate().expect("key");
+        let cert =
+            rcgen::CertificateParams::new(vec![name.to_owned()]).expect("params").self_signed(&key).expect("cert");
+        let (cert_path, key_path) = (dir.join("tls.crt"), dir.join("tls.key"));
+        std::fs::write(&cert_path, cert.pem()).expect("cert");
+        std::fs::write(&key_path, key.serialize_pem()).expect("key");
+        std::fs::set_permissions(&key_path, std::fs::Permissions::from_mode(0o600)).expect("chmod");
+        (cert_path, key_path)
+    }
+
+    #[test]
+    fn a_reload_swaps_the_certificate_and_a_failed_one_keeps_the_old() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let (cert, key) = write_pair(dir.path(), "a.example");
+        let certificate = ServerCertificate::load(&cert, &key, false).expect("load");
+        let first = certificate.chain();
+
+        write_pair(dir.path(), "b.example");
+        certificate.reload().expect("reload");
+        let second = certificate.chain();
+        assert_ne!(first, second);
+
+        std::fs::write(&cert, "not a certificate").expect("break the certificate");
+        assert!(matches!(certificate.reload(), Err(TlsError::File { .. })));
+        assert_eq!(certificate.chain(), second, "a failed reload keeps the certificate in use");
+
+        let other = tempfile::tempdir().expect("other");
+        let (other_cert, _) = write_pair(other.path(), "c.example");
+        std::fs::copy(&other_cert, &cert).expect("a certificate that does not match the key");
+        assert!(matches!(certificate.reload(), Err(TlsError::Config(_))));
+        assert_eq!(certificate.chain(), second);
+
+        write_pair(dir.path(), "d.example");
+        std::fs::set_permissions(&key, std::fs::Permissions::from_mode(0o644)).expect("chmod");
+        assert!(matches!(certificate.reload(), Err(TlsError::Permissions { mode: 0o644, .. })));
+        assert_eq!(certificate.chain(), second, "the mode rule holds for reloads too");
+    }
 }

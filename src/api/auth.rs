@@ -125,6 +125,14 @@ impl Authenticator {
         }
     }
 
+    /// The Keystone token cache's hits and misses (`GET /metrics`); `None` in the other modes.
+    pub fn token_cache_counts(&self) -> Option<&crate::metrics::CacheCounts> {
+        match self {
+            Self::Keystone { keystone, .. } => Some(keystone.cache_counts()),
+            _ => None,
+        }
+    }
+
     /// The response for a failed authentication: the error, plus the mode's challenge on a 401.
     pub fn reject(&self, error: ApiError) -> Response {
         let unauthorized = error.status == StatusCode::UNAUTHORIZED;

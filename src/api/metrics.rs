@@ -1,6 +1,7 @@
 //! `GET /metrics`: what the edge counts (requests by route template, method and status; latency by route;
-//! custody actions; per-caller limit rejections) plus, read at render time, the store's group-commit figures
-//! and the KMS client's call counts.
+//! custody actions; per-caller limit rejections) plus, read at render time, the store's group-commit figures,
+//! the KMS client's call counts and latencies, the hits and misses of every cache, TLS certificate reloads
+//! and the process figures (`process_*`, from `/proc/self`).
 //!
 //! Labels are bounded by construction: routes are the templates of `ROUTE_TABLE` (never a raw path or a
 //! key pair name), methods the standard ones or `other`, statuses three digits.
@@ -12,7 +13,7 @@ use std::time::Duration;
 use axum::http::Method;
 
 use super::AppState;
-use crate::metrics::{Counter, Exposition, Histogram, LATENCY_BOUNDS};
+use crate::metrics::{CacheCounts, Counter, Exposition, Histogram, LATENCY_BOUNDS};
 
 /// A custody action, as counted here and named in the audit log (`super::audit`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -202,6 +203,77 @@ pub fn render(state: &AppState) -> String {
         for (operation, _, errors) in &snapshot {
             page.sample("kps_kms_errors_total", &[("provider", provider), ("operation", operation)], *errors as f64);
         }
+        page.family(
+            "kps_kms_request_duration_seconds",
+            "histogram",
+            "Time a KMS call took, its retries and their back-off included, by operation.",
+        );
+        for (operation, histogram) in client.call_stats().durations() {
+            page.histogram(
+                "kps_kms_request_duration_seconds",
+                &[("provider", provider), ("operation", operation)],
+                histogram,
+            );
+        }
     }
+
+    render_caches(&mut page, state);
+    if state.https {
+        page.family(
+            "kps_tls_reloads_total",
+            "counter",
+            "TLS certificate reloads on SIGHUP, by outcome (a failed one keeps the previous certificate).",
+        );
+        page.sample("kps_tls_reloads_total", &[("outcome", "ok")], state.tls_reloads.succeeded.get() as f64);
+        page.sample("kps_tls_reloads_total", &[("outcome", "error")], state.tls_reloads.failed.get() as f64);
+    }
+    render_process(&mut page);
     page.finish()
+}
+
+/// Hits and misses of each cache that is on, labelled `cache`: `list_pages` (rendered Nova list pages),
+/// `kms_keys` (KMS key resolutions), `keystone_tokens` (token validations).
+#[allow(clippy::cast_precision_loss)] // counts stay far below 2^53
+fn render_caches(page: &mut Exposition, state: &AppState) {
+    let mut caches: Vec<(&str, &CacheCounts)> = Vec::new();
+    if state.list_pages.enabled() {
+        caches.push(("list_pages", state.list_pages.counts()));
+    }
+    if let Some(client) = state.service.kms_client() {
+        caches.push(("kms_keys", client.key_cache_counts()));
+    }
+    if let Some(counts) = state.authenticator.token_cache_counts() {
+        caches.push(("keystone_tokens", counts));
+    }
+    if caches.is_empty() {
+        return;
+    }
+    page.family("kps_cache_hits_total", "counter", "Lookups a cache answered, by cache.");
+    for (cache, counts) in &caches {
+        page.sample("kps_cache_hits_total", &[("cache", cache)], counts.hits() as f64);
+    }
+    page.family("kps_cache_misses_total", "counter", "Lookups a cache could not answer, by cache.");
+    for (cache, counts) in &caches {
+        page.sample("kps_cache_misses_total", &[("cache", cache)], counts.misses() as f64);
+    }
+}
+
+/// The `process_*` families of Prometheus' client libraries; left out where `/proc/self` cannot be read.
+#[allow(clippy::cast_precision_loss)] // byte and fd counts stay far below 2^53
+fn render_process(page: &mut Exposition) {
+    let Some(process) = crate::metrics::process::read() else { return };
+    page.family("process_cpu_seconds_total", "counter", "Total user and system CPU time spent in seconds.");
+    page.sample("process_cpu_seconds_total", &[], process.cpu_seconds);
+    page.family("process_resident_memory_bytes", "gauge", "Resident memory size in bytes.");
+    page.sample("process_resident_memory_bytes", &[], process.resident_memory_bytes as f64);
+    page.family("process_virtual_memory_bytes", "gauge", "Virtual memory size in bytes.");
+    page.sample("process_virtual_memory_bytes", &[], process.virtual_memory_bytes as f64);
+    page.family("process_open_fds", "gauge", "Number of open file descriptors.");
+    page.sample("process_open_fds", &[], process.open_fds as f64);
+    if let Some(max_fds) = process.max_fds {
+        page.family("process_max_fds", "gauge", "Maximum number of open file descriptors.");
+        page.sample("process_max_fds", &[], max_fds as f64);
+    }
+    page.family("process_start_time_seconds", "gauge", "Start time of the process since unix epoch in seconds.");
+    page.sample("process_start_time_seconds", &[], process.start_time_seconds);
 }

@@ -64,6 +64,8 @@ pub struct AppState {
     pub cors: Option<cors::Cors>,
     /// `audit.file` and `audit.fail_closed`.
     pub audit: audit::Audit,
+    /// Certificate reloads on SIGHUP, counted by `app::serve` (reported when `https`).
+    pub tls_reloads: Arc<crate::tls::ReloadCounts>,
 }
 
 /// The kps HTTP application (`listen`).

@@ -100,6 +100,11 @@ impl AwsKms {
         self.cache.clear();
     }
 
+    /// Key resolutions answered from the cache and made anew (`GET /metrics`).
+    pub fn cache_counts(&self) -> &crate::metrics::CacheCounts {
+        self.cache.counts()
+    }
+
     pub fn call_stats(&self) -> &KmsCallStats {
         &self.stats
     }
@@ -215,8 +220,9 @@ impl AwsKms {
         F: FnMut() -> Fut,
         Fut: Future<Output = Result<T, FailureKind>>,
     {
+        let started = std::time::Instant::now();
         let result = self.transport.run(operation, attempt).await;
-        self.stats.record(operation, result.is_ok());
+        self.stats.record(operation, result.is_ok(), started.elapsed());
         result
     }
 }

@@ -9,6 +9,9 @@
 //! * alias listings (Huawei `list-keys`) run one at a time; every alias a listing sees is cached; after a
 //!   listing that read every page, misses in the next [`MISS_TTL`] are answered from its table without
 //!   listing again, and lookups that queued behind a failed listing get its error instead of retrying it.
+//!
+//! Lookups are counted for `GET /metrics`: a hit is answered without a resolution of its own (a cached key,
+//! a remembered miss, or the shared answer of a concurrent lookup), a miss runs one.
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -20,6 +23,7 @@ use moka::policy::EvictionPolicy;
 
 use super::transport::Failure;
 use super::{KeyRef, KmsError, ResolvedKey};
+use crate::metrics::CacheCounts;
 
 pub const DEFAULT_TTL: Duration = Duration::from_secs(60);
 pub const DEFAULT_CAPACITY: u64 = 1024;
@@ -41,6 +45,7 @@ pub struct KeyCache {
     missing: Cache<KeyRef, ()>,
     miss_ttl: Duration,
     listing: AliasListing,
+    counts: CacheCounts,
 }
 
 /// One alias listing at a time, and what the last one left behind.
@@ -85,7 +90,13 @@ impl KeyCache {
                 .build(),
             miss_ttl,
             listing: AliasListing::default(),
+            counts: CacheCounts::default(),
         }
+    }
+
+    /// Lookups answered from the cache and lookups that resolved the key.
+    pub fn counts(&self) -> &CacheCounts {
+        &self.counts
     }
 
     /// The cached resolution of `key`, if fresh.
@@ -107,12 +118,17 @@ impl KeyCache {
         F: Future<Output = Result<ResolvedKey, KmsError>>,
     {
         if let Some(found) = self.found.get(key).await {
+            self.counts.hit();
             return Ok(found);
         }
         if self.missing.contains_key(key) {
+            self.counts.hit();
             return Err(KmsError::KeyNotFound { key: key.as_str().to_owned() });
         }
+        // Set when this caller's own lookup runs; a caller that shares another's lookup got a hit.
+        let resolved_here = std::sync::atomic::AtomicBool::new(false);
         let resolve = async {
+            resolved_here.store(true, Ordering::Relaxed);
             let answer = lookup().await;
             if matches!(answer, Err(KmsError::KeyNotFound { .. })) {
                 // Recorded before the shared answer is handed out, so no later caller starts another lookup.
@@ -120,7 +136,13 @@ impl KeyCache {
             }
             answer
         };
-        self.found.try_get_with_by_ref(key, resolve).await.map_err(|shared| (*shared).clone())
+        let answer = self.found.try_get_with_by_ref(key, resolve).await.map_err(|shared| (*shared).clone());
+        if resolved_here.load(Ordering::Relaxed) {
+            self.counts.miss();
+        } else {
+            self.counts.hit();
+        }
+        answer
     }
 
     /// Resolves `alias` from alias listings (Huawei `list-keys`, §3 steps 2-3): cached, else answered by the
@@ -304,6 +326,9 @@ mod tests {
             assert_eq!(answer, Ok(resolved("1")));
         }
         assert_eq!(kms.calls(), 1);
+        assert_eq!((cache.counts().hits(), cache.counts().misses()), (15, 1), "sharing a lookup is a hit");
+        let _ = cache.get_or_resolve(&key, || kms.answer(Ok(resolved("1")))).await;
+        assert_eq!((cache.counts().hits(), cache.counts().misses()), (16, 1));
     }
 
     #[tokio::test]
@@ -330,6 +355,7 @@ mod tests {
             assert_eq!(cache.get_or_resolve(&key, || kms.answer(Err(gone()))).await, Err(gone()));
         }
         assert_eq!(kms.calls(), 1, "misses are cached");
+        assert_eq!((cache.counts().hits(), cache.counts().misses()), (2, 1), "a remembered miss is a hit");
         tokio::time::sleep(Duration::from_millis(70)).await;
         assert_eq!(cache.get_or_resolve(&key, || kms.answer(Ok(resolved("1")))).await, Ok(resolved("1")));
         assert_eq!(kms.calls(), 2, "...for the miss TTL");

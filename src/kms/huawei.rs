@@ -123,6 +123,11 @@ impl HuaweiKms {
         self.cache.clear();
     }
 
+    /// Key resolutions answered from the cache and made anew (`GET /metrics`).
+    pub fn cache_counts(&self) -> &crate::metrics::CacheCounts {
+        self.cache.counts()
+    }
+
     /// Calls and failures by operation (`GET /metrics`).
     pub fn call_stats(&self) -> &KmsCallStats {
         &self.stats
@@ -266,12 +271,13 @@ impl HuaweiKms {
     /// One KMS call under the transport rules, counted in `stats`.
     async fn call<T: DeserializeOwned>(&self, action: &'static str, body: &[u8]) -> Result<T, Failure> {
         // `bytes` is zeroized on drop: create-datakey and decrypt-datakey answers hold a plaintext data key.
+        let started = std::time::Instant::now();
         let result = self
             .transport
             .run(action, || self.attempt(action, body))
             .await
             .and_then(|bytes| serde_json::from_slice(&bytes).map_err(|_| Failure::unusable(action)));
-        self.stats.record(action, result.is_ok());
+        self.stats.record(action, result.is_ok(), started.elapsed());
         result
     }
 

@@ -290,11 +290,19 @@ impl KmsClient {
         }
     }
 
-    /// Calls and failures by operation (`GET /metrics`).
+    /// Calls, failures and call durations by operation (`GET /metrics`).
     pub fn call_stats(&self) -> &stats::KmsCallStats {
         match self {
             Self::Huawei(huawei) => huawei.call_stats(),
             Self::Aws(aws) => aws.call_stats(),
+        }
+    }
+
+    /// Key resolutions answered by the resolution cache and made anew (`GET /metrics`).
+    pub fn key_cache_counts(&self) -> &crate::metrics::CacheCounts {
+        match self {
+            Self::Huawei(huawei) => huawei.cache_counts(),
+            Self::Aws(aws) => aws.cache_counts(),
         }
     }
 

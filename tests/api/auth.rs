@@ -280,6 +280,19 @@ async fn keystone_results_are_cached_for_the_ttl() {
 }
 
 #[tokio::test]
+async fn keystone_cache_hits_and_misses_are_on_the_metrics_page() {
+    let keystone = FakeKeystone::start().await;
+    let kps = keystone.kps(60);
+    for token in ["ks-alice", "ks-alice", "ks-alice", "ks-unknown", "ks-unknown"] {
+        kps.nova("GET", "/v2.1/os-keypairs", token, None, None).await;
+    }
+    let page = String::from_utf8(kps.call("GET", "/metrics", &[], None).await.body).expect("utf-8");
+    assert!(page.contains("kps_cache_hits_total{cache=\"keystone_tokens\"} 3\n"), "{page}");
+    assert!(page.contains("kps_cache_misses_total{cache=\"keystone_tokens\"} 2\n"), "{page}");
+    assert_eq!(keystone.calls(), 2, "a miss is a Keystone call");
+}
+
+#[tokio::test]
 async fn concurrent_requests_with_one_new_token_make_one_keystone_call() {
     let keystone = FakeKeystone::start().await;
     let kps = Arc::new(keystone.kps(60));

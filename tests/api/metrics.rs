@@ -118,3 +118,112 @@ async fn custody_actions_and_kms_calls_are_counted() {
     assert_eq!(kms_errors("create-datakey"), 0.0, "{page}");
     assert_eq!(kms_calls("describe-key"), 0.0, "{page}");
 }
+
+/// Checks the text format's structure: every family is announced once by `# HELP` then `# TYPE`, before
+/// its samples, and every sample belongs to the family announced last (histograms by their `_bucket`,
+/// `_sum` and `_count` series); names follow the conventions (counters end in `_total`).
+fn assert_well_formed(page: &str) {
+    let mut announced = std::collections::HashSet::new();
+    let mut current: Option<(String, String)> = None;
+    let mut lines = page.lines().peekable();
+    while let Some(line) = lines.next() {
+        if let Some(help) = line.strip_prefix("# HELP ") {
+            let name = help.split(' ').next().expect("name").to_owned();
+            let kind = lines.next().and_then(|l| l.strip_prefix(&format!("# TYPE {name} "))).expect("TYPE after HELP");
+            assert!(["counter", "gauge", "histogram"].contains(&kind), "{line}");
+            assert!(kind != "counter" || name.ends_with("_total"), "counter {name} must end in _total");
+            assert!(announced.insert(name.clone()), "{name} announced twice");
+            current = Some((name, kind.to_owned()));
+            continue;
+        }
+        let series = line.split(['{', ' ']).next().expect("series");
+        let (family, kind) = current.as_ref().unwrap_or_else(|| panic!("sample before any family: {line}"));
+        let fits = if kind == "histogram" {
+            ["_bucket", "_sum", "_count"].iter().any(|suffix| series == format!("{family}{suffix}"))
+        } else {
+            series == family
+        };
+        assert!(fits, "{line} is not a sample of {family}");
+        let value = line.rsplit(' ').next().expect("value");
+        assert!(value == "+Inf" || value.parse::<f64>().is_ok(), "{line}");
+    }
+}
+
+#[tokio::test]
+async fn process_metrics_are_read_at_scrape_time() {
+    let kps = Kps::new();
+    let page = scrape(&kps).await;
+    assert_well_formed(&page);
+    for name in [
+        "process_resident_memory_bytes",
+        "process_virtual_memory_bytes",
+        "process_open_fds",
+        "process_max_fds",
+        "process_start_time_seconds",
+    ] {
+        assert!(page.contains(&format!("# TYPE {name} gauge\n")), "{name}: {page}");
+        assert!(sample(&page, name) > 0.0, "{name}: {page}");
+    }
+    assert!(page.contains("# TYPE process_cpu_seconds_total counter\n"), "{page}");
+    assert!(sample(&page, "process_resident_memory_bytes") <= sample(&page, "process_virtual_memory_bytes"));
+    assert!(sample(&page, "process_open_fds") <= sample(&page, "process_max_fds"));
+    // Without TLS there is nothing to reload, and no family for it.
+    assert!(!page.contains("kps_tls_reloads_total"), "{page}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kms_call_latency_is_a_histogram_per_operation() {
+    let kms = KmsMock::start();
+    let kps = Kps::with_kms_mock(&kms);
+    let headers = [("x-auth-token", "u:p"), ("content-type", "application/json")];
+    for name in ["a", "b"] {
+        let body = json!({"keypair": {"name": name, "key_protection": {"private_key": ED25519_PRIVATE_KEY,
+            "encryption": {"type": "kms", "kms_key_name": "kps-escrow"}}, "public_key": ED25519_PUBLIC_KEY.trim_end()}});
+        let created = kps.call("POST", "/v3/p/keypairs", &headers, Some(&body.to_string())).await;
+        assert_eq!(created.status, 200, "{}", String::from_utf8_lossy(&created.body));
+    }
+    let page = scrape(&kps).await;
+    assert_well_formed(&page);
+    assert!(page.contains("# TYPE kps_kms_request_duration_seconds histogram\n"), "{page}");
+    let series = |suffix: &str, operation: &str, le: Option<&str>| {
+        let le = le.map(|le| format!(",le=\"{le}\"")).unwrap_or_default();
+        let name =
+            format!("kps_kms_request_duration_seconds_{suffix}{{provider=\"huawei\",operation=\"{operation}\"{le}}}");
+        sample(&page, &name)
+    };
+    assert_eq!(series("count", "create-datakey", None), 2.0, "{page}");
+    assert_eq!(series("bucket", "create-datakey", Some("+Inf")), 2.0, "{page}");
+    assert_eq!(series("count", "list-keys", None), 1.0, "the alias is resolved once: {page}");
+    assert_eq!(series("count", "decrypt-datakey", None), 0.0, "{page}");
+    assert!(series("sum", "create-datakey", None) > 0.0, "{page}");
+    assert!(page.contains("le=\"0.005\"") && page.contains("le=\"10\""), "5 ms to 10 s buckets: {page}");
+    // The second create found the key in the resolution cache.
+    assert_eq!(sample(&page, r#"kps_cache_misses_total{cache="kms_keys"}"#), 1.0, "{page}");
+    assert_eq!(sample(&page, r#"kps_cache_hits_total{cache="kms_keys"}"#), 1.0, "{page}");
+}
+
+#[tokio::test]
+async fn list_page_cache_hits_and_misses_are_counted() {
+    let kps = Kps::new();
+    kps.import("u:p", "one", crate::ED25519_VECTOR).await;
+    let hits_and_misses = |page: &str| {
+        (
+            sample(page, r#"kps_cache_hits_total{cache="list_pages"}"#),
+            sample(page, r#"kps_cache_misses_total{cache="list_pages"}"#),
+        )
+    };
+    let before = scrape(&kps).await;
+    assert!(before.contains("# TYPE kps_cache_hits_total counter\n"), "{before}");
+    assert_eq!(hits_and_misses(&before), (0.0, 0.0), "{before}");
+    for _ in 0..3 {
+        assert_eq!(kps.nova("GET", "/v2.1/os-keypairs", "u:p", None, None).await.status, 200);
+    }
+    assert_eq!(hits_and_misses(&scrape(&kps).await), (2.0, 1.0), "one miss fills the cache, then hits");
+    // A write makes the cached page stale: the next list misses.
+    kps.import("u:p", "two", crate::ED25519_VECTOR).await;
+    assert_eq!(kps.nova("GET", "/v2.1/os-keypairs", "u:p", None, None).await.status, 200);
+    assert_eq!(hits_and_misses(&scrape(&kps).await), (2.0, 2.0));
+    // No KMS, no Keystone: only the list page cache is reported.
+    let page = scrape(&kps).await;
+    assert!(!page.contains("cache=\"kms_keys\"") && !page.contains("cache=\"keystone_tokens\""), "{page}");
+}

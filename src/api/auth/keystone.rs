@@ -8,7 +8,8 @@
 //! service is temporarily unavailable.". Valid and invalid results are cached by SHA-256 of the token (the
 //! token itself is never kept) for `auth.keystone_cache_ttl_s`, never past the token's `expires_at`, valid and
 //! invalid tokens in two bounded caches (a flood of bad tokens cannot push out good ones); concurrent first
-//! validations of one token make one Keystone call; "unavailable" is never cached.
+//! validations of one token make one Keystone call; "unavailable" is never cached. Lookups are counted for
+//! `GET /metrics` (a hit needs no Keystone call of its own) while the cache is on.
 
 use std::time::{Duration, Instant};
 
@@ -18,6 +19,7 @@ use sha2::{Digest, Sha256};
 
 use super::Caller;
 use crate::api::error::ApiError;
+use crate::metrics::CacheCounts;
 
 /// Cached valid tokens at most, and as many invalid ones in a cache of their own.
 const CACHE_CAPACITY: u64 = 10_000;
@@ -63,6 +65,11 @@ impl Keystone {
             client,
             cache: TokenCache::new(cache_ttl, CACHE_CAPACITY),
         })
+    }
+
+    /// Validations answered by the token cache and validations that asked Keystone.
+    pub fn cache_counts(&self) -> &CacheCounts {
+        &self.cache.counts
     }
 
     pub async fn validate(&self, token: &str) -> Result<Caller, ApiError> {
@@ -173,6 +180,7 @@ struct TokenCache {
     ttl: Duration,
     valid: moka::future::Cache<[u8; 32], ValidToken>,
     invalid: moka::future::Cache<[u8; 32], ()>,
+    counts: CacheCounts,
 }
 
 /// A valid token's caller and how long it may be used: the TTL, never past the token's `expires_at`.
@@ -209,6 +217,7 @@ impl TokenCache {
                 .max_capacity(capacity)
                 .time_to_live(ttl.max(Duration::from_millis(1)))
                 .build(),
+            counts: CacheCounts::default(),
         }
     }
 
@@ -227,9 +236,13 @@ impl TokenCache {
             };
         }
         if self.invalid.contains_key(&key) {
+            self.counts.hit();
             return Err(Rejected::Invalid);
         }
+        // Set when this caller's own fetch runs; a caller served by the cache or another's fetch got a hit.
+        let fetched_here = std::sync::atomic::AtomicBool::new(false);
         let fetched = self.valid.try_get_with(key, async {
+            fetched_here.store(true, std::sync::atomic::Ordering::Relaxed);
             match fetch.await {
                 Ok(Some((caller, lifetime))) => {
                     let keep = lifetime.map_or(self.ttl, |left| left.min(self.ttl));
@@ -242,7 +255,13 @@ impl TokenCache {
                 Err(_) => Err(Rejected::Unavailable),
             }
         });
-        fetched.await.map(|token| token.caller).map_err(|rejected| *rejected)
+        let answer = fetched.await.map(|token| token.caller).map_err(|rejected| *rejected);
+        if fetched_here.load(std::sync::atomic::Ordering::Relaxed) {
+            self.counts.miss();
+        } else {
+            self.counts.hit();
+        }
+        answer
     }
 }
 
@@ -320,6 +339,7 @@ mod tests {
         let down = async { Err(keystone_unavailable()) };
         assert_eq!(cache.get_or_fetch([4; 32], down).await, Err(Rejected::Unavailable));
         assert_eq!(cache.get_or_fetch([4; 32], valid("d", None)).await, Ok(caller("d")), "not cached");
+        assert_eq!((cache.counts.hits(), cache.counts.misses()), (2, 6));
 
         let off = TokenCache::new(Duration::ZERO, 10);
         assert_eq!(off.get_or_fetch([1; 32], valid("a", None)).await, Ok(caller("a")));
