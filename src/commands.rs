@@ -60,9 +60,7 @@ pub async fn master_key_generate(
             .map_err(|source| CommandError::File { path: config.data_dir.clone(), source })?;
     }
     let (text, id) = match (keyring::read_on_disk(&path, config.secrets.allow_group_readable)?, kms_key) {
-        (None | Some(OnDisk::Plain(_)), None) => {
-            keyring::generate(&path, print, config.secrets.allow_group_readable)?
-        }
+        (None | Some(OnDisk::Plain(_)), None) => keyring::generate(&path, print, config.secrets.allow_group_readable)?,
         (Some(OnDisk::Plain(_)), Some(name)) => {
             return Err(CommandError::Refused(format!(
                 "{} holds a plaintext keyring: wrap it first (kps master-key wrap --kms-key {name}), then add keys \
@@ -177,8 +175,7 @@ async fn unwrap_keyring(
     wrapped: &crate::custody::WrappedKeyring,
     kms: &crate::kms::KmsClient,
 ) -> Result<crate::custody::keyring::KeyringText, CommandError> {
-    let plain =
-        wrapped.unwrap(kms).await.map_err(|error| crate::custody::KeyringError::kms_failed(path, error))?;
+    let plain = wrapped.unwrap(kms).await.map_err(|error| crate::custody::KeyringError::kms_failed(path, error))?;
     crate::custody::MasterKeyring::from_text(&plain, path)?;
     Ok(plain)
 }

@@ -280,13 +280,12 @@ fn main() -> ExitCode {
                     .map(|out| print!("{}", out.as_str()))
                     .map_err(|e| e.to_string())
             }
-            Command::MasterKey(MasterKeyCommand::Wrap { kms_key, .. }) => commands::master_key_wrap(
-                &config,
-                kms_key.as_deref(),
-            )
-            .await
-            .map(|line| println!("{line}"))
-            .map_err(|e| e.to_string()),
+            Command::MasterKey(MasterKeyCommand::Wrap { kms_key, .. }) => {
+                commands::master_key_wrap(&config, kms_key.as_deref())
+                    .await
+                    .map(|line| println!("{line}"))
+                    .map_err(|e| e.to_string())
+            }
             Command::MasterKey(MasterKeyCommand::Unwrap { .. }) => {
                 commands::master_key_unwrap(&config).await.map(|line| println!("{line}")).map_err(|e| e.to_string())
             }

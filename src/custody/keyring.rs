@@ -185,7 +185,8 @@ impl MasterKeyring {
 
     /// The keyring of a plaintext keyring text (a file's, or an unwrapped one); `path` names it in errors.
     pub fn from_text(text: &KeyringText, path: &Path) -> Result<Self, KeyringError> {
-        Self::from_file(&parse_text(text, path)?).map_err(|message| KeyringError::Invalid { path: path.into(), message })
+        Self::from_file(&parse_text(text, path)?)
+            .map_err(|message| KeyringError::Invalid { path: path.into(), message })
     }
 
     fn from_file(file: &KeyringFile) -> Result<Self, String> {

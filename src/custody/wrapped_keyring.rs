@@ -90,7 +90,11 @@ impl WrappedKeyring {
 
     /// Opens the sealed keyring with its unwrapped data key, bound to `context`. Any mismatch (another data
     /// key, an edited field, another context) is `Integrity`.
-    pub fn open(&self, data_key: &[u8; DATA_KEY_LEN], context: &EncryptionContext) -> Result<KeyringText, CustodyError> {
+    pub fn open(
+        &self,
+        data_key: &[u8; DATA_KEY_LEN],
+        context: &EncryptionContext,
+    ) -> Result<KeyringText, CustodyError> {
         let decode = |field: &str, text: &str| {
             STANDARD.decode(text).map_err(|_| CustodyError::Malformed(format!("{field} is not base64")))
         };
@@ -150,7 +154,11 @@ mod tests {
     }
 
     fn data_key() -> DataKey {
-        DataKey::new("3c1d5a0e-8f6b-4e52-9d7a-21f0c4b8e6a1".into(), Zeroizing::new([7u8; DATA_KEY_LEN]), "c1ph3r".into())
+        DataKey::new(
+            "3c1d5a0e-8f6b-4e52-9d7a-21f0c4b8e6a1".into(),
+            Zeroizing::new([7u8; DATA_KEY_LEN]),
+            "c1ph3r".into(),
+        )
     }
 
     fn sealed() -> WrappedKeyring {

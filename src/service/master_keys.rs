@@ -19,8 +19,8 @@ use std::time::Duration;
 use serde::Deserialize;
 use subtle::ConstantTimeEq;
 
-use super::repo::layout::{self, MasterKeyVerifier};
 use super::KeypairService;
+use super::repo::layout::{self, MasterKeyVerifier};
 use crate::custody::keyring::{KeyringError, MasterKeyring, Verifier};
 use crate::custody::{Aad, WrappedKeyring, local};
 use crate::model::{EncryptorKind, Keypair};
@@ -145,7 +145,8 @@ impl KeypairService {
     pub async fn unseal_master_keyring(&self, path: &Path, wrapped: &WrappedKeyring) -> Result<(), KeyringError> {
         let no_kms = || KeyringError::Invalid {
             path: path.into(),
-            message: "it is wrapped by a KMS key, but no KMS is configured (kms.provider and its kms.* settings)".into(),
+            message: "it is wrapped by a KMS key, but no KMS is configured (kms.provider and its kms.* settings)"
+                .into(),
         };
         let custody = self.custody.as_ref().ok_or_else(no_kms)?;
         let kms = custody.kms().ok_or_else(no_kms)?;
