@@ -96,7 +96,17 @@ pub async fn read_master_keyring(config: &Config, store: &dyn Store) -> Result<S
     let path = config.master_key_path();
     let on_disk = custody::keyring::read_on_disk(&path, config.secrets.allow_group_readable)?;
     match (on_disk, &config.custody.master_key_kms_key) {
-        (Some(custody::keyring::OnDisk::Wrapped(wrapped)), _) => Ok(StartupKeyring::Wrapped(wrapped)),
+        (Some(custody::keyring::OnDisk::Wrapped(wrapped)), configured) => {
+            if let Some(key) = configured.as_deref().filter(|key| *key != wrapped.kms_key && *key != wrapped.key_id) {
+                tracing::warn!(
+                    configured = key,
+                    wrapped_by = wrapped.kms_key,
+                    "the master keyring is wrapped by another KMS key than custody.master_key_kms_key names; it is \
+                     unwrapped with the key it names (kps master-key generate --kms-key re-wraps it)"
+                );
+            }
+            Ok(StartupKeyring::Wrapped(wrapped))
+        }
         (Some(custody::keyring::OnDisk::Plain(_)), Some(key)) => Err(ServeError::Startup(format!(
             "the master keyring {} is plaintext, but custody.master_key_kms_key = {key:?} requires it wrapped by \
              that KMS key: convert it with `kps master-key wrap` (or unset custody.master_key_kms_key)",

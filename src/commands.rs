@@ -396,8 +396,24 @@ pub fn config_check(config: &Config) -> Result<String, String> {
     let master_key = config.master_key_path();
     if config.custody.allow_default {
         if master_key.exists() {
-            secret_file::read(&master_key, allow_group).map_err(|e| format!("master keyring: {e}"))?;
-            checked.push(format!("master keyring {}: secret file, mode ok", master_key.display()));
+            let text =
+                secret_file::read_to_string(&master_key, allow_group).map_err(|e| format!("master keyring: {e}"))?;
+            let wrapped = crate::custody::wrapped_keyring::is_wrapped(&text) == Some(true);
+            if let (false, Some(key)) = (wrapped, &config.custody.master_key_kms_key) {
+                return Err(format!(
+                    "master keyring {} is plaintext, but custody.master_key_kms_key = {key:?} requires it wrapped \
+                     (kps master-key wrap)",
+                    master_key.display()
+                ));
+            }
+            let form = if wrapped { "wrapped by a KMS key" } else { "plaintext" };
+            checked.push(format!("master keyring {}: secret file, mode ok, {form}", master_key.display()));
+        } else if let Some(key) = &config.custody.master_key_kms_key {
+            return Err(format!(
+                "master keyring {}: no such file; with custody.master_key_kms_key make it with kps master-key \
+                 generate --kms-key {key}",
+                master_key.display()
+            ));
         } else if config.custody.master_key_file.is_some() {
             return Err(format!("custody.master_key_file {}: no such file", master_key.display()));
         } else {

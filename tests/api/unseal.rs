@@ -338,8 +338,12 @@ fn a_permanent_kms_failure_or_a_plaintext_keyring_refuses_to_start() {
     succeeds(&kps(&["master-key", "generate"], &data, &env_of_plain(&env)));
     let message = refused_start(&data, &env);
     assert!(message.contains("is plaintext") && message.contains("kps master-key wrap"), "{message}");
+    let message = refused(&kps(&["config", "check"], &data, &env));
+    assert!(message.contains("requires it wrapped"), "{message}");
 
     succeeds(&kps(&["master-key", "wrap"], &data, &env));
+    let report = succeeds(&kps(&["config", "check"], &data, &env));
+    assert!(report.contains("mode ok, wrapped by a KMS key"), "{report}");
     let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("runtime");
     runtime.block_on(mock.set_key_state(MASTER_ID, "3"));
     let message = refused_start(&data, &env);
