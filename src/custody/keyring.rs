@@ -56,6 +56,10 @@ impl KeyringError {
     pub fn kms_failed(path: &Path, error: super::CustodyError) -> Self {
         match error {
             super::CustodyError::Kms(source) => Self::Kms { path: path.into(), source },
+            super::CustodyError::Integrity => Self::Undecryptable {
+                path: path.into(),
+                detail: "its integrity check failed (an edited file, or one not written for this data key)".into(),
+            },
             other => Self::Undecryptable { path: path.into(), detail: other.to_string() },
         }
     }
