@@ -349,3 +349,52 @@ fn a_permanent_kms_failure_or_a_plaintext_keyring_refuses_to_start() {
     let message = refused_start(&data, &env);
     assert!(message.contains(&format!("KMS key {MASTER_ID} is disabled")), "{message}");
 }
+
+/// The edge over a sealed keyring, without a KMS: the slot is unsealed by hand where the background unwrap
+/// would do it.
+#[tokio::test]
+async fn a_sealed_keyring_answers_503_kps_1801_for_default_custody_only_until_it_is_unsealed() {
+    use std::sync::Arc;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let mut config = kps::config::Config::default();
+    config.keygen.rsa_pool_size = 0;
+    config.data_dir = dir.path().to_path_buf();
+    let store: Arc<dyn kps::store::Store> =
+        Arc::new(kps::store::sled::SledStore::open(&dir.path().join("db")).expect("store"));
+    let open = kps::app(Arc::new(kps::state(&config, Arc::clone(&store)).expect("state")));
+    let slot = kps::custody::KeyringSlot::sealed();
+    let sealed = kps::app(Arc::new(kps::state_with_keyring(&config, store, slot.clone()).expect("state")));
+
+    let headers = [("x-auth-token", "u:p"), ("content-type", "application/json")];
+    let escrow = |name: &str| {
+        json!({"keypair": {"name": name, "public_key": ED25519_PUBLIC_KEY.trim_end(),
+            "key_protection": {"private_key": ED25519_PRIVATE_KEY, "encryption": {"type": "default"}}}})
+        .to_string()
+    };
+    let export = json!({"keypair": {"name": "escrowed"}}).to_string();
+    let export_path = "/v3/p/keypairs/private-key/export";
+    assert_eq!(crate::send(&open, "POST", "/v3/p/keypairs", &headers, Some(&escrow("escrowed"))).await.status, 200);
+
+    crate::send(&sealed, "POST", export_path, &headers, Some(&export)).await.assert_error(
+        503,
+        "KPS.1801",
+        SEALED_MESSAGE,
+    );
+    let nova = json!({"keypair": {"name": "another", "key_protection": {"encryption": {"type": "default"}}}});
+    for (path, body) in [("/v3/p/keypairs", escrow("another")), ("/v2.1/os-keypairs", nova.to_string())] {
+        crate::send(&sealed, "POST", path, &headers, Some(&body)).await.assert_error(503, "KPS.1801", SEALED_MESSAGE);
+    }
+    let clear = crate::send(&sealed, "DELETE", "/v3/p/keypairs/escrowed/private-key", &headers, None).await;
+    clear.assert_error(503, "KPS.1801", SEALED_MESSAGE);
+    let plain = json!({"keypair": {"name": "plain"}}).to_string();
+    assert_eq!(crate::send(&sealed, "POST", "/v2.1/os-keypairs", &headers, Some(&plain)).await.status, 200);
+    let listed = crate::send(&sealed, "GET", "/v2.1/os-keypairs", &headers, None).await.json();
+    assert_eq!(listed["keypairs"].as_array().map(Vec::len), Some(2), "escrowed and plain; nothing else stored");
+
+    let keyring = kps::custody::MasterKeyring::load(&config.master_key_path(), false).expect("keyring");
+    assert!(slot.unseal(keyring));
+    let exported = crate::send(&sealed, "POST", export_path, &headers, Some(&export)).await;
+    assert_eq!(exported.json()["keypair"]["private_key"], ED25519_PRIVATE_KEY);
+    let cleared = crate::send(&sealed, "DELETE", "/v3/p/keypairs/escrowed/private-key", &headers, None).await;
+    assert_eq!(cleared.status, 200);
+}
