@@ -46,12 +46,21 @@ pub enum ServeError {
 /// and the policy (`policy.file` over the defaults), loads (or creates) the master keyring when the `default`
 /// encryptor is allowed, and starts the RSA key pool.
 pub fn state(config: &Config, store: Arc<dyn Store>) -> Result<AppState, ServeError> {
+    state_with_keyring(config, store, custody::KeyringSlot::open(load_plaintext_keyring(config)?))
+}
+
+/// [`state`] over a master keyring already loaded, or sealed until the KMS unwraps it (auto-unseal).
+pub fn state_with_keyring(
+    config: &Config,
+    store: Arc<dyn Store>,
+    keyring: custody::KeyringSlot,
+) -> Result<AppState, ServeError> {
     let authenticator = Authenticator::from_config(&config.auth, config.secrets.allow_group_readable)?;
     let policy = match &config.policy.file {
         Some(path) => api::policy::Policy::load(path)?,
         None => api::policy::Policy::default(),
     };
-    let service = service(config, store, RsaKeyPool::new(config.keygen.rsa_pool_size))?;
+    let service = service_with_keyring(config, store, RsaKeyPool::new(config.keygen.rsa_pool_size), keyring)?;
     Ok(AppState {
         service,
         authenticator,
@@ -77,33 +86,104 @@ pub fn state(config: &Config, store: Arc<dyn Store>) -> Result<AppState, ServeEr
     })
 }
 
-/// Checks the master keyring against the verifiers recorded in `store`, creating the file only for a store
-/// that never used one, and records verifiers for new key ids (`service::master_keys`). `serve` and the offline
-/// commands that open escrows call it before [`service`], so that a missing or replaced keyring refuses to
-/// start instead of being silently replaced (even when new `default` seals are disabled: older records
-/// still need it).
-pub async fn check_master_keyring(config: &Config, store: &dyn Store) -> Result<(), ServeError> {
-    let path = config.master_key_path();
-    // Replicas share one keyring: one made here would be this replica's alone.
-    if config.store.backend == StoreBackend::Postgres && !path.exists() {
-        return Err(ServeError::Startup(format!(
-            "the master keyring {} does not exist: with store.backend = postgres kps never creates one; give every \
-             replica the same keyring file (custody.master_key_file; `kps master-key generate` makes a new one)",
-            path.display()
-        )));
-    }
-    crate::service::master_keys::open_keyring(&path, config.secrets.allow_group_readable, store).await?;
-    Ok(())
+/// The master keyring as startup finds it, checked against the store when it is plaintext.
+pub enum StartupKeyring {
+    /// A plaintext keyring, checked against the verifiers the store records.
+    Plain(custody::MasterKeyring),
+    /// A keyring wrapped by a KMS key (auto-unseal): unwrapping and its check are still to come.
+    Wrapped(custody::WrappedKeyring),
 }
 
-/// The key pair service over `store` with its custody: the master keyring (loaded; created if missing,
-/// unless [`check_master_keyring`] refused it before) and the KMS, if any.
-pub fn service(config: &Config, store: Arc<dyn Store>, pool: RsaKeyPool) -> Result<KeypairService, ServeError> {
+/// Reads the master keyring for `store`. A plaintext one is checked against the verifiers recorded in the
+/// store, created only for a store that never used one, and the verifiers of new key ids are recorded
+/// (`service::master_keys`): a missing or replaced keyring refuses to start instead of being silently
+/// replaced (even when new `default` seals are disabled: older records still need it). A wrapped one is
+/// returned as it is. With `custody.master_key_kms_key` set, a plaintext or missing keyring is refused.
+pub async fn read_master_keyring(config: &Config, store: &dyn Store) -> Result<StartupKeyring, ServeError> {
+    let path = config.master_key_path();
+    let on_disk = custody::keyring::read_on_disk(&path, config.secrets.allow_group_readable)?;
+    match (on_disk, &config.custody.master_key_kms_key) {
+        (Some(custody::keyring::OnDisk::Wrapped(wrapped)), configured) => {
+            if let Some(key) = configured.as_deref().filter(|key| *key != wrapped.kms_key && *key != wrapped.key_id) {
+                tracing::warn!(
+                    configured = key,
+                    wrapped_by = wrapped.kms_key,
+                    "the master keyring is wrapped by another KMS key than custody.master_key_kms_key names; it is \
+                     unwrapped with the key it names (kps master-key generate --kms-key re-wraps it)"
+                );
+            }
+            Ok(StartupKeyring::Wrapped(wrapped))
+        }
+        (Some(custody::keyring::OnDisk::Plain(_)), Some(key)) => Err(ServeError::Startup(format!(
+            "the master keyring {} is plaintext, but custody.master_key_kms_key = {key:?} requires it wrapped by \
+             that KMS key: convert it with `kps master-key wrap` (or unset custody.master_key_kms_key)",
+            path.display()
+        ))),
+        (None, Some(key)) => Err(ServeError::Startup(format!(
+            "the master keyring {} does not exist: with custody.master_key_kms_key kps never creates one by \
+             itself; make it with `kps master-key generate --kms-key {key}` (or restore the keyring this store \
+             was used with)",
+            path.display()
+        ))),
+        (_, None) => {
+            // Replicas share one keyring: one made here would be this replica's alone.
+            if config.store.backend == StoreBackend::Postgres && !path.exists() {
+                return Err(ServeError::Startup(format!(
+                    "the master keyring {} does not exist: with store.backend = postgres kps never creates one; \
+                     give every replica the same keyring file (custody.master_key_file; `kps master-key generate` \
+                     makes a new one)",
+                    path.display()
+                )));
+            }
+            let keyring =
+                crate::service::master_keys::open_keyring(&path, config.secrets.allow_group_readable, store).await?;
+            Ok(StartupKeyring::Plain(keyring))
+        }
+    }
+}
+
+/// The key pair service of an offline command (`kps rewrap`) over `store`: its master keyring read and
+/// checked by [`read_master_keyring`]; a wrapped one is unwrapped with the KMS now (any failure is an error).
+pub async fn checked_service(
+    config: &Config,
+    store: Arc<dyn Store>,
+    pool: RsaKeyPool,
+) -> Result<KeypairService, ServeError> {
+    match read_master_keyring(config, store.as_ref()).await? {
+        StartupKeyring::Plain(keyring) => {
+            service_with_keyring(config, store, pool, custody::KeyringSlot::open(keyring))
+        }
+        StartupKeyring::Wrapped(wrapped) => {
+            let service = service_with_keyring(config, store, pool, custody::KeyringSlot::sealed())?;
+            service.unseal_master_keyring(&config.master_key_path(), &wrapped).await?;
+            Ok(service)
+        }
+    }
+}
+
+/// The plaintext keyring at `custody.master_key_file` (created if missing).
+fn load_plaintext_keyring(config: &Config) -> Result<custody::MasterKeyring, ServeError> {
     let keyring =
         custody::MasterKeyring::load_or_create(&config.master_key_path(), config.secrets.allow_group_readable)?;
     tracing::info!(current = keyring.current_id(), "master keyring loaded");
+    Ok(keyring)
+}
+
+/// The key pair service over `store` with its custody: the plaintext master keyring (loaded; created if
+/// missing) and the KMS, if any.
+pub fn service(config: &Config, store: Arc<dyn Store>, pool: RsaKeyPool) -> Result<KeypairService, ServeError> {
+    service_with_keyring(config, store, pool, custody::KeyringSlot::open(load_plaintext_keyring(config)?))
+}
+
+/// [`service`] over a master keyring already loaded, or sealed until the KMS unwraps it.
+pub fn service_with_keyring(
+    config: &Config,
+    store: Arc<dyn Store>,
+    pool: RsaKeyPool,
+    keyring: custody::KeyringSlot,
+) -> Result<KeypairService, ServeError> {
     let kms = kms::from_config(&config.kms, config.secrets.allow_group_readable)?.map(custody::KmsEncryptor::new);
-    let custody = custody::Custody::new(custody::LocalEncryptor::new(keyring), kms);
+    let custody = custody::Custody::new(custody::LocalEncryptor::with_slot(keyring), kms);
     Ok(KeypairService::new(store, config.quota(), pool)
         .with_min_rsa_bits(config.keys.min_rsa_bits)
         .with_custody(custody, config.custody.allow_default))
@@ -132,9 +212,34 @@ pub async fn open_store(config: &Config) -> Result<(Arc<dyn Store>, Option<datad
 pub async fn serve(config: Config) -> Result<(), ServeError> {
     config.validate()?;
     let (store, data_dir) = open_store(&config).await?;
-    check_master_keyring(&config, store.as_ref()).await?;
-    let state = Arc::new(state(&config, Arc::clone(&store))?);
+    let (state, sealed) = match read_master_keyring(&config, store.as_ref()).await? {
+        StartupKeyring::Plain(keyring) => {
+            tracing::info!(current = keyring.current_id(), "master keyring loaded");
+            (state_with_keyring(&config, Arc::clone(&store), custody::KeyringSlot::open(keyring))?, None)
+        }
+        StartupKeyring::Wrapped(wrapped) => {
+            let state = state_with_keyring(&config, Arc::clone(&store), custody::KeyringSlot::sealed())?;
+            match state.service.unseal_master_keyring(&config.master_key_path(), &wrapped).await {
+                Ok(()) => (state, None),
+                // Only an unreachable KMS is waited for; any other failure needs an operator: no start.
+                Err(error) if error.is_transient() => {
+                    tracing::warn!(
+                        %error,
+                        "serving with the master keyring sealed: default custody answers 503 KPS.1801 until the KMS \
+                         unwraps it (retried in the background)"
+                    );
+                    (state, Some(wrapped))
+                }
+                Err(error) => return Err(error.into()),
+            }
+        }
+    };
+    let state = Arc::new(state);
     state.service.prepare().await.map_err(|e| ServeError::Startup(e.to_string()))?;
+    if let Some(wrapped) = sealed {
+        let (state, path) = (Arc::clone(&state), config.master_key_path());
+        tokio::spawn(async move { state.service.unseal_master_keyring_in_background(&path, &wrapped).await });
+    }
 
     // kms.check_key: resolved once in the background; a failure only warns (startup never waits on the KMS).
     if let Some(key) = config.kms.check_key.clone() {

@@ -1,5 +1,5 @@
-//! The operator commands besides `serve`: `kps backup export`, `kps backup import` and
-//! `kps master-key generate`.
+//! The operator commands besides `serve`: `kps backup export`, `kps backup import`, `kps rewrap` and
+//! `kps master-key generate|wrap|unwrap`.
 //!
 //! While a server holds the data directory's lock, `backup export` goes through that server's admin API
 //! (`POST /admin/v1/backup`, admin token), so backups need no downtime; otherwise it opens the store itself.
@@ -31,12 +31,26 @@ pub enum CommandError {
     Remote(String),
     #[error(transparent)]
     Keyring(#[from] crate::custody::KeyringError),
+    #[error(transparent)]
+    KmsConfig(#[from] crate::kms::KmsConfigError),
+    /// The command does not apply (e.g. `wrap` on a keyring that is wrapped already); the text says why.
+    #[error("{0}")]
+    Refused(String),
 }
 
-/// `kps master-key generate [--print]`: with `print` the new keyring text (secret!) is returned for stdout
-/// and the file is left alone; otherwise the file is rewritten and a one-line report returned. A running
-/// server picks the new current key up at its next start.
-pub fn master_key_generate(config: &Config, print: bool) -> Result<zeroize::Zeroizing<String>, CommandError> {
+/// `kps master-key generate [--print] [--kms-key NAME]`: with `print` the new keyring text is returned for
+/// stdout (secret, unless wrapped) and the file is left alone; otherwise the file is rewritten and a one-line
+/// report returned. A running server picks the new current key up at its next start.
+///
+/// A wrapped keyring stays wrapped: it is unwrapped (one KMS call), given the new key and wrapped again under
+/// `kms_key`, else under the KMS key it names. With `kms_key` a new keyring is created wrapped; a plaintext
+/// one is refused (`kps master-key wrap` converts it first).
+pub async fn master_key_generate(
+    config: &Config,
+    print: bool,
+    kms_key: Option<&str>,
+) -> Result<zeroize::Zeroizing<String>, CommandError> {
+    use crate::custody::keyring::{self, OnDisk};
     let path = config.master_key_path();
     if !print && !config.data_dir.exists() && config.custody.master_key_file.is_none() {
         std::fs::DirBuilder::new()
@@ -45,11 +59,129 @@ pub fn master_key_generate(config: &Config, print: bool) -> Result<zeroize::Zero
             .create(&config.data_dir)
             .map_err(|source| CommandError::File { path: config.data_dir.clone(), source })?;
     }
-    let (text, id) = crate::custody::keyring::generate(&path, print, config.secrets.allow_group_readable)?;
+    let (text, id) = match (keyring::read_on_disk(&path, config.secrets.allow_group_readable)?, kms_key) {
+        (None | Some(OnDisk::Plain(_)), None) => keyring::generate(&path, print, config.secrets.allow_group_readable)?,
+        (Some(OnDisk::Plain(_)), Some(name)) => {
+            return Err(CommandError::Refused(format!(
+                "{} holds a plaintext keyring: wrap it first (kps master-key wrap --kms-key {name}), then add keys \
+                 with kps master-key generate",
+                path.display()
+            )));
+        }
+        (None, Some(name)) => {
+            let kms = kms_client(config)?;
+            let (plain, id) = keyring::add_key(None, &path)?;
+            let wrapped = crate::custody::WrappedKeyring::wrap(&plain, name, &kms)
+                .await
+                .map_err(|error| crate::custody::KeyringError::kms_failed(&path, error))?;
+            (zeroize::Zeroizing::new(wrapped.render()), id)
+        }
+        (Some(OnDisk::Wrapped(wrapped)), name) => {
+            let kms = kms_client(config)?;
+            let plain = unwrap_keyring(&path, &wrapped, &kms).await?;
+            let (plain, id) = keyring::add_key(Some(&plain), &path)?;
+            let name = name.unwrap_or(&wrapped.kms_key);
+            let rewrapped = crate::custody::WrappedKeyring::wrap(&plain, name, &kms)
+                .await
+                .map_err(|error| crate::custody::KeyringError::kms_failed(&path, error))?;
+            (zeroize::Zeroizing::new(rewrapped.render()), id)
+        }
+    };
     if print {
         return Ok(text);
     }
+    if crate::custody::wrapped_keyring::is_wrapped(&text) == Some(true) {
+        keyring::write_text(&path, text.as_bytes())?;
+        return Ok(zeroize::Zeroizing::new(format!(
+            "master key {id} added to {} and made current; the keyring is wrapped by the KMS\n",
+            path.display()
+        )));
+    }
     Ok(zeroize::Zeroizing::new(format!("master key {id} added to {} and made current\n", path.display())))
+}
+
+/// `kps master-key wrap [--kms-key NAME]`: converts the plaintext keyring file into one wrapped by the KMS
+/// key `kms_key` (default `custody.master_key_kms_key`), replacing it atomically. Returns a one-line report.
+pub async fn master_key_wrap(config: &Config, kms_key: Option<&str>) -> Result<String, CommandError> {
+    use crate::custody::keyring::{self, OnDisk};
+    let path = config.master_key_path();
+    let name = kms_key.or(config.custody.master_key_kms_key.as_deref()).ok_or_else(|| {
+        CommandError::Refused(
+            "name the KMS key that wraps the keyring: --kms-key NAME, or custody.master_key_kms_key".into(),
+        )
+    })?;
+    let plain = match keyring::read_on_disk(&path, config.secrets.allow_group_readable)? {
+        Some(OnDisk::Plain(plain)) => plain,
+        Some(OnDisk::Wrapped(wrapped)) => {
+            return Err(CommandError::Refused(format!(
+                "{} is wrapped already (by KMS key {}, key id {}): nothing to do (kps master-key unwrap converts it \
+                 back)",
+                path.display(),
+                wrapped.kms_key,
+                wrapped.key_id
+            )));
+        }
+        None => return Err(no_keyring(&path)),
+    };
+    crate::custody::MasterKeyring::from_text(&plain, &path)?;
+    let kms = kms_client(config)?;
+    let wrapped = crate::custody::WrappedKeyring::wrap(&plain, name, &kms)
+        .await
+        .map_err(|error| crate::custody::KeyringError::kms_failed(&path, error))?;
+    keyring::write_text(&path, wrapped.render().as_bytes())?;
+    Ok(format!(
+        "wrapped {} with KMS key {name} (key id {}): the file holds no plaintext master key now",
+        path.display(),
+        wrapped.key_id
+    ))
+}
+
+/// `kps master-key unwrap`: converts a wrapped keyring file back to the plaintext keyring (leaving the KMS),
+/// replacing it atomically. Returns a one-line report.
+pub async fn master_key_unwrap(config: &Config) -> Result<String, CommandError> {
+    use crate::custody::keyring::{self, OnDisk};
+    let path = config.master_key_path();
+    let wrapped = match keyring::read_on_disk(&path, config.secrets.allow_group_readable)? {
+        Some(OnDisk::Wrapped(wrapped)) => wrapped,
+        Some(OnDisk::Plain(_)) => {
+            return Err(CommandError::Refused(format!(
+                "{} is a plaintext keyring already: nothing to unwrap",
+                path.display()
+            )));
+        }
+        None => return Err(no_keyring(&path)),
+    };
+    let kms = kms_client(config)?;
+    let plain = unwrap_keyring(&path, &wrapped, &kms).await?;
+    keyring::write_text(&path, plain.expose().as_bytes())?;
+    Ok(format!(
+        "unwrapped {}: it holds the plaintext keyring now (unset custody.master_key_kms_key before kps serve)",
+        path.display()
+    ))
+}
+
+/// The configured KMS client; the master-key commands that wrap or unwrap need one.
+fn kms_client(config: &Config) -> Result<crate::kms::KmsClient, CommandError> {
+    crate::kms::from_config(&config.kms, config.secrets.allow_group_readable)?.ok_or_else(|| {
+        CommandError::Refused(
+            "a wrapped master keyring needs the KMS: set kms.provider (huawei or aws) and its kms.* settings".into(),
+        )
+    })
+}
+
+/// The keyring `wrapped` (the file at `path`) unwrapped with one KMS call and validated.
+async fn unwrap_keyring(
+    path: &Path,
+    wrapped: &crate::custody::WrappedKeyring,
+    kms: &crate::kms::KmsClient,
+) -> Result<crate::custody::keyring::KeyringText, CommandError> {
+    let plain = wrapped.unwrap(kms).await.map_err(|error| crate::custody::KeyringError::kms_failed(path, error))?;
+    crate::custody::MasterKeyring::from_text(&plain, path)?;
+    Ok(plain)
+}
+
+fn no_keyring(path: &Path) -> CommandError {
+    CommandError::Refused(format!("there is no master keyring at {}", path.display()))
 }
 
 /// How to reach a running server's admin API.
@@ -125,10 +257,9 @@ pub async fn db_migrate(config: &Config) -> Result<String, CommandError> {
 pub async fn rewrap(config: &Config, options: &RewrapOptions, remote: &Remote) -> Result<String, CommandError> {
     let report = match open_store(config).await? {
         Opened::Store(store, _data_dir) => {
-            crate::check_master_keyring(config, store.as_ref())
+            let pool = crate::keypair::pool::RsaKeyPool::disabled();
+            let service = crate::checked_service(config, Arc::clone(&store), pool)
                 .await
-                .map_err(|e| CommandError::Remote(e.to_string()))?;
-            let service = crate::service(config, Arc::clone(&store), crate::keypair::pool::RsaKeyPool::disabled())
                 .map_err(|e| CommandError::Remote(e.to_string()))?;
             let report = service
                 .rewrap(&options.target(), options.dry_run)
@@ -265,8 +396,24 @@ pub fn config_check(config: &Config) -> Result<String, String> {
     let master_key = config.master_key_path();
     if config.custody.allow_default {
         if master_key.exists() {
-            secret_file::read(&master_key, allow_group).map_err(|e| format!("master keyring: {e}"))?;
-            checked.push(format!("master keyring {}: secret file, mode ok", master_key.display()));
+            let text =
+                secret_file::read_to_string(&master_key, allow_group).map_err(|e| format!("master keyring: {e}"))?;
+            let wrapped = crate::custody::wrapped_keyring::is_wrapped(&text) == Some(true);
+            if let (false, Some(key)) = (wrapped, &config.custody.master_key_kms_key) {
+                return Err(format!(
+                    "master keyring {} is plaintext, but custody.master_key_kms_key = {key:?} requires it wrapped \
+                     (kps master-key wrap)",
+                    master_key.display()
+                ));
+            }
+            let form = if wrapped { "wrapped by a KMS key" } else { "plaintext" };
+            checked.push(format!("master keyring {}: secret file, mode ok, {form}", master_key.display()));
+        } else if let Some(key) = &config.custody.master_key_kms_key {
+            return Err(format!(
+                "master keyring {}: no such file; with custody.master_key_kms_key make it with kps master-key \
+                 generate --kms-key {key}",
+                master_key.display()
+            ));
         } else if config.custody.master_key_file.is_some() {
             return Err(format!("custody.master_key_file {}: no such file", master_key.display()));
         } else {

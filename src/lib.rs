@@ -28,4 +28,7 @@ pub mod store;
 pub mod tls;
 
 pub use api::{AppState, admin_app, app};
-pub use app::{ServeError, check_master_keyring, open_store, serve, service, state};
+pub use app::{
+    ServeError, StartupKeyring, checked_service, open_store, read_master_keyring, serve, service, service_with_keyring,
+    state, state_with_keyring,
+};

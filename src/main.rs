@@ -125,6 +125,23 @@ enum MasterKeyCommand {
         /// Write the resulting keyring to stdout instead of changing the file.
         #[arg(long)]
         print: bool,
+        /// Write the keyring wrapped by this KMS key (alias or id; auto-unseal): a new keyring, or a wrapped
+        /// one re-wrapped under it. A wrapped keyring stays wrapped without this flag too.
+        #[arg(long, value_name = "NAME")]
+        kms_key: Option<String>,
+    },
+    /// Convert the plaintext keyring into one wrapped by a KMS key (auto-unseal; atomic replace).
+    Wrap {
+        #[command(flatten)]
+        common: CommonArgs,
+        /// The KMS key (alias or id); default custody.master_key_kms_key.
+        #[arg(long, value_name = "NAME")]
+        kms_key: Option<String>,
+    },
+    /// Convert a KMS-wrapped keyring back to the plaintext keyring (leaving the KMS; atomic replace).
+    Unwrap {
+        #[command(flatten)]
+        common: CommonArgs,
     },
 }
 
@@ -210,7 +227,11 @@ fn main() -> ExitCode {
             (args.common.clone(), args.listen.clone(), args.auth)
         }
         Command::Backup(BackupCommand::Export { common, .. } | BackupCommand::Import { common, .. })
-        | Command::MasterKey(MasterKeyCommand::Generate { common, .. })
+        | Command::MasterKey(
+            MasterKeyCommand::Generate { common, .. }
+            | MasterKeyCommand::Wrap { common, .. }
+            | MasterKeyCommand::Unwrap { common },
+        )
         | Command::Rewrap { common, .. }
         | Command::Db(DbCommand::Migrate { common }) => (common.clone(), None, None),
         Command::Policy(PolicyCommand::Check(args)) => (args.common.clone(), None, None),
@@ -253,10 +274,20 @@ fn main() -> ExitCode {
                 let report = commands::rewrap(&config, &options, &Remote { url, token }).await;
                 report.map(|line| println!("{line}")).map_err(|e| e.to_string())
             }
-            Command::MasterKey(MasterKeyCommand::Generate { print, .. }) => {
-                commands::master_key_generate(&config, print)
+            Command::MasterKey(MasterKeyCommand::Generate { print, kms_key, .. }) => {
+                commands::master_key_generate(&config, print, kms_key.as_deref())
+                    .await
                     .map(|out| print!("{}", out.as_str()))
                     .map_err(|e| e.to_string())
+            }
+            Command::MasterKey(MasterKeyCommand::Wrap { kms_key, .. }) => {
+                commands::master_key_wrap(&config, kms_key.as_deref())
+                    .await
+                    .map(|line| println!("{line}"))
+                    .map_err(|e| e.to_string())
+            }
+            Command::MasterKey(MasterKeyCommand::Unwrap { .. }) => {
+                commands::master_key_unwrap(&config).await.map(|line| println!("{line}")).map_err(|e| e.to_string())
             }
             Command::Db(DbCommand::Migrate { .. }) => {
                 commands::db_migrate(&config).await.map(|line| println!("{line}")).map_err(|e| e.to_string())

@@ -182,6 +182,16 @@ pub fn render(state: &AppState) -> String {
     );
     page.sample("kps_audit_write_failures_total", &[], audit_write_failures as f64);
 
+    if let Some(sealed) = state.service.master_keyring_sealed() {
+        page.family(
+            "kps_master_keyring_sealed",
+            "gauge",
+            "1 while the master keyring waits for the KMS to unwrap it (auto-unseal; default custody answers 503 \
+             KPS.1801), else 0.",
+        );
+        page.sample("kps_master_keyring_sealed", &[], if sealed { 1.0 } else { 0.0 });
+    }
+
     if let Some(stats) = state.service.store_commit_stats() {
         use std::sync::atomic::Ordering::Relaxed;
         page.family("kps_store_commits_total", "counter", "Atomic write batches committed by the store.");

@@ -260,6 +260,19 @@ pub const KEYS: &[Key] = &[
                   created by the first start of a store that never used one",
     },
     Key {
+        path: "custody.master_key_kms_key",
+        env: env("KPS_CUSTODY_MASTER_KEY_KMS_KEY", |c, v| {
+            c.custody.master_key_kms_key = Some(v.to_owned());
+            Ok(())
+        }),
+        flag: None,
+        shown: Shown::Example("\"kps-master\""),
+        meaning: "Auto-unseal: the KMS key (alias or id, of kms.provider) that wraps the master keyring, which then \
+                  holds only KMS ciphertext (kps master-key generate --kms-key, kps master-key wrap); kps refuses a \
+                  plaintext keyring while it is set. Startup unwraps it with one KMS call; with the KMS unreachable \
+                  default custody answers 503 KPS.1801 until a background retry succeeds",
+    },
+    Key {
         path: "kms.provider",
         env: env("KPS_KMS_PROVIDER", |c, v| {
             c.kms.provider = Some(v.to_owned());

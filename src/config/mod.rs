@@ -156,11 +156,13 @@ pub struct CustodyConfig {
     pub enabled: bool,
     pub allow_default: bool,
     pub master_key_file: Option<PathBuf>,
+    /// The KMS key (alias or id) that wraps the master keyring: the file then holds only KMS ciphertext.
+    pub master_key_kms_key: Option<String>,
 }
 
 impl Default for CustodyConfig {
     fn default() -> Self {
-        Self { enabled: true, allow_default: true, master_key_file: None }
+        Self { enabled: true, allow_default: true, master_key_file: None, master_key_kms_key: None }
     }
 }
 
@@ -525,6 +527,12 @@ impl Config {
                         .into(),
                 ));
             }
+        }
+        if self.custody.master_key_kms_key.is_some() && self.kms.provider.is_none() {
+            return Err(ConfigError::Unsupported(
+                "custody.master_key_kms_key needs a KMS: set kms.provider (huawei or aws) and its kms.* settings"
+                    .into(),
+            ));
         }
         if self.tls.cert_file.is_some() != self.tls.key_file.is_some() {
             return Err(ConfigError::Unsupported(

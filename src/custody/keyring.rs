@@ -4,6 +4,9 @@
 //! New seals use the current key; older keys stay so that older records still open. The file is created
 //! with one fresh key on first start and refused when group- or world-readable (group-readable is accepted
 //! with `secrets.allow_group_readable`, for systemd credentials and Kubernetes secret mounts).
+//!
+//! The file may instead hold the keyring wrapped by a KMS key (`super::wrapped_keyring`, auto-unseal):
+//! [`read_on_disk`] tells the two apart; the functions that load a keyring directly refuse a wrapped one.
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -12,7 +15,9 @@ use serde::{Deserialize, Serialize};
 use zeroize::Zeroizing;
 
 use super::envelope::{KEY_LEN, SymmetricKey};
+use super::wrapped_keyring::{self, WrappedKeyring};
 use crate::config::secret_file::{self, SecretFileError};
+use crate::kms::KmsError;
 
 #[derive(Debug, thiserror::Error)]
 pub enum KeyringError {
@@ -32,6 +37,100 @@ pub enum KeyringError {
     /// sees the store).
     #[error("cannot check the master keyring against the store: {0}")]
     Store(String),
+    /// A wrapped keyring where a plaintext one is read directly (it needs the KMS to open).
+    #[error(
+        "master key file {path} is wrapped by a KMS key ({format}): it opens only with the configured KMS \
+         (kms.*), at kps serve or with kps master-key unwrap"
+    )]
+    Wrapped { path: PathBuf, format: String },
+    /// A KMS call on the keyring's data key failed (`source` says why: KPS.1801 unreachable, ...).
+    #[error("master key file {path}: KMS failure: {source}")]
+    Kms { path: PathBuf, source: KmsError },
+    /// The data key the KMS returned does not open the sealed keyring (edited file, or written for another key).
+    #[error("master key file {path} does not open with the data key the KMS returned: {detail}")]
+    Undecryptable { path: PathBuf, detail: String },
+}
+
+impl KeyringError {
+    /// A failed wrap or unwrap of the keyring at `path`.
+    pub fn kms_failed(path: &Path, error: super::CustodyError) -> Self {
+        match error {
+            super::CustodyError::Kms(source) => Self::Kms { path: path.into(), source },
+            super::CustodyError::Integrity => Self::Undecryptable {
+                path: path.into(),
+                detail: "its integrity check failed (an edited file, or one not written for this data key)".into(),
+            },
+            other => Self::Undecryptable { path: path.into(), detail: other.to_string() },
+        }
+    }
+
+    /// Whether a later attempt may succeed without anything changing here: the KMS was unreachable
+    /// (KPS.1801). Every other failure needs an operator.
+    pub fn is_transient(&self) -> bool {
+        matches!(self, Self::Kms { source: KmsError::Unavailable { .. }, .. })
+    }
+}
+
+/// The plaintext text of a keyring file (TOML): zeroized on drop, never printed.
+pub struct KeyringText(Zeroizing<String>);
+
+impl KeyringText {
+    pub fn new(text: Zeroizing<String>) -> Self {
+        Self(text)
+    }
+
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+}
+
+impl std::fmt::Debug for KeyringText {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("KeyringText([REDACTED])")
+    }
+}
+
+/// What a keyring file holds.
+#[derive(Debug)]
+pub enum OnDisk {
+    /// The keyring itself (`current`, `[[keys]]`).
+    Plain(KeyringText),
+    /// The keyring wrapped by a KMS key.
+    Wrapped(WrappedKeyring),
+}
+
+/// The keyring file at `path` (the secret-file mode rule applies), or `None` when there is none.
+pub fn read_on_disk(path: &Path, allow_group_readable: bool) -> Result<Option<OnDisk>, KeyringError> {
+    if !path.exists() {
+        return Ok(None);
+    }
+    let text = read_text(path, allow_group_readable)?;
+    let invalid = |message: String| KeyringError::Invalid { path: path.into(), message };
+    match wrapped_keyring::is_wrapped(&text) {
+        Some(true) => Ok(Some(OnDisk::Wrapped(WrappedKeyring::parse(&text).map_err(invalid)?))),
+        Some(false) => Ok(Some(OnDisk::Plain(KeyringText::new(text)))),
+        None => Err(invalid("it is not TOML".into())),
+    }
+}
+
+/// A fresh key added to the keyring `text` (or to a new, empty keyring) and made current: the new text and
+/// the new key's id. The keyring is validated first.
+pub fn add_key(text: Option<&KeyringText>, path: &Path) -> Result<(KeyringText, String), KeyringError> {
+    let file = match text {
+        Some(text) => {
+            let file = parse_text(text, path)?;
+            MasterKeyring::from_file(&file).map_err(|message| KeyringError::Invalid { path: path.into(), message })?;
+            file
+        }
+        None => KeyringFile { current: String::new(), keys: Vec::new() },
+    };
+    let file = with_new_key(file);
+    Ok((KeyringText::new(render(&file)), file.current.clone()))
+}
+
+fn parse_text(text: &KeyringText, path: &Path) -> Result<KeyringFile, KeyringError> {
+    toml::from_str(text.expose())
+        .map_err(|e| KeyringError::Invalid { path: path.into(), message: e.message().to_owned() })
 }
 
 /// The fixed message whose HMAC under a master key is that key's verifier.
@@ -86,6 +185,12 @@ impl MasterKeyring {
     pub fn load(path: &Path, allow_group_readable: bool) -> Result<Self, KeyringError> {
         let file = read_file(path, allow_group_readable)?;
         Self::from_file(&file).map_err(|message| KeyringError::Invalid { path: path.into(), message })
+    }
+
+    /// The keyring of a plaintext keyring text (a file's, or an unwrapped one); `path` names it in errors.
+    pub fn from_text(text: &KeyringText, path: &Path) -> Result<Self, KeyringError> {
+        Self::from_file(&parse_text(text, path)?)
+            .map_err(|message| KeyringError::Invalid { path: path.into(), message })
     }
 
     fn from_file(file: &KeyringFile) -> Result<Self, String> {
@@ -158,13 +263,26 @@ pub fn generate(
     Ok((text, file.current.clone()))
 }
 
-/// The keyring file at `path`, read by `config::secret_file` (the secret-file mode rule) and parsed.
-fn read_file(path: &Path, allow_group_readable: bool) -> Result<KeyringFile, KeyringError> {
-    let text = secret_file::read_to_string(path, allow_group_readable).map_err(|error| match error {
+/// The text of the keyring file at `path`, read by `config::secret_file` (the secret-file mode rule).
+fn read_text(path: &Path, allow_group_readable: bool) -> Result<Zeroizing<String>, KeyringError> {
+    secret_file::read_to_string(path, allow_group_readable).map_err(|error| match error {
         SecretFileError::Io { path, source } => KeyringError::Io { path, source },
         SecretFileError::Permissions { path, mode } => KeyringError::Permissions { path, mode },
-    })?;
-    toml::from_str(&text).map_err(|e| KeyringError::Invalid { path: path.into(), message: e.message().to_owned() })
+    })
+}
+
+/// The plaintext keyring file at `path`, parsed; a wrapped one is `KeyringError::Wrapped`.
+fn read_file(path: &Path, allow_group_readable: bool) -> Result<KeyringFile, KeyringError> {
+    let text = KeyringText::new(read_text(path, allow_group_readable)?);
+    if wrapped_keyring::is_wrapped(text.expose()) == Some(true) {
+        return Err(KeyringError::Wrapped { path: path.into(), format: wrapped_format(text.expose()) });
+    }
+    parse_text(&text, path)
+}
+
+/// The `format` a wrapped keyring text names (for messages).
+fn wrapped_format(text: &str) -> String {
+    WrappedKeyring::parse(text).map_or_else(|_| "unknown format".into(), |wrapped| wrapped.format)
 }
 
 fn with_new_key(mut file: KeyringFile) -> KeyringFile {
@@ -189,10 +307,15 @@ fn render(file: &KeyringFile) -> Zeroizing<String> {
 /// Writes the keyring atomically with mode 0600 (`<path>.new` created new, never through a symlink; fsync,
 /// rename: `crate::atomic_file`).
 fn write_file(path: &Path, file: &KeyringFile) -> Result<(), KeyringError> {
+    write_text(path, render(file).as_bytes())
+}
+
+/// Replaces the keyring file at `path` with `text` (plaintext or wrapped) the same way: atomically, 0600,
+/// synced.
+pub fn write_text(path: &Path, text: &[u8]) -> Result<(), KeyringError> {
     let io = |source| KeyringError::Io { path: path.into(), source };
-    let text = render(file);
     let mut out = crate::atomic_file::AtomicFile::create(path, ".new").map_err(io)?;
-    out.write(text.as_bytes()).map_err(io)?;
+    out.write(text).map_err(io)?;
     out.commit().map_err(io)?;
     Ok(())
 }

@@ -1,5 +1,11 @@
 //! The `default` encryptor: the data key is wrapped under a KEK derived from the master keyring with
 //! HKDF-SHA256 (ikm = master key, salt = 32 random bytes per record, info = `kps/kek/v1/<master key id>`).
+//!
+//! The keyring sits in a [`KeyringSlot`]: open from the start, or — a KMS-wrapped keyring whose KMS was
+//! unreachable at startup — sealed until the background unwrap puts it in. While sealed, every seal and open
+//! is `CustodyError::KeyringSealed`; nothing else changes.
+
+use std::sync::{Arc, OnceLock};
 
 use hkdf::Hkdf;
 use rand::RngCore;
@@ -12,31 +18,78 @@ use super::{
     field_text,
 };
 
+/// The master keyring as the `default` encryptor holds it: set once, either at construction or by
+/// [`KeyringSlot::unseal`] when the KMS has unwrapped it. Clones share the slot.
+#[derive(Clone, Default)]
+pub struct KeyringSlot(Arc<OnceLock<MasterKeyring>>);
+
+impl KeyringSlot {
+    /// A slot holding `keyring`.
+    pub fn open(keyring: MasterKeyring) -> Self {
+        let slot = Self::default();
+        slot.unseal(keyring);
+        slot
+    }
+
+    /// An empty slot: `default` custody waits for [`KeyringSlot::unseal`].
+    pub fn sealed() -> Self {
+        Self::default()
+    }
+
+    /// Puts the unwrapped keyring in; `false` (and `keyring` dropped) if the slot was already open.
+    pub fn unseal(&self, keyring: MasterKeyring) -> bool {
+        self.0.set(keyring).is_ok()
+    }
+
+    pub fn is_sealed(&self) -> bool {
+        self.0.get().is_none()
+    }
+
+    /// The keyring, or `KeyringSealed`.
+    pub fn get(&self) -> Result<&MasterKeyring, CustodyError> {
+        self.0.get().ok_or(CustodyError::KeyringSealed)
+    }
+}
+
+impl std::fmt::Debug for KeyringSlot {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_tuple("KeyringSlot").field(&self.0.get()).finish()
+    }
+}
+
 pub struct LocalEncryptor {
-    keyring: MasterKeyring,
+    keyring: KeyringSlot,
 }
 
 impl LocalEncryptor {
     pub fn new(keyring: MasterKeyring) -> Self {
+        Self { keyring: KeyringSlot::open(keyring) }
+    }
+
+    /// An encryptor over `slot` (sealed or open).
+    pub fn with_slot(keyring: KeyringSlot) -> Self {
         Self { keyring }
     }
 
-    pub fn current_key_id(&self) -> &str {
-        self.keyring.current_id()
+    /// The slot (the background unwrap fills it).
+    pub fn slot(&self) -> &KeyringSlot {
+        &self.keyring
     }
 
-    fn kek(&self, key_id: &str, salt: &[u8]) -> Result<SymmetricKey, CustodyError> {
-        kek(&self.keyring, key_id, salt)
+    /// The current master key id; `None` while the keyring is sealed.
+    pub fn current_key_id(&self) -> Option<&str> {
+        self.keyring.get().ok().map(MasterKeyring::current_id)
     }
 
     pub fn seal(&self, aad: &Aad, private_key: &PrivateKeyText) -> Result<SealedKey, CustodyError> {
+        let keyring = self.keyring.get()?;
         let aad = aad.bytes();
         let dek = SymmetricKey::random();
         let (nonce, ciphertext) = dek.encrypt(private_key.expose().as_bytes(), &aad)?;
         let mut salt = [0u8; 32];
         rand::rngs::OsRng.fill_bytes(&mut salt);
-        let key_id = self.keyring.current_id().to_owned();
-        let (wrap_nonce, wrapped) = self.kek(&key_id, &salt)?.encrypt(dek.expose(), &aad)?;
+        let key_id = keyring.current_id().to_owned();
+        let (wrap_nonce, wrapped) = kek(keyring, &key_id, &salt)?.encrypt(dek.expose(), &aad)?;
         let mut wrapped_dek = wrap_nonce.to_vec();
         wrapped_dek.extend(wrapped);
         Ok(SealedKey {
@@ -52,7 +105,7 @@ impl LocalEncryptor {
     }
 
     pub fn open(&self, aad: &Aad, sealed: &SealedKey) -> Result<PrivateKeyText, CustodyError> {
-        open_with(&self.keyring, aad, sealed)
+        open_with(self.keyring.get()?, aad, sealed)
     }
 }
 
@@ -129,7 +182,7 @@ mod tests {
         let sealed = encryptor(dir.path()).seal(&aad("k", 1), &secret()).expect("seal");
         crate::custody::keyring::generate(&path, false, false).expect("rotate");
         let rotated = encryptor(dir.path());
-        assert_ne!(rotated.current_key_id(), sealed.key_ref);
+        assert_ne!(rotated.current_key_id(), Some(sealed.key_ref.as_str()));
         assert_eq!(rotated.open(&aad("k", 1), &sealed).expect("open").expose(), secret().expose());
     }
 
@@ -138,8 +191,24 @@ mod tests {
         let (a, b) = (tempfile::tempdir().expect("a"), tempfile::tempdir().expect("b"));
         let sealed = encryptor(a.path()).seal(&aad("k", 1), &secret()).expect("seal");
         let mut sealed_same_id = sealed.clone();
-        sealed_same_id.key_ref = encryptor(b.path()).current_key_id().to_owned();
+        sealed_same_id.key_ref = encryptor(b.path()).current_key_id().expect("open").to_owned();
         assert!(encryptor(b.path()).open(&aad("k", 1), &sealed_same_id).is_err());
+    }
+
+    #[test]
+    fn a_sealed_slot_refuses_until_unsealed_then_serves() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let keyring = || MasterKeyring::load_or_create(&dir.path().join("master.key"), false).expect("keyring");
+        let sealed = encryptor(dir.path()).seal(&aad("k", 1), &secret()).expect("seal");
+        let slot = KeyringSlot::sealed();
+        let local = LocalEncryptor::with_slot(slot.clone());
+        assert!(slot.is_sealed() && local.current_key_id().is_none());
+        assert!(matches!(local.seal(&aad("k", 2), &secret()), Err(CustodyError::KeyringSealed)));
+        assert!(matches!(local.open(&aad("k", 1), &sealed), Err(CustodyError::KeyringSealed)));
+        assert!(slot.unseal(keyring()), "the first unseal fills the slot");
+        assert!(!slot.unseal(keyring()), "a second one changes nothing");
+        assert_eq!(local.open(&aad("k", 1), &sealed).expect("open").expose(), secret().expose());
+        assert!(!format!("{slot:?}").contains("key_hex"));
     }
 
     /// The same envelope with its binary fields re-encoded as format 1 wrote them (hex).

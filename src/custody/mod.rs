@@ -10,6 +10,7 @@ pub mod envelope;
 pub mod keyring;
 pub mod kms;
 pub mod local;
+pub mod wrapped_keyring;
 
 use base64::Engine;
 use base64::engine::general_purpose::STANDARD;
@@ -19,7 +20,8 @@ use crate::model::{EncryptorKind, Keypair, PrivateKeyText, SealedKey};
 
 pub use keyring::{KeyringError, MasterKeyring};
 pub use kms::KmsEncryptor;
-pub use local::LocalEncryptor;
+pub use local::{KeyringSlot, LocalEncryptor};
+pub use wrapped_keyring::WrappedKeyring;
 
 /// Format of the `SealedKey`s written now: 2 = the binary fields (`salt`, a `default` envelope's
 /// `wrapped_dek`, `nonce`, `ciphertext`) in standard base64. Format 1 (the same fields in hex, twice the
@@ -97,9 +99,16 @@ pub enum CustodyError {
     Malformed(String),
     #[error("encryption type {0:?} is not available")]
     Unavailable(EncryptorKind),
+    /// The master keyring is wrapped by a KMS key and not unwrapped yet (auto-unseal): `default` custody
+    /// waits for the KMS.
+    #[error("{KEYRING_SEALED}")]
+    KeyringSealed,
     #[error(transparent)]
     Kms(#[from] crate::kms::KmsError),
 }
+
+/// Why `default` custody is unavailable while the master keyring is sealed (the detail of its KPS.1801).
+pub const KEYRING_SEALED: &str = "the master keyring is sealed, waiting for the KMS";
 
 /// How a new escrow is sealed.
 #[derive(Debug, Clone, PartialEq, Eq)]

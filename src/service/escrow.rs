@@ -7,7 +7,7 @@ use super::repo::Loaded;
 use super::{KeypairService, ProtectionRequest, RecordCheck, ServiceError, custody_error};
 use crate::custody::{Aad, CustodyError};
 use crate::keypair::parse;
-use crate::model::{Keypair, PrivateKeyText};
+use crate::model::{EncryptorKind, Keypair, PrivateKeyText};
 
 impl KeypairService {
     /// Sets the description of a key pair (V3 update), after `check` on the loaded record.
@@ -84,8 +84,16 @@ impl KeypairService {
         name: &str,
         check: RecordCheck<'_>,
     ) -> Result<Keypair, ServiceError> {
-        let change = |record: &mut Keypair| match record.sealed.take() {
-            Some(_) => Ok(()),
+        // While the master keyring is sealed, `default` custody answers as one, clear included (KPS.1801).
+        let keyring_sealed = self.custody.as_ref().is_some_and(|custody| custody.local().slot().is_sealed());
+        let change = |record: &mut Keypair| match &record.sealed {
+            Some(sealed) if keyring_sealed && sealed.encryptor == EncryptorKind::Default => {
+                Err(super::keyring_sealed(&record.name))
+            }
+            Some(_) => {
+                record.sealed = None;
+                Ok(())
+            }
             None => Err(ServiceError::NoEscrow(record.name.clone())),
         };
         self.modify(user_id, project_id, name, check, change).await.map(|(before, _)| before)

@@ -190,6 +190,10 @@ impl KeypairService {
                 Ok((custody, SealWith::Kms(KeyRef::Alias(name.clone()))))
             }
             EncryptionRequest::Kms { .. } => Err(ServiceError::KmsNotConfigured),
+            // A sealed keyring (auto-unseal waiting for the KMS) is refused before any expensive work.
+            EncryptionRequest::Default if self.allow_default && custody.local().slot().is_sealed() => {
+                Err(super::keyring_sealed(name))
+            }
             EncryptionRequest::Default if self.allow_default => Ok((custody, SealWith::Default)),
             EncryptionRequest::Default => Err(ServiceError::DefaultEncryptionDisabled),
         }

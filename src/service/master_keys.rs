@@ -14,13 +14,15 @@
 
 use std::collections::BTreeMap;
 use std::path::Path;
+use std::time::Duration;
 
 use serde::Deserialize;
 use subtle::ConstantTimeEq;
 
+use super::KeypairService;
 use super::repo::layout::{self, MasterKeyVerifier};
 use crate::custody::keyring::{KeyringError, MasterKeyring, Verifier};
-use crate::custody::{Aad, local};
+use crate::custody::{Aad, WrappedKeyring, local};
 use crate::model::{EncryptorKind, Keypair};
 use crate::store::{ApplyError, Space, Store, StoreError, WriteOp};
 
@@ -55,7 +57,27 @@ pub async fn open_keyring(
         sealed_ids = Some(ids);
     }
     let keyring = MasterKeyring::load_or_create(path, allow_group_readable)?;
+    check_against_store(path, &keyring, store, &recorded, sealed_ids).await?;
+    Ok(keyring)
+}
 
+/// Checks a keyring that did not come from a plaintext file (an unwrapped one, auto-unseal) against the
+/// store exactly as [`open_keyring`] checks a loaded one, and records the verifiers of its new key ids.
+/// `path` names the keyring file in the messages.
+pub async fn check_keyring(path: &Path, keyring: &MasterKeyring, store: &dyn Store) -> Result<(), KeyringError> {
+    let recorded = recorded_verifiers(store).await.map_err(store_failure)?;
+    check_against_store(path, keyring, store, &recorded, None).await
+}
+
+/// The checks of [`open_keyring`] after the keyring is loaded; `sealed_ids` if they were read already.
+async fn check_against_store(
+    path: &Path,
+    keyring: &MasterKeyring,
+    store: &dyn Store,
+    recorded: &BTreeMap<String, Verifier>,
+    sealed_ids: Option<BTreeMap<String, SealedUnder>>,
+) -> Result<(), KeyringError> {
+    let refuse = |message: String| KeyringError::Mismatch { path: path.into(), message };
     let missing: Vec<&String> = recorded.keys().filter(|id| keyring.get(id).is_none()).collect();
     let replaced: Vec<&String> = recorded
         .iter()
@@ -94,7 +116,7 @@ pub async fn open_keyring(
         }
         // The ids match; the bytes are only known to be right once a record sealed under each opens.
         let unopened: Vec<&String> =
-            ids.iter().filter(|(_, sealed)| !opens(&keyring, &sealed.sample)).map(|(id, _)| id).collect();
+            ids.iter().filter(|(_, sealed)| !opens(keyring, &sealed.sample)).map(|(id, _)| id).collect();
         if !unopened.is_empty() {
             return Err(refuse(format!(
                 "it holds other key bytes under master keys {} than sealed this store's private keys (a record \
@@ -103,8 +125,63 @@ pub async fn open_keyring(
             )));
         }
     }
-    record_new_verifiers(store, &keyring, &recorded).await?;
-    Ok(keyring)
+    record_new_verifiers(store, keyring, recorded).await
+}
+
+/// The background unwrap of a sealed keyring retries after this, doubling each time...
+const UNSEAL_FIRST_RETRY: Duration = Duration::from_secs(1);
+/// ... up to this.
+const UNSEAL_MAX_RETRY: Duration = Duration::from_secs(30);
+
+impl KeypairService {
+    /// Whether the master keyring is sealed, waiting for the KMS (auto-unseal); `None` without custody.
+    pub fn master_keyring_sealed(&self) -> Option<bool> {
+        self.custody.as_ref().map(|custody| custody.local().slot().is_sealed())
+    }
+
+    /// Unwraps the keyring `wrapped` (the file at `path`) with the configured KMS — exactly one
+    /// decrypt-datakey call, inside the client's retry budget — checks it against the verifiers the store
+    /// records, exactly as a plaintext keyring is checked, and opens `default` custody with it.
+    pub async fn unseal_master_keyring(&self, path: &Path, wrapped: &WrappedKeyring) -> Result<(), KeyringError> {
+        let no_kms = || KeyringError::Invalid {
+            path: path.into(),
+            message: "it is wrapped by a KMS key, but no KMS is configured (kms.provider and its kms.* settings)"
+                .into(),
+        };
+        let custody = self.custody.as_ref().ok_or_else(no_kms)?;
+        let kms = custody.kms().ok_or_else(no_kms)?;
+        let text = wrapped.unwrap(kms.client()).await.map_err(|error| KeyringError::kms_failed(path, error))?;
+        let keyring = MasterKeyring::from_text(&text, path)?;
+        check_keyring(path, &keyring, self.repo.store().as_ref()).await?;
+        tracing::info!(
+            current = keyring.current_id(),
+            kms_key_id = wrapped.key_id,
+            "master keyring unwrapped by the KMS: default custody is available"
+        );
+        custody.local().slot().unseal(keyring);
+        Ok(())
+    }
+
+    /// Retries [`KeypairService::unseal_master_keyring`] with a capped exponential backoff until it succeeds
+    /// (the KMS was unreachable at startup). A failure that is not transient (key disabled, keyring not of
+    /// this store) is logged as an error and retried too: it needs an operator, who may fix it without a
+    /// restart (re-enabling the key).
+    pub async fn unseal_master_keyring_in_background(&self, path: &Path, wrapped: &WrappedKeyring) {
+        let mut delay = UNSEAL_FIRST_RETRY;
+        loop {
+            tokio::time::sleep(delay).await;
+            match self.unseal_master_keyring(path, wrapped).await {
+                Ok(()) => return,
+                Err(error) if error.is_transient() => {
+                    tracing::warn!(%error, retry_in_s = delay.as_secs(), "master keyring still sealed");
+                }
+                Err(error) => {
+                    tracing::error!(%error, retry_in_s = delay.as_secs(), "master keyring cannot be unwrapped");
+                }
+            }
+            delay = (delay * 2).min(UNSEAL_MAX_RETRY);
+        }
+    }
 }
 
 /// The verifiers the store records, by master key id.

@@ -178,11 +178,21 @@ impl KeypairService {
 fn custody_error(error: CustodyError, name: &str) -> ServiceError {
     match error {
         CustodyError::Kms(error) => ServiceError::Kms { error, name: name.to_owned() },
+        CustodyError::KeyringSealed => keyring_sealed(name),
         CustodyError::Integrity | CustodyError::Malformed(_) | CustodyError::UnknownMasterKey(_) => {
             tracing::error!(%error, keypair = name, "escrowed private key does not open");
             ServiceError::Undecryptable(name.to_owned())
         }
         other => ServiceError::Custody(other),
+    }
+}
+
+/// `default` custody while the master keyring waits for the KMS (auto-unseal): KPS.1801, the KMS being what
+/// it waits for.
+fn keyring_sealed(name: &str) -> ServiceError {
+    ServiceError::Kms {
+        error: KmsError::Unavailable { detail: crate::custody::KEYRING_SEALED.to_owned() },
+        name: name.to_owned(),
     }
 }
 

@@ -57,7 +57,13 @@ impl KeypairService {
     pub async fn rewrap(&self, target: &RewrapTarget, dry_run: bool) -> Result<RewrapReport, ServiceError> {
         let custody =
             self.custody.as_ref().ok_or(ServiceError::Custody(CustodyError::Unavailable(EncryptorKind::Default)))?;
-        let current_master = custody.local().current_key_id().to_owned();
+        // While the keyring is sealed only a move onto a KMS key may run (its `default`-sealed records still
+        // answer KPS.1801 when they are reached).
+        let current_master = match (target, custody.local().current_key_id()) {
+            (_, Some(id)) => id.to_owned(),
+            (RewrapTarget::Kms(_), None) => String::new(),
+            (_, None) => return Err(super::keyring_sealed("the master keyring")),
+        };
         let (with, kms_key_id) = match target {
             RewrapTarget::CurrentMasterKey | RewrapTarget::Default => (SealWith::Default, None),
             RewrapTarget::Kms(key) => {

@@ -34,6 +34,7 @@ mod rewrap;
 mod routing;
 mod store_postgres;
 mod tls;
+mod unseal;
 mod v3;
 mod versions;
 
