@@ -44,12 +44,27 @@ pub enum ServeError {
 /// and the policy (`policy.file` over the defaults), loads (or creates) the master keyring when the `default`
 /// encryptor is allowed, and starts the RSA key pool.
 pub fn state(config: &Config, store: Arc<dyn Store>) -> Result<AppState, ServeError> {
-    let authenticator = Authenticator::from_config(&config.auth, config.secrets.allow_group_readable)?;
+    state_trusting(config, store, outgoing_roots(config)?.as_ref())
+}
+
+/// `tls.ca_file`, read and checked: the trust anchors of every outgoing TLS client (KMS, Keystone,
+/// PostgreSQL), handed to each as data. A missing, empty or invalid bundle refuses to start.
+fn outgoing_roots(config: &Config) -> Result<Option<tls::CaBundle>, ServeError> {
+    Ok(tls::CaBundle::from_config(&config.tls)?)
+}
+
+/// [`state`] with `tls.ca_file` already loaded.
+fn state_trusting(
+    config: &Config,
+    store: Arc<dyn Store>,
+    roots: Option<&tls::CaBundle>,
+) -> Result<AppState, ServeError> {
+    let authenticator = Authenticator::from_config_trusting(&config.auth, config.secrets.allow_group_readable, roots)?;
     let policy = match &config.policy.file {
         Some(path) => api::policy::Policy::load(path)?,
         None => api::policy::Policy::default(),
     };
-    let service = service(config, store, RsaKeyPool::new(config.keygen.rsa_pool_size))?;
+    let service = service_trusting(config, store, RsaKeyPool::new(config.keygen.rsa_pool_size), roots)?;
     Ok(AppState {
         service,
         authenticator,
@@ -92,10 +107,21 @@ pub async fn check_master_keyring(config: &Config, store: &dyn Store) -> Result<
 /// The key pair service over `store` with its custody: the master keyring (loaded; created if missing,
 /// unless [`check_master_keyring`] refused it before) and the KMS, if any.
 pub fn service(config: &Config, store: Arc<dyn Store>, pool: RsaKeyPool) -> Result<KeypairService, ServeError> {
+    service_trusting(config, store, pool, outgoing_roots(config)?.as_ref())
+}
+
+/// [`service`] with `tls.ca_file` already loaded.
+fn service_trusting(
+    config: &Config,
+    store: Arc<dyn Store>,
+    pool: RsaKeyPool,
+    roots: Option<&tls::CaBundle>,
+) -> Result<KeypairService, ServeError> {
     let keyring =
         custody::MasterKeyring::load_or_create(&config.master_key_path(), config.secrets.allow_group_readable)?;
     tracing::info!(current = keyring.current_id(), "master keyring loaded");
-    let kms = kms::from_config(&config.kms, config.secrets.allow_group_readable)?.map(custody::KmsEncryptor::new);
+    let kms =
+        kms::from_config(&config.kms, config.secrets.allow_group_readable, roots)?.map(custody::KmsEncryptor::new);
     let custody = custody::Custody::new(custody::LocalEncryptor::new(keyring), kms);
     Ok(KeypairService::new(store, config.quota(), pool)
         .with_min_rsa_bits(config.keys.min_rsa_bits)
@@ -106,6 +132,18 @@ pub fn service(config: &Config, store: Arc<dyn Store>, pool: RsaKeyPool) -> Resu
 /// `DataDir` lives; or the PostgreSQL database, migrated, with no data directory (several replicas may run on
 /// one machine).
 pub async fn open_store(config: &Config) -> Result<(Arc<dyn Store>, Option<datadir::DataDir>), ServeError> {
+    let roots = match config.store.backend {
+        StoreBackend::Sled => None,
+        StoreBackend::Postgres => outgoing_roots(config)?,
+    };
+    open_store_trusting(config, roots.as_ref()).await
+}
+
+/// [`open_store`] with `tls.ca_file` already loaded.
+async fn open_store_trusting(
+    config: &Config,
+    roots: Option<&tls::CaBundle>,
+) -> Result<(Arc<dyn Store>, Option<datadir::DataDir>), ServeError> {
     match config.store.backend {
         StoreBackend::Sled => {
             let data_dir = datadir::DataDir::open(&config.data_dir)?;
@@ -114,7 +152,8 @@ pub async fn open_store(config: &Config) -> Result<(Arc<dyn Store>, Option<datad
         }
         StoreBackend::Postgres => {
             let url = config.postgres_url()?;
-            let store = store::postgres::PostgresStore::open(&url, config.store.postgres_pool_size).await?;
+            let store =
+                store::postgres::PostgresStore::open_trusting(&url, config.store.postgres_pool_size, roots).await?;
             Ok((Arc::new(store), None))
         }
     }
@@ -124,9 +163,10 @@ pub async fn open_store(config: &Config) -> Result<(Arc<dyn Store>, Option<datad
 /// directory for sled), serves, then finishes in-flight requests and flushes the store.
 pub async fn serve(config: Config) -> Result<(), ServeError> {
     config.validate()?;
-    let (store, data_dir) = open_store(&config).await?;
+    let roots = outgoing_roots(&config)?;
+    let (store, data_dir) = open_store_trusting(&config, roots.as_ref()).await?;
     check_master_keyring(&config, store.as_ref()).await?;
-    let state = Arc::new(state(&config, Arc::clone(&store))?);
+    let state = Arc::new(state_trusting(&config, Arc::clone(&store), roots.as_ref())?);
     state.service.prepare().await.map_err(|e| ServeError::Startup(e.to_string()))?;
 
     // kms.check_key: resolved once in the background; a failure only warns (startup never waits on the KMS).

@@ -111,7 +111,8 @@ pub async fn db_migrate(config: &Config) -> Result<String, CommandError> {
         ));
     }
     let url = config.postgres_url().map_err(|e| CommandError::Remote(e.to_string()))?;
-    let store = crate::store::postgres::PostgresStore::connect(&url, 1)?;
+    let roots = crate::tls::CaBundle::from_config(&config.tls).map_err(|e| CommandError::Remote(e.to_string()))?;
+    let store = crate::store::postgres::PostgresStore::connect_trusting(&url, 1, roots.as_ref())?;
     let (before, after) = store.migrate().await?;
     Ok(if before == after {
         format!("the database schema kps is current (version {after})")
@@ -254,6 +255,7 @@ pub fn config_check(config: &Config) -> Result<String, String> {
         ("auth.credentials_file", config.auth.credentials_file.as_deref()),
         ("tls.key_file", config.tls.key_file.as_deref()),
         ("kms.sk_file", config.kms.sk_file.as_deref()),
+        ("kms.security_token_file", config.kms.security_token_file.as_deref()),
         ("store.postgres_url_file", config.store.postgres_url_file.as_deref()),
     ];
     for (key, path) in secret_files {
@@ -279,6 +281,9 @@ pub fn config_check(config: &Config) -> Result<String, String> {
         let Some(path) = path else { continue };
         std::fs::metadata(path).map_err(|e| format!("{key} {}: {e}", path.display()))?;
         checked.push(format!("{key} {}: exists", path.display()));
+    }
+    if let Some(bundle) = crate::tls::CaBundle::from_config(&config.tls).map_err(|e| e.to_string())? {
+        checked.push(format!("tls.ca_file {}: CA bundle, parses", bundle.path().display()));
     }
     if let Some(path) = &config.policy.file {
         crate::api::policy::Policy::load(path).map_err(|e| e.to_string())?;
