@@ -59,11 +59,9 @@ impl KmsCredentials {
 
     /// The credentials for the next call: re-read first when a credential file changed.
     pub fn current(&self) -> Arc<Credentials> {
-        let mut state = self.state.lock().unwrap_or_else(PoisonError::into_inner);
-        if self.files.is_empty() {
-            return Arc::clone(&state.credentials);
-        }
+        // The stat calls happen outside the lock; only a change takes it for the re-read.
         let stamps = stamps(&self.files);
+        let mut state = self.state.lock().unwrap_or_else(PoisonError::into_inner);
         if stamps != state.stamps {
             match read(&self.kms, self.allow_group_readable) {
                 Ok(fresh) => {
