@@ -46,21 +46,35 @@ pub enum ServeError {
 /// and the policy (`policy.file` over the defaults), loads (or creates) the master keyring when the `default`
 /// encryptor is allowed, and starts the RSA key pool.
 pub fn state(config: &Config, store: Arc<dyn Store>) -> Result<AppState, ServeError> {
-    state_with_keyring(config, store, custody::KeyringSlot::open(load_plaintext_keyring(config)?))
+    state_with_keyring(
+        config,
+        store,
+        custody::KeyringSlot::open(load_plaintext_keyring(config)?),
+        outgoing_roots(config)?.as_ref(),
+    )
 }
 
-/// [`state`] over a master keyring already loaded, or sealed until the KMS unwraps it (auto-unseal).
+/// `tls.ca_file`, read and checked: the trust anchors of every outgoing TLS client (KMS, Keystone,
+/// PostgreSQL), handed to each as data. A missing, empty or invalid bundle refuses to start.
+fn outgoing_roots(config: &Config) -> Result<Option<tls::CaBundle>, ServeError> {
+    Ok(tls::CaBundle::from_config(&config.tls)?)
+}
+
+/// [`state`] over a master keyring already loaded, or sealed until the KMS unwraps it (auto-unseal), with
+/// `tls.ca_file` already loaded.
 pub fn state_with_keyring(
     config: &Config,
     store: Arc<dyn Store>,
     keyring: custody::KeyringSlot,
+    roots: Option<&tls::CaBundle>,
 ) -> Result<AppState, ServeError> {
-    let authenticator = Authenticator::from_config(&config.auth, config.secrets.allow_group_readable)?;
+    let authenticator = Authenticator::from_config_trusting(&config.auth, config.secrets.allow_group_readable, roots)?;
     let policy = match &config.policy.file {
         Some(path) => api::policy::Policy::load(path)?,
         None => api::policy::Policy::default(),
     };
-    let service = service_with_keyring(config, store, RsaKeyPool::new(config.keygen.rsa_pool_size), keyring)?;
+    let pool = RsaKeyPool::new(config.keygen.rsa_pool_size);
+    let service = service_with_keyring(config, store, pool, keyring, roots)?;
     Ok(AppState {
         service,
         authenticator,
@@ -149,12 +163,14 @@ pub async fn checked_service(
     store: Arc<dyn Store>,
     pool: RsaKeyPool,
 ) -> Result<KeypairService, ServeError> {
+    let roots = outgoing_roots(config)?;
     match read_master_keyring(config, store.as_ref()).await? {
         StartupKeyring::Plain(keyring) => {
-            service_with_keyring(config, store, pool, custody::KeyringSlot::open(keyring))
+            service_with_keyring(config, store, pool, custody::KeyringSlot::open(keyring), roots.as_ref())
         }
         StartupKeyring::Wrapped(wrapped) => {
-            let service = service_with_keyring(config, store, pool, custody::KeyringSlot::sealed())?;
+            let sealed = custody::KeyringSlot::sealed();
+            let service = service_with_keyring(config, store, pool, sealed, roots.as_ref())?;
             service.unseal_master_keyring(&config.master_key_path(), &wrapped).await?;
             Ok(service)
         }
@@ -172,17 +188,21 @@ fn load_plaintext_keyring(config: &Config) -> Result<custody::MasterKeyring, Ser
 /// The key pair service over `store` with its custody: the plaintext master keyring (loaded; created if
 /// missing) and the KMS, if any.
 pub fn service(config: &Config, store: Arc<dyn Store>, pool: RsaKeyPool) -> Result<KeypairService, ServeError> {
-    service_with_keyring(config, store, pool, custody::KeyringSlot::open(load_plaintext_keyring(config)?))
+    let keyring = custody::KeyringSlot::open(load_plaintext_keyring(config)?);
+    service_with_keyring(config, store, pool, keyring, outgoing_roots(config)?.as_ref())
 }
 
-/// [`service`] over a master keyring already loaded, or sealed until the KMS unwraps it.
+/// [`service`] over a master keyring already loaded, or sealed until the KMS unwraps it, with `tls.ca_file`
+/// already loaded.
 pub fn service_with_keyring(
     config: &Config,
     store: Arc<dyn Store>,
     pool: RsaKeyPool,
     keyring: custody::KeyringSlot,
+    roots: Option<&tls::CaBundle>,
 ) -> Result<KeypairService, ServeError> {
-    let kms = kms::from_config(&config.kms, config.secrets.allow_group_readable)?.map(custody::KmsEncryptor::new);
+    let kms =
+        kms::from_config(&config.kms, config.secrets.allow_group_readable, roots)?.map(custody::KmsEncryptor::new);
     let custody = custody::Custody::new(custody::LocalEncryptor::with_slot(keyring), kms);
     Ok(KeypairService::new(store, config.quota(), pool)
         .with_min_rsa_bits(config.keys.min_rsa_bits)
@@ -193,6 +213,18 @@ pub fn service_with_keyring(
 /// `DataDir` lives; or the PostgreSQL database, migrated, with no data directory (several replicas may run on
 /// one machine).
 pub async fn open_store(config: &Config) -> Result<(Arc<dyn Store>, Option<datadir::DataDir>), ServeError> {
+    let roots = match config.store.backend {
+        StoreBackend::Sled => None,
+        StoreBackend::Postgres => outgoing_roots(config)?,
+    };
+    open_store_trusting(config, roots.as_ref()).await
+}
+
+/// [`open_store`] with `tls.ca_file` already loaded.
+async fn open_store_trusting(
+    config: &Config,
+    roots: Option<&tls::CaBundle>,
+) -> Result<(Arc<dyn Store>, Option<datadir::DataDir>), ServeError> {
     match config.store.backend {
         StoreBackend::Sled => {
             let data_dir = datadir::DataDir::open(&config.data_dir)?;
@@ -201,7 +233,8 @@ pub async fn open_store(config: &Config) -> Result<(Arc<dyn Store>, Option<datad
         }
         StoreBackend::Postgres => {
             let url = config.postgres_url()?;
-            let store = store::postgres::PostgresStore::open(&url, config.store.postgres_pool_size).await?;
+            let store =
+                store::postgres::PostgresStore::open_trusting(&url, config.store.postgres_pool_size, roots).await?;
             Ok((Arc::new(store), None))
         }
     }
@@ -211,14 +244,17 @@ pub async fn open_store(config: &Config) -> Result<(Arc<dyn Store>, Option<datad
 /// directory for sled), serves, then finishes in-flight requests and flushes the store.
 pub async fn serve(config: Config) -> Result<(), ServeError> {
     config.validate()?;
-    let (store, data_dir) = open_store(&config).await?;
+    let roots = outgoing_roots(&config)?;
+    let (store, data_dir) = open_store_trusting(&config, roots.as_ref()).await?;
     let (state, sealed) = match read_master_keyring(&config, store.as_ref()).await? {
         StartupKeyring::Plain(keyring) => {
             tracing::info!(current = keyring.current_id(), "master keyring loaded");
-            (state_with_keyring(&config, Arc::clone(&store), custody::KeyringSlot::open(keyring))?, None)
+            let keyring = custody::KeyringSlot::open(keyring);
+            (state_with_keyring(&config, Arc::clone(&store), keyring, roots.as_ref())?, None)
         }
         StartupKeyring::Wrapped(wrapped) => {
-            let state = state_with_keyring(&config, Arc::clone(&store), custody::KeyringSlot::sealed())?;
+            let sealed = custody::KeyringSlot::sealed();
+            let state = state_with_keyring(&config, Arc::clone(&store), sealed, roots.as_ref())?;
             match state.service.unseal_master_keyring(&config.master_key_path(), &wrapped).await {
                 Ok(()) => (state, None),
                 // Only an unreachable KMS is waited for; any other failure needs an operator: no start.

@@ -162,7 +162,8 @@ pub async fn master_key_unwrap(config: &Config) -> Result<String, CommandError> 
 
 /// The configured KMS client; the master-key commands that wrap or unwrap need one.
 fn kms_client(config: &Config) -> Result<crate::kms::KmsClient, CommandError> {
-    crate::kms::from_config(&config.kms, config.secrets.allow_group_readable)?.ok_or_else(|| {
+    let roots = crate::tls::CaBundle::from_config(&config.tls).map_err(|e| CommandError::Refused(e.to_string()))?;
+    crate::kms::from_config(&config.kms, config.secrets.allow_group_readable, roots.as_ref())?.ok_or_else(|| {
         CommandError::Refused(
             "a wrapped master keyring needs the KMS: set kms.provider (huawei or aws) and its kms.* settings".into(),
         )
@@ -243,7 +244,8 @@ pub async fn db_migrate(config: &Config) -> Result<String, CommandError> {
         ));
     }
     let url = config.postgres_url().map_err(|e| CommandError::Remote(e.to_string()))?;
-    let store = crate::store::postgres::PostgresStore::connect(&url, 1)?;
+    let roots = crate::tls::CaBundle::from_config(&config.tls).map_err(|e| CommandError::Remote(e.to_string()))?;
+    let store = crate::store::postgres::PostgresStore::connect_trusting(&url, 1, roots.as_ref())?;
     let (before, after) = store.migrate().await?;
     Ok(if before == after {
         format!("the database schema kps is current (version {after})")
@@ -385,6 +387,7 @@ pub fn config_check(config: &Config) -> Result<String, String> {
         ("auth.credentials_file", config.auth.credentials_file.as_deref()),
         ("tls.key_file", config.tls.key_file.as_deref()),
         ("kms.sk_file", config.kms.sk_file.as_deref()),
+        ("kms.security_token_file", config.kms.security_token_file.as_deref()),
         ("store.postgres_url_file", config.store.postgres_url_file.as_deref()),
     ];
     for (key, path) in secret_files {
@@ -430,6 +433,9 @@ pub fn config_check(config: &Config) -> Result<String, String> {
     if let Some(path) = &config.audit.file {
         let state = crate::audit_file::AuditFile::check(path).map_err(|e| format!("audit.file: {e}"))?;
         checked.push(format!("audit.file {}: {state}", path.display()));
+    }
+    if let Some(bundle) = crate::tls::CaBundle::from_config(&config.tls).map_err(|e| e.to_string())? {
+        checked.push(format!("tls.ca_file {}: CA bundle, parses", bundle.path().display()));
     }
     if let Some(path) = &config.policy.file {
         crate::api::policy::Policy::load(path).map_err(|e| e.to_string())?;

@@ -43,22 +43,38 @@ pub struct SignedRequest<'a> {
     pub body: &'a [u8],
 }
 
-/// An access key and its secret key. `Debug` never shows the secret.
+/// An access key and its secret key, and for temporary credentials the security token that goes with them
+/// (sent as [`SECURITY_TOKEN_HEADER`], a signed header, §2.1 step 7). `Debug` never shows the secrets.
 #[derive(Clone)]
 pub struct Credentials {
     pub access_key: String,
     pub secret_key: SecretString,
+    pub security_token: Option<SecretString>,
 }
+
+/// The header that carries the security token of temporary credentials.
+pub const SECURITY_TOKEN_HEADER: &str = "X-Security-Token";
 
 impl Credentials {
     pub fn new(access_key: impl Into<String>, secret_key: SecretString) -> Self {
-        Self { access_key: access_key.into(), secret_key }
+        Self { access_key: access_key.into(), secret_key, security_token: None }
+    }
+
+    /// Temporary credentials: the same keys with their security token.
+    #[must_use]
+    pub fn with_security_token(mut self, token: SecretString) -> Self {
+        self.security_token = Some(token);
+        self
     }
 }
 
 impl std::fmt::Debug for Credentials {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Credentials").field("access_key", &self.access_key).field("secret_key", &"[REDACTED]").finish()
+        f.debug_struct("Credentials")
+            .field("access_key", &self.access_key)
+            .field("secret_key", &"[REDACTED]")
+            .field("security_token", &self.security_token.as_ref().map(|_| "[REDACTED]"))
+            .finish()
     }
 }
 
@@ -613,5 +629,8 @@ mod tests {
     #[test]
     fn credentials_debug_hides_the_secret() {
         assert!(!format!("{:?}", credentials()).contains(SK));
+        let temporary = credentials().with_security_token(SecretString::from("security-token-value"));
+        let shown = format!("{temporary:?}");
+        assert!(!shown.contains(SK) && !shown.contains("security-token-value"), "{shown}");
     }
 }

@@ -7,6 +7,9 @@
 //! connections keep the session they negotiated; only new handshakes see the new certificate. A reload
 //! that fails (unreadable file, wrong mode, no certificate, a key that does not match it) changes nothing:
 //! the old certificate stays in use.
+//!
+//! Also the trust anchors of kps's outgoing TLS, [`CaBundle`] (`tls.ca_file`), loaded here once and handed to
+//! each client as data.
 
 use std::fmt;
 use std::path::{Path, PathBuf};
@@ -14,10 +17,10 @@ use std::sync::{Arc, PoisonError, RwLock};
 
 use rustls_pki_types::pem::PemObject;
 use rustls_pki_types::{CertificateDer, PrivateKeyDer};
-use tokio_rustls::rustls::ServerConfig;
 use tokio_rustls::rustls::crypto::CryptoProvider;
 use tokio_rustls::rustls::server::{ClientHello, ResolvesServerCert};
 use tokio_rustls::rustls::sign::CertifiedKey;
+use tokio_rustls::rustls::{RootCertStore, ServerConfig};
 
 use crate::config::secret_file::{self, SecretFileError};
 use crate::metrics::Counter;
@@ -136,6 +139,99 @@ pub fn server_config(certificate: Arc<ServerCertificate>) -> Result<Arc<ServerCo
     Ok(Arc::new(config))
 }
 
+/// `tls.ca_file` loaded: the trust anchors of kps's outgoing TLS (the KMS clients, Keystone, PostgreSQL).
+///
+/// They replace the system's roots, as keystoneauth's `cafile` and requests' `verify=<bundle>` do: a private
+/// CA bundle names exactly whom kps trusts, and a public CA elsewhere in the system store cannot vouch for a
+/// look-alike KMS or database. Every certificate was checked to be a usable trust anchor when the file was
+/// read (once, at startup), so no client can fail on it later. Public data: not a secret file.
+#[derive(Clone)]
+pub struct CaBundle {
+    path: PathBuf,
+    certs: Arc<[CertificateDer<'static>]>,
+}
+
+impl std::fmt::Debug for CaBundle {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("CaBundle").field("path", &self.path).field("certificates", &self.certs.len()).finish()
+    }
+}
+
+impl CaBundle {
+    /// `tls.ca_file`, if set, read and checked.
+    pub fn from_config(tls: &crate::config::TlsConfig) -> Result<Option<Self>, TlsError> {
+        tls.ca_file.as_deref().map(Self::load).transpose()
+    }
+
+    /// Reads a PEM bundle: a missing or unreadable file, one without a certificate, or one whose certificate
+    /// is malformed or unusable as a trust anchor is an error naming the file.
+    pub fn load(path: &Path) -> Result<Self, TlsError> {
+        let file_error =
+            |message: String| TlsError::File { path: path.into(), message: format!("tls.ca_file: {message}") };
+        let certs: Vec<CertificateDer<'static>> = CertificateDer::pem_file_iter(path)
+            .map_err(|e| file_error(e.to_string()))?
+            .collect::<Result<_, _>>()
+            .map_err(|e| file_error(e.to_string()))?;
+        if certs.is_empty() {
+            return Err(file_error("no CERTIFICATE in the file".into()));
+        }
+        let mut roots = RootCertStore::empty();
+        for (index, cert) in certs.iter().enumerate() {
+            roots
+                .add(cert.clone())
+                .map_err(|e| file_error(format!("certificate {} is not a usable CA certificate: {e}", index + 1)))?;
+        }
+        Ok(Self { path: path.into(), certs: certs.into() })
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// The trust anchors for a rustls client.
+    pub fn root_store(&self) -> RootCertStore {
+        let mut roots = RootCertStore::empty();
+        // Each certificate was added once in `load`: adding it again cannot fail.
+        let (_added, _ignored) = roots.add_parsable_certificates(self.certs.iter().cloned());
+        roots
+    }
+
+    /// The certificates as PEM, one block each (the AWS SDK's trust store takes PEM).
+    pub fn pem(&self) -> Vec<u8> {
+        use base64::Engine;
+        let mut out = String::new();
+        for cert in self.certs.iter() {
+            let encoded = base64::engine::general_purpose::STANDARD.encode(cert.as_ref());
+            out.push_str("-----BEGIN CERTIFICATE-----\n");
+            for line in encoded.as_bytes().chunks(64) {
+                out.push_str(&String::from_utf8_lossy(line));
+                out.push('\n');
+            }
+            out.push_str("-----END CERTIFICATE-----\n");
+        }
+        out.into_bytes()
+    }
+
+    /// `builder` trusting exactly these certificates (reqwest's built-in and system roots off).
+    pub fn trusted_by(&self, builder: reqwest::ClientBuilder) -> Result<reqwest::ClientBuilder, TlsError> {
+        let mut builder = builder.tls_built_in_root_certs(false);
+        for cert in self.certs.iter() {
+            let cert = reqwest::Certificate::from_der(cert.as_ref())
+                .map_err(|e| TlsError::File { path: self.path.clone(), message: format!("tls.ca_file: {e}") })?;
+            builder = builder.add_root_certificate(cert);
+        }
+        Ok(builder)
+    }
+}
+
+/// An HTTP client builder trusting `roots` when `tls.ca_file` is set, else the system's roots.
+pub fn trusting(builder: reqwest::ClientBuilder, roots: Option<&CaBundle>) -> Result<reqwest::ClientBuilder, TlsError> {
+    match roots {
+        Some(roots) => roots.trusted_by(builder),
+        None => Ok(builder),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use std::os::unix::fs::PermissionsExt;
@@ -180,5 +276,54 @@ mod tests {
         std::fs::set_permissions(&key, std::fs::Permissions::from_mode(0o644)).expect("chmod");
         assert!(matches!(certificate.reload(), Err(TlsError::Permissions { mode: 0o644, .. })));
         assert_eq!(certificate.chain(), second, "the mode rule holds for reloads too");
+    }
+
+    /// A PEM file holding `count` self-signed CA certificates.
+    fn ca_file(dir: &Path, count: usize) -> PathBuf {
+        let mut pem = String::new();
+        for _ in 0..count {
+            let key = rcgen::KeyPair::generate().expect("key");
+            let mut params = rcgen::CertificateParams::new(Vec::<String>::new()).expect("params");
+            params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+            pem.push_str(&params.self_signed(&key).expect("cert").pem());
+        }
+        let path = dir.join(format!("ca-{count}.pem"));
+        std::fs::write(&path, pem).expect("write");
+        path
+    }
+
+    #[test]
+    fn a_bundle_is_read_whole_and_given_to_every_client_form() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let bundle = CaBundle::load(&ca_file(dir.path(), 2)).expect("two CAs");
+        assert_eq!(bundle.root_store().len(), 2);
+        // The PEM the AWS SDK gets parses back to the same certificates.
+        let again: Vec<CertificateDer<'static>> =
+            CertificateDer::pem_slice_iter(&bundle.pem()).collect::<Result<_, _>>().expect("pem");
+        assert_eq!(again, bundle.certs.to_vec());
+        assert!(trusting(reqwest::Client::builder(), Some(&bundle)).expect("reqwest").build().is_ok());
+        assert!(format!("{bundle:?}").contains("certificates: 2"));
+    }
+
+    #[test]
+    fn unset_means_the_system_roots_and_bad_bundles_name_the_file() {
+        assert!(CaBundle::from_config(&crate::config::TlsConfig::default()).expect("unset").is_none());
+        let dir = tempfile::tempdir().expect("tempdir");
+        let write = |name: &str, text: &str| {
+            let path = dir.path().join(name);
+            std::fs::write(&path, text).expect("write");
+            path
+        };
+        let cases = [
+            (dir.path().join("missing.pem"), "No such file"),
+            (write("empty.pem", ""), "no CERTIFICATE"),
+            (write("key-only.pem", "-----BEGIN PRIVATE KEY-----\nAAAA\n-----END PRIVATE KEY-----\n"), "no CERTIFICATE"),
+            (write("bad-der.pem", "-----BEGIN CERTIFICATE-----\nAAAA\n-----END CERTIFICATE-----\n"), "certificate 1"),
+            (write("bad-base64.pem", "-----BEGIN CERTIFICATE-----\n!!!!\n-----END CERTIFICATE-----\n"), "tls.ca_file"),
+        ];
+        for (path, expected) in cases {
+            let error = CaBundle::load(&path).expect_err("refused").to_string();
+            assert!(error.contains(&path.display().to_string()) && error.contains(expected), "{error}");
+        }
     }
 }

@@ -27,6 +27,10 @@ pub struct MockArgs {
     /// Also accept `X-Auth-Token: TOKEN` instead of a signature.
     #[arg(long, env = "KMS_MOCK_TOKEN", hide_env_values = true)]
     pub token: Option<String>,
+    /// Temporary credentials: signed requests must also carry `X-Security-Token: TOKEN` as a signed header
+    /// (spec/kms-huawei.md §2.1 step 7); without it, or with another token, they are refused (401 KMS.0302).
+    #[arg(long = "security-token", env = "KMS_MOCK_SECURITY_TOKEN", hide_env_values = true)]
+    pub security_token: Option<String>,
     /// Pre-create an enabled AES_256 key (repeatable); random id unless given.
     #[arg(long = "key", value_name = "ALIAS[=UUID]")]
     pub keys: Vec<String>,
@@ -45,6 +49,8 @@ pub struct MockConfig {
     /// Accepted AK and SK; `None` = signatures are not checked.
     pub credentials: Option<(String, SecretString)>,
     pub token: Option<SecretString>,
+    /// `--security-token`: the token temporary credentials must present, signed.
+    pub security_token: Option<SecretString>,
     /// `--key ALIAS[=UUID]` values.
     pub keys: Vec<String>,
     pub seed: Option<PathBuf>,
@@ -69,6 +75,7 @@ impl TryFrom<MockArgs> for MockConfig {
             project_id: args.project_id,
             credentials,
             token: args.token.map(SecretString::from),
+            security_token: args.security_token.map(SecretString::from),
             keys: args.keys,
             seed: args.seed,
             state_file: args.state,

@@ -202,6 +202,25 @@ async fn kms_call(
     Ok(json_response(StatusCode::OK, &answer))
 }
 
+/// With `--security-token`, what Huawei's IAM asks of temporary credentials: the right `X-Security-Token`,
+/// covered by the (already verified) signature.
+fn check_security_token(config: &MockConfig, headers: &HeaderMap) -> Result<(), KmsFault> {
+    let Some(expected) = &config.security_token else {
+        return Ok(());
+    };
+    let refused = || KmsFault::new(StatusCode::UNAUTHORIZED, "KMS.0302", "Invalid security token.");
+    let presented = headers.get("x-security-token").ok_or_else(refused)?;
+    if Sha256::digest(expected.expose_secret().as_bytes()) != Sha256::digest(presented.as_bytes()) {
+        return Err(refused());
+    }
+    let authorization = headers.get("authorization").and_then(|v| v.to_str().ok()).unwrap_or_default();
+    let signed = authorization
+        .split(',')
+        .find_map(|part| part.trim().strip_prefix("SignedHeaders="))
+        .is_some_and(|names| names.split(';').any(|name| name.eq_ignore_ascii_case("x-security-token")));
+    if signed { Ok(()) } else { Err(refused()) }
+}
+
 /// §2.2 verification with the mock's codes, or `X-Auth-Token` when `--token` is set.
 fn authenticate(
     config: &MockConfig,
@@ -234,7 +253,7 @@ fn authenticate(
         body,
     };
     match signing::verify(&request, time::OffsetDateTime::now_utc(), |ak| (ak == access_key).then_some(secret_key)) {
-        Ok(_) => Ok(()),
+        Ok(_) => check_security_token(config, headers),
         Err(VerifyError::Missing | VerifyError::Malformed) => {
             Err(unauthorized("KMS.0301", "Missing or malformed authentication information."))
         }

@@ -26,6 +26,7 @@ use self::static_tokens::StaticTokens;
 use super::error::ApiError;
 use crate::config::secret_file::{self, SecretFileError};
 use crate::config::{AuthConfig, AuthMode};
+use crate::tls::CaBundle;
 
 /// The authenticated identity a request acts as.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -74,6 +75,15 @@ impl Authenticator {
     /// The authenticator of `auth.mode`, with its tokens file loaded (and permission-checked) or its
     /// Keystone client built.
     pub fn from_config(auth: &AuthConfig, allow_group_readable: bool) -> Result<Self, AuthError> {
+        Self::from_config_trusting(auth, allow_group_readable, None)
+    }
+
+    /// [`Authenticator::from_config`] whose Keystone client trusts exactly `roots` (`tls.ca_file`) when given.
+    pub fn from_config_trusting(
+        auth: &AuthConfig,
+        allow_group_readable: bool,
+        roots: Option<&CaBundle>,
+    ) -> Result<Self, AuthError> {
         match auth.mode {
             AuthMode::Noauth => Ok(Self::NoAuth),
             AuthMode::Static => {
@@ -89,7 +99,8 @@ impl Authenticator {
                     setting: "auth.keystone_url (KPS_AUTH_KEYSTONE_URL)",
                 })?;
                 let invalid = |message: String| AuthError::KeystoneUrl { url: url.into(), message };
-                let keystone = Keystone::new(url, Duration::from_secs(auth.keystone_cache_ttl_s)).map_err(invalid)?;
+                let ttl = Duration::from_secs(auth.keystone_cache_ttl_s);
+                let keystone = Keystone::new_trusting(url, ttl, roots).map_err(invalid)?;
                 let challenge = HeaderValue::from_str(&format!("Keystone uri=\"{url}\""))
                     .map_err(|_| invalid("not usable in a WWW-Authenticate header".into()))?;
                 Ok(Self::Keystone { keystone: Box::new(keystone), challenge })

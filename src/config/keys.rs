@@ -133,6 +133,18 @@ pub const KEYS: &[Key] = &[
                   secrets.allow_group_readable, never world-readable",
     },
     Key {
+        path: "tls.ca_file",
+        env: env("KPS_TLS_CA_FILE", |c, v| {
+            c.tls.ca_file = Some(v.into());
+            Ok(())
+        }),
+        flag: None,
+        shown: Shown::Example("\"/etc/kps/ca-bundle.pem\""),
+        meaning: "PEM CA bundle for kps's outgoing TLS (the KMS, Keystone, PostgreSQL): it replaces the system's \
+                  roots, as keystoneauth's cafile does; read at startup, a missing, empty or invalid file refuses \
+                  to start; a PostgreSQL URL's own sslrootcert still wins for the database; unset = system roots",
+    },
+    Key {
         path: "auth.mode",
         env: env("KPS_AUTH", |c, v| {
             c.auth.mode = parse(v)?;
@@ -342,7 +354,8 @@ pub const KEYS: &[Key] = &[
         }),
         flag: None,
         shown: Shown::Example("\"/etc/kps/kms.ak\""),
-        meaning: "Path of a file holding kms.ak, surrounding whitespace ignored; a secret file, mode 0600",
+        meaning: "Path of a file holding kms.ak, surrounding whitespace ignored; a secret file, mode 0600; read \
+                  again when it changes",
     },
     Key {
         path: "kms.sk_file",
@@ -352,7 +365,8 @@ pub const KEYS: &[Key] = &[
         }),
         flag: None,
         shown: Shown::Example("\"/etc/kps/kms.sk\""),
-        meaning: "Path of a file holding kms.sk, surrounding whitespace ignored; a secret file, mode 0600",
+        meaning: "Path of a file holding kms.sk, surrounding whitespace ignored; a secret file, mode 0600; read \
+                  again when it changes",
     },
     Key {
         path: "kms.check_key",
@@ -363,6 +377,28 @@ pub const KEYS: &[Key] = &[
         flag: None,
         shown: Shown::Example("\"kps-escrow\""),
         meaning: "Alias or key id resolved once at startup; failure only logs a warning",
+    },
+    Key {
+        path: "kms.security_token",
+        env: env("KPS_KMS_SECURITY_TOKEN", |c, v| {
+            c.kms.security_token = Some(SecretString::from(v));
+            Ok(())
+        }),
+        flag: None,
+        shown: Shown::Example("\"...\""),
+        meaning: "Temporary credentials with kms.ak/kms.sk: huawei: the security token, sent as X-Security-Token \
+                  and signed; aws: the session token (x-amz-security-token); a value beats kms.security_token_file",
+    },
+    Key {
+        path: "kms.security_token_file",
+        env: env("KPS_KMS_SECURITY_TOKEN_FILE", |c, v| {
+            c.kms.security_token_file = Some(v.into());
+            Ok(())
+        }),
+        flag: None,
+        shown: Shown::Example("\"/etc/kps/kms.token\""),
+        meaning: "Path of a file holding kms.security_token, surrounding whitespace ignored; a secret file, mode \
+                  0600; read again when it changes (renewed temporary credentials need no restart)",
     },
     Key {
         path: "limits.max_body_bytes",
@@ -488,8 +524,8 @@ pub const KEYS: &[Key] = &[
         flag: None,
         shown: Shown::Example("\"postgresql://kps@db1:5432,db2:5432/kps?target_session_attrs=read-write\""),
         meaning: "libpq connection string or URI; several hosts allowed; host=/run/postgresql sockets too; \
-                  sslmode=disable|prefer|require|verify-ca|verify-full, sslrootcert=FILE (else the system roots); \
-                  a value beats store.postgres_url_file",
+                  sslmode=disable|prefer|require|verify-ca|verify-full, sslrootcert=FILE (else tls.ca_file, else the \
+                  system roots); a value beats store.postgres_url_file",
     },
     Key {
         path: "store.postgres_url_file",

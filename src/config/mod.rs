@@ -57,6 +57,8 @@ pub struct Config {
 pub struct TlsConfig {
     pub cert_file: Option<PathBuf>,
     pub key_file: Option<PathBuf>,
+    /// PEM bundle: the trust anchors of outgoing TLS (KMS, Keystone, PostgreSQL), replacing the system's.
+    pub ca_file: Option<PathBuf>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
@@ -180,6 +182,10 @@ pub struct KmsConfig {
     pub ak_file: Option<PathBuf>,
     pub sk_file: Option<PathBuf>,
     pub check_key: Option<String>,
+    /// Temporary credentials: Huawei's `X-Security-Token`, AWS's session token. A secret like `sk`.
+    #[serde(serialize_with = "redacted")]
+    pub security_token: Option<SecretString>,
+    pub security_token_file: Option<PathBuf>,
 }
 
 #[derive(Debug, Clone, Deserialize, Serialize)]
@@ -401,7 +407,11 @@ impl Config {
             if let Some(value) = env(name) {
                 set(&mut config, &value).map_err(|message| ConfigError::Invalid {
                     name: (*name).to_owned(),
-                    value: if name.ends_with("_SK") || name.ends_with("_AK") || name.contains("POSTGRES_URL") {
+                    value: if name.ends_with("_SK")
+                        || name.ends_with("_AK")
+                        || name.contains("POSTGRES_URL")
+                        || name.ends_with("_SECURITY_TOKEN")
+                    {
                         "***".into()
                     } else {
                         value

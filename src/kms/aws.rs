@@ -9,21 +9,26 @@
 //! Plaintext data keys are moved out of the SDK's output into `Zeroizing` buffers; the SDK's transient
 //! response buffers are outside kps's control.
 
+use std::sync::Arc;
+
 use aws_sdk_kms::config::retry::RetryConfig;
 use aws_sdk_kms::config::timeout::TimeoutConfig;
-use aws_sdk_kms::config::{BehaviorVersion, Credentials, Region};
+use aws_sdk_kms::config::{BehaviorVersion, Credentials, IdentityCache, ProvideCredentials, Region};
 use aws_sdk_kms::error::{ProvideErrorMetadata, SdkError};
 use aws_sdk_kms::primitives::Blob;
 use aws_sdk_kms::types::DataKeySpec;
 use aws_smithy_http_client::tls::{self, rustls_provider::CryptoMode};
 use base64::Engine;
 use base64::engine::general_purpose::STANDARD as BASE64;
+use secrecy::ExposeSecret;
 use zeroize::Zeroizing;
 
 use super::cache::{DEFAULT_CAPACITY, DEFAULT_TTL, KeyCache, MISS_TTL};
+use super::credentials::KmsCredentials;
 use super::stats::KmsCallStats;
 use super::transport::{Failure, FailureKind, Transport, plausible_code};
 use super::{DATA_KEY_LEN, DataKey, EncryptionContext, KeyRef, KmsConfigError, KmsError, ResolvedKey, UsableKey};
+use crate::tls::CaBundle;
 
 /// The only state in which a key can make or unwrap data keys, and the one disabled state (§7).
 const STATE_ENABLED: &str = "Enabled";
@@ -38,6 +43,8 @@ pub struct AwsSettings {
     pub region: String,
     pub access_key_id: Zeroizing<String>,
     pub secret_access_key: Zeroizing<String>,
+    /// Temporary credentials (STS): the session token, sent as `x-amz-security-token`.
+    pub session_token: Option<Zeroizing<String>>,
     pub transport: Transport,
 }
 
@@ -56,15 +63,27 @@ impl std::fmt::Debug for AwsKms {
 
 impl AwsKms {
     pub fn new(settings: AwsSettings) -> Result<Self, KmsConfigError> {
-        let AwsSettings { endpoint, region, access_key_id, secret_access_key, transport } = settings;
+        Self::new_trusting(settings, None)
+    }
+
+    /// [`AwsKms::new`] whose HTTPS trusts exactly `roots` (`tls.ca_file`) when given, else the system's roots.
+    pub fn new_trusting(settings: AwsSettings, roots: Option<&CaBundle>) -> Result<Self, KmsConfigError> {
+        let AwsSettings { endpoint, region, access_key_id, secret_access_key, session_token, transport } = settings;
         if region.is_empty() || !region.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-') {
             return Err(KmsConfigError::Invalid { name: "kms.region", message: "expected e.g. eu-west-1".into() });
         }
         // `Credentials` keeps the secret in a zeroizing buffer of its own and redacts it in `Debug`.
-        let credentials =
-            Credentials::new(access_key_id.as_str(), secret_access_key.as_str(), None, None, "kps-config");
-        let http =
-            aws_smithy_http_client::Builder::new().tls_provider(tls::Provider::Rustls(CryptoMode::Ring)).build_https();
+        let credentials = Credentials::new(
+            access_key_id.as_str(),
+            secret_access_key.as_str(),
+            session_token.as_deref().map(ToOwned::to_owned),
+            None,
+            "kps-config",
+        );
+        let http = aws_smithy_http_client::Builder::new()
+            .tls_provider(tls::Provider::Rustls(CryptoMode::Ring))
+            .tls_context(tls_context(roots)?)
+            .build_https();
         let mut config = aws_sdk_kms::Config::builder()
             .behavior_version(BehaviorVersion::latest())
             .region(Region::new(region))
@@ -94,6 +113,20 @@ impl AwsKms {
             cache: KeyCache::new(DEFAULT_TTL, MISS_TTL, DEFAULT_CAPACITY),
             stats: KmsCallStats::new(super::stats::AWS_OPERATIONS),
         })
+    }
+
+    /// Signs with the credentials of `source` as they are at each call (rotated temporary credentials): the
+    /// SDK asks for them per request (its identity cache off), and `source` looks at the files each time.
+    #[must_use]
+    pub fn following(self, source: Arc<KmsCredentials>) -> Self {
+        let config = self
+            .client
+            .config()
+            .to_builder()
+            .credentials_provider(FollowedCredentials(source))
+            .identity_cache(IdentityCache::no_cache())
+            .build();
+        Self { client: aws_sdk_kms::Client::from_conf(config), ..self }
     }
 
     pub fn clear_cache(&self) {
@@ -227,6 +260,37 @@ impl AwsKms {
     }
 }
 
+/// The SDK's view of [`KmsCredentials`].
+#[derive(Debug)]
+struct FollowedCredentials(Arc<KmsCredentials>);
+
+impl ProvideCredentials for FollowedCredentials {
+    fn provide_credentials<'a>(&'a self) -> aws_credential_types::provider::future::ProvideCredentials<'a>
+    where
+        Self: 'a,
+    {
+        let current = self.0.current();
+        let token = current.security_token.as_ref().map(|token| token.expose_secret().to_owned());
+        let credentials = Credentials::new(
+            current.access_key.as_str(),
+            current.secret_key.expose_secret(),
+            token,
+            None,
+            "kps-config-files",
+        );
+        aws_credential_types::provider::future::ProvideCredentials::ready(Ok(credentials))
+    }
+}
+
+/// The SDK's TLS trust: exactly `roots` when `tls.ca_file` is set (the system's roots off), else the system's.
+fn tls_context(roots: Option<&CaBundle>) -> Result<tls::TlsContext, KmsConfigError> {
+    let trust_store = match roots {
+        Some(roots) => tls::TrustStore::empty().with_native_roots(false).with_pem_certificate(roots.pem()),
+        None => tls::TrustStore::default(),
+    };
+    tls::TlsContext::builder().with_trust_store(trust_store).build().map_err(|e| KmsConfigError::Http(e.to_string()))
+}
+
 /// How a key reference is sent (§7): an id or ARN as given, `alias/...` as given, a bare alias prefixed.
 fn aws_key_id(key: &KeyRef) -> String {
     match key {
@@ -327,6 +391,7 @@ mod tests {
             region: region.into(),
             access_key_id: Zeroizing::new("AKID".into()),
             secret_access_key: Zeroizing::new("SECRET".into()),
+            session_token: None,
             transport: Transport::default(),
         };
         assert!(AwsKms::new(settings(None, "eu-west-1")).is_ok());

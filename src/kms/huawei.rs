@@ -7,9 +7,11 @@
 //! backoff included. Request and response bodies are never logged, and error details carry only the action,
 //! the attempt count and the upstream error code.
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use reqwest::Url;
+use secrecy::ExposeSecret;
 use serde::Deserialize;
 use serde::de::DeserializeOwned;
 use serde_json::json;
@@ -17,10 +19,12 @@ use sha2::{Digest, Sha256};
 use zeroize::Zeroizing;
 
 use super::cache::{DEFAULT_CAPACITY, DEFAULT_TTL, KeyCache, Listing, MISS_TTL};
+use super::credentials::KmsCredentials;
 use super::stats::KmsCallStats;
 use super::transport::{Failure, FailureKind, Transport, plausible_code};
 use super::{DATA_KEY_LEN, DataKey, KeyRef, KmsConfigError, KmsError, ResolvedKey, UsableKey};
 use crate::signing::{self, Credentials, SignedRequest};
+use crate::tls::CaBundle;
 
 /// The only state in which a key can make or unwrap data keys.
 const STATE_ENABLED: &str = "2";
@@ -54,6 +58,8 @@ pub struct HuaweiKms {
     host: String,
     project_id: String,
     credentials: Credentials,
+    /// Set when credentials come from files: they replace `credentials` and follow the files' changes.
+    following: Option<Arc<KmsCredentials>>,
     transport: Transport,
     cache: KeyCache,
     stats: KmsCallStats,
@@ -71,6 +77,11 @@ impl std::fmt::Debug for HuaweiKms {
 
 impl HuaweiKms {
     pub fn new(settings: HuaweiSettings) -> Result<Self, KmsConfigError> {
+        Self::new_trusting(settings, None)
+    }
+
+    /// [`HuaweiKms::new`] whose HTTPS trusts exactly `roots` (`tls.ca_file`) when given, else the system's roots.
+    pub fn new_trusting(settings: HuaweiSettings, roots: Option<&CaBundle>) -> Result<Self, KmsConfigError> {
         let HuaweiSettings { endpoint, region, project_id, credentials, transport } = settings;
         if project_id.is_empty() || project_id.len() > 64 || !project_id.bytes().all(|b| b.is_ascii_alphanumeric()) {
             return Err(KmsConfigError::Invalid {
@@ -95,9 +106,11 @@ impl HuaweiKms {
         };
         let path = format!("{}/v1.0/{project_id}/kms/", base.path().trim_end_matches('/'));
         base.set_path(&path);
-        let http = reqwest::Client::builder()
+        let builder = reqwest::Client::builder()
             .connect_timeout(transport.connect_timeout)
-            .redirect(reqwest::redirect::Policy::none())
+            .redirect(reqwest::redirect::Policy::none());
+        let http = crate::tls::trusting(builder, roots)
+            .map_err(|e| KmsConfigError::Http(e.to_string()))?
             .build()
             .map_err(|e| KmsConfigError::Http(e.to_string()))?;
         Ok(Self {
@@ -106,10 +119,18 @@ impl HuaweiKms {
             host,
             project_id,
             credentials,
+            following: None,
             transport,
             cache: KeyCache::new(DEFAULT_TTL, MISS_TTL, DEFAULT_CAPACITY),
             stats: KmsCallStats::new(super::stats::HUAWEI_OPERATIONS),
         })
+    }
+
+    /// Signs with the credentials of `source` as they are at each call (rotated temporary credentials).
+    #[must_use]
+    pub fn following(mut self, source: Arc<KmsCredentials>) -> Self {
+        self.following = Some(source);
+        self
     }
 
     /// Replaces the resolution cache (tests shorten the TTLs).
@@ -285,15 +306,24 @@ impl HuaweiKms {
     async fn attempt(&self, action: &str, body: &[u8]) -> Result<Zeroizing<Vec<u8>>, FailureKind> {
         let mut url = self.base.clone();
         url.set_path(&format!("{}{action}", self.base.path()));
-        let headers = vec![
+        let current = self.following.as_ref().map(|source| source.current());
+        let credentials = current.as_deref().unwrap_or(&self.credentials);
+        let mut headers = vec![
             ("Content-Type".to_owned(), CONTENT_TYPE.to_owned()),
             ("Host".to_owned(), self.host.clone()),
             ("X-Project-Id".to_owned(), self.project_id.clone()),
         ];
+        // Temporary credentials: the token is added before signing, so it is a signed header (§2.1 step 7).
+        if let Some(token) = &credentials.security_token {
+            headers.push((signing::SECURITY_TOKEN_HEADER.to_owned(), token.expose_secret().to_owned()));
+        }
         let request = SignedRequest { method: "POST", path: url.path(), query: "", headers: &headers, body };
-        let signature = signing::sign(&request, &self.credentials, time::OffsetDateTime::now_utc());
+        let signature = signing::sign(&request, credentials, time::OffsetDateTime::now_utc());
         let mut builder = self.http.post(url.clone());
         for (name, value) in &headers {
+            let mut value = reqwest::header::HeaderValue::from_str(value).map_err(|_| FailureKind::UnusableBody)?;
+            // Kept out of any debug output of the HTTP client.
+            value.set_sensitive(name == signing::SECURITY_TOKEN_HEADER);
             builder = builder.header(name, value);
         }
         let response = builder

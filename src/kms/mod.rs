@@ -19,19 +19,23 @@
 
 pub mod aws;
 mod cache;
+pub mod credentials;
 pub mod huawei;
 pub mod stats;
 pub mod transport;
 
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
-use secrecy::{ExposeSecret, SecretString};
+use secrecy::ExposeSecret;
 use zeroize::Zeroizing;
 
 use crate::config::KmsConfig;
 use crate::config::secret_file::{self, SecretFileError};
+use crate::tls::CaBundle;
 
 pub use aws::AwsKms;
+pub use credentials::KmsCredentials;
 pub use huawei::HuaweiKms;
 pub use transport::Transport;
 
@@ -342,43 +346,73 @@ pub enum KmsConfigError {
 }
 
 /// Builds the configured KMS client, or `None` without `kms.provider`. Never contacts the KMS (startup does
-/// not depend on it).
-pub fn from_config(kms: &KmsConfig, allow_group_readable: bool) -> Result<Option<KmsClient>, KmsConfigError> {
+/// not depend on it). `roots` is `tls.ca_file` loaded (`crate::tls::CaBundle`): with it the client trusts
+/// exactly those CAs, without it the system's roots.
+pub fn from_config(
+    kms: &KmsConfig,
+    allow_group_readable: bool,
+    roots: Option<&CaBundle>,
+) -> Result<Option<KmsClient>, KmsConfigError> {
     let Some(provider) = kms.provider.as_deref() else {
         return Ok(None);
     };
+    if !matches!(provider, "huawei" | "aws") {
+        return Err(KmsConfigError::UnknownProvider(provider.to_owned()));
+    }
+    // Read once here (a missing or bad credential refuses to start), then followed: see `credentials`.
+    let source = Arc::new(KmsCredentials::load(kms, allow_group_readable)?);
+    let credentials = source.current();
+    let follows_files = source.follows_files().then_some(source);
     match provider {
         "huawei" => {
-            let ak = secret_value("kms.ak", kms.ak.as_deref(), kms.ak_file.as_deref(), allow_group_readable)?;
-            let sk = secret_value("kms.sk", kms_sk(kms), kms.sk_file.as_deref(), allow_group_readable)?;
-            let credentials = crate::signing::Credentials::new(ak.as_str(), SecretString::from(sk.as_str()));
-            let huawei = HuaweiKms::new(huawei::HuaweiSettings {
+            let settings = huawei::HuaweiSettings {
                 endpoint: kms.endpoint.clone(),
                 region: kms.region.clone(),
                 project_id: kms.project_id.clone().ok_or(KmsConfigError::Missing("kms.project_id"))?,
-                credentials,
+                credentials: (*credentials).clone(),
                 transport: Transport::default(),
-            })?;
-            Ok(Some(KmsClient::Huawei(huawei)))
+            };
+            let huawei = HuaweiKms::new_trusting(settings, roots)?;
+            Ok(Some(KmsClient::Huawei(match follows_files {
+                Some(source) => huawei.following(source),
+                None => huawei,
+            })))
         }
         "aws" => {
-            let ak = secret_value("kms.ak", kms.ak.as_deref(), kms.ak_file.as_deref(), allow_group_readable)?;
-            let sk = secret_value("kms.sk", kms_sk(kms), kms.sk_file.as_deref(), allow_group_readable)?;
-            let aws = AwsKms::new(aws::AwsSettings {
+            let settings = aws::AwsSettings {
                 endpoint: kms.endpoint.clone(),
                 region: kms.region.clone().ok_or(KmsConfigError::Missing("kms.region"))?,
-                access_key_id: ak,
-                secret_access_key: sk,
+                access_key_id: Zeroizing::new(credentials.access_key.clone()),
+                secret_access_key: Zeroizing::new(credentials.secret_key.expose_secret().to_owned()),
+                session_token: credentials
+                    .security_token
+                    .as_ref()
+                    .map(|t| Zeroizing::new(t.expose_secret().to_owned())),
                 transport: Transport::default(),
-            })?;
-            Ok(Some(KmsClient::Aws(aws)))
+            };
+            let aws = AwsKms::new_trusting(settings, roots)?;
+            Ok(Some(KmsClient::Aws(match follows_files {
+                Some(source) => aws.following(source),
+                None => aws,
+            })))
         }
         other => Err(KmsConfigError::UnknownProvider(other.to_owned())),
     }
 }
 
-fn kms_sk(kms: &KmsConfig) -> Option<&str> {
-    kms.sk.as_ref().map(ExposeSecret::expose_secret)
+/// `kms.security_token` or its file, if either is set (temporary credentials; both providers).
+fn security_token(kms: &KmsConfig, allow_group_readable: bool) -> Result<Option<Zeroizing<String>>, KmsConfigError> {
+    let value = kms.security_token.as_ref().map(ExposeSecret::expose_secret);
+    let file = kms.security_token_file.as_deref();
+    if value.is_none() && file.is_none() {
+        return Ok(None);
+    }
+    let token = secret_value("kms.security_token", value, file, allow_group_readable)?;
+    // It travels as a header value (X-Security-Token, x-amz-security-token).
+    if !token.bytes().all(|b| b.is_ascii_graphic()) {
+        return Err(KmsConfigError::Invalid { name: "kms.security_token", message: "expected printable ASCII".into() });
+    }
+    Ok(Some(token))
 }
 
 /// A credential from its value, else from its file (`config::secret_file`: a value beats a file, the file is
@@ -480,19 +514,41 @@ mod tests {
 
     #[test]
     fn from_config_without_provider_is_none_and_rejects_unknown_providers() {
-        assert!(matches!(from_config(&KmsConfig::default(), false), Ok(None)));
+        assert!(matches!(from_config(&KmsConfig::default(), false, None), Ok(None)));
         let config = KmsConfig { provider: Some("vault".into()), ..KmsConfig::default() };
-        assert!(matches!(from_config(&config, false), Err(KmsConfigError::UnknownProvider(_))));
+        assert!(matches!(from_config(&config, false, None), Err(KmsConfigError::UnknownProvider(_))));
     }
 
     #[test]
     fn from_config_needs_credentials_and_a_project() {
         let config = huawei_config();
-        assert!(matches!(from_config(&config, false), Err(KmsConfigError::Missing("kms.ak"))));
+        assert!(matches!(from_config(&config, false, None), Err(KmsConfigError::Missing("kms.ak"))));
         let config = KmsConfig { ak: Some("AK".into()), sk: Some("SK".into()), project_id: None, ..huawei_config() };
-        assert!(matches!(from_config(&config, false), Err(KmsConfigError::Missing("kms.project_id"))));
+        assert!(matches!(from_config(&config, false, None), Err(KmsConfigError::Missing("kms.project_id"))));
         let config = KmsConfig { ak: Some("AK".into()), sk: Some("SK".into()), ..huawei_config() };
-        assert!(matches!(from_config(&config, false), Ok(Some(KmsClient::Huawei(_)))));
+        assert!(matches!(from_config(&config, false, None), Ok(Some(KmsClient::Huawei(_)))));
+    }
+
+    #[test]
+    fn the_security_token_is_optional_printable_and_read_like_the_sk() {
+        let base = KmsConfig { ak: Some("AK".into()), sk: Some("SK".into()), ..huawei_config() };
+        assert!(security_token(&base, false).expect("unset").is_none());
+        let config = KmsConfig { security_token: Some("tok en".into()), ..base.clone() };
+        assert!(matches!(
+            from_config(&config, false, None),
+            Err(KmsConfigError::Invalid { name: "kms.security_token", .. })
+        ));
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("token");
+        std::fs::write(&path, "FROM-FILE\n").expect("write");
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o644)).expect("chmod");
+        let config = KmsConfig { security_token_file: Some(path.clone()), ..base.clone() };
+        assert!(matches!(from_config(&config, false, None), Err(KmsConfigError::SecretFilePermissions { .. })));
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600)).expect("chmod");
+        assert_eq!(security_token(&config, false).expect("file").as_deref().map(String::as_str), Some("FROM-FILE"));
+        let config = KmsConfig { security_token: Some("VALUE".into()), ..config };
+        assert_eq!(security_token(&config, false).expect("value").as_deref().map(String::as_str), Some("VALUE"));
+        assert!(!format!("{config:?}").contains("VALUE"), "redacted in Debug");
     }
 
     #[test]

@@ -29,6 +29,7 @@ use tokio_postgres::error::SqlState;
 use tokio_postgres::types::ToSql;
 
 use super::{ApplyError, Space, Store, StoreError, WriteOp, encode_counter, prefix_end};
+use crate::tls::CaBundle;
 
 pub use connect::{ConnectOptions, Verify, parse as parse_url};
 
@@ -183,15 +184,26 @@ impl PostgresStore {
     /// Connects to the database of `url` (`store.postgres_url`) with up to `pool_size` connections and
     /// brings its schema up to date (migrations). Refuses a schema newer than this binary.
     pub async fn open(url: &str, pool_size: usize) -> Result<Self, StoreError> {
-        let store = Self::connect(url, pool_size)?;
+        Self::open_trusting(url, pool_size, None).await
+    }
+
+    /// [`PostgresStore::open`] whose TLS trusts `roots` (`tls.ca_file`) in place of the system roots.
+    pub async fn open_trusting(url: &str, pool_size: usize, roots: Option<&CaBundle>) -> Result<Self, StoreError> {
+        let store = Self::connect_trusting(url, pool_size, roots)?;
         store.migrate().await?;
         Ok(store)
     }
 
     /// The pool for `url`, without connecting yet.
     pub fn connect(url: &str, pool_size: usize) -> Result<Self, StoreError> {
+        Self::connect_trusting(url, pool_size, None)
+    }
+
+    /// [`PostgresStore::connect`] whose TLS trusts `roots` (`tls.ca_file`) in place of the system roots.
+    pub fn connect_trusting(url: &str, pool_size: usize, roots: Option<&CaBundle>) -> Result<Self, StoreError> {
         let options = connect::parse(url).map_err(|e| StoreError::Backend(format!("store.postgres_url: {e}")))?;
-        let tls = connect::tls_config(&options).map_err(|e| StoreError::Backend(format!("store.postgres_url: {e}")))?;
+        let tls = connect::tls_config(&options, roots)
+            .map_err(|e| StoreError::Backend(format!("store.postgres_url: {e}")))?;
         let manager = Manager::from_config(
             options.config,
             connect::MakeTls(tokio_postgres_rustls::MakeRustlsConnect::new(tls)),

@@ -61,9 +61,14 @@ impl KmsMock {
     /// Starts the binary on a free port (`--listen 127.0.0.1:0`), credentials from the environment, a
     /// `--key` per entry of `keys` (`ALIAS[=UUID]`) and `seed` as its seed file; reads its startup lines.
     pub fn start_with(keys: &[String], seed: Option<&Value>) -> Self {
+        Self::start_with_args(keys, seed, &[])
+    }
+
+    /// [`KmsMock::start_with`] with more command-line arguments (e.g. `--security-token`).
+    pub fn start_with_args(keys: &[String], seed: Option<&Value>, args: &[&str]) -> Self {
         let dir = tempfile::tempdir().expect("tempdir");
         let mut command = Command::new(kms_mock_bin());
-        command.args(["--listen", "127.0.0.1:0"]);
+        command.args(["--listen", "127.0.0.1:0"]).args(args);
         for key in keys {
             command.args(["--key", key]);
         }
@@ -77,6 +82,7 @@ impl KmsMock {
             .env("KMS_MOCK_SK", SK)
             .env_remove("KMS_MOCK_STATE")
             .env_remove("KMS_MOCK_TOKEN")
+            .env_remove("KMS_MOCK_SECURITY_TOKEN")
             .stdout(Stdio::piped())
             .stderr(Stdio::null())
             .spawn()
@@ -121,7 +127,7 @@ impl KmsMock {
         self.configure(&mut config);
         config.kms.sk = None;
         config.kms.sk_file = Some(sk_file.to_owned());
-        kps::kms::from_config(&config.kms, false).expect("valid config").expect("a provider is configured")
+        kps::kms::from_config(&config.kms, false, None).expect("valid config").expect("a provider is configured")
     }
 
     /// The `kms.*` settings that make this mock kps's Huawei KMS (the credentials as values), as the

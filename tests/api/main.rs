@@ -25,6 +25,7 @@ mod limits;
 mod master_keyring;
 mod metrics;
 mod openapi;
+mod outgoing;
 mod paging;
 mod pg;
 mod pg_move;

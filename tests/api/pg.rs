@@ -207,6 +207,25 @@ impl PgServer {
         }
     }
 
+    /// Turns TLS on with a server certificate chain and its key (PEM) and restarts the server: TCP clients may
+    /// then use `sslmode=require|verify-ca|verify-full`.
+    pub fn enable_ssl(&mut self, cert_pem: &str, key_pem: &str) {
+        use std::os::unix::fs::PermissionsExt;
+        let data = self.data_dir();
+        for (name, text) in [("server.crt", cert_pem), ("server.key", key_pem)] {
+            let path = data.join(name);
+            std::fs::write(&path, text).expect("write");
+            std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600)).expect("chmod");
+            if self.as_postgres {
+                let output = Command::new("chown").arg("postgres:postgres").arg(&path).output().expect("chown");
+                assert!(output.status.success(), "chown: {}", String::from_utf8_lossy(&output.stderr));
+            }
+        }
+        self.append_conf("ssl = on\nssl_cert_file = 'server.crt'\nssl_key_file = 'server.key'\n");
+        self.stop();
+        self.restart();
+    }
+
     /// Whether the server is running (its postmaster.pid is there).
     pub fn is_running(&self) -> bool {
         self.data_dir().join("postmaster.pid").exists()

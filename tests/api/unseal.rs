@@ -363,7 +363,7 @@ async fn a_sealed_keyring_answers_503_kps_1801_for_default_custody_only_until_it
         Arc::new(kps::store::sled::SledStore::open(&dir.path().join("db")).expect("store"));
     let open = kps::app(Arc::new(kps::state(&config, Arc::clone(&store)).expect("state")));
     let slot = kps::custody::KeyringSlot::sealed();
-    let sealed = kps::app(Arc::new(kps::state_with_keyring(&config, store, slot.clone()).expect("state")));
+    let sealed = kps::app(Arc::new(kps::state_with_keyring(&config, store, slot.clone(), None).expect("state")));
 
     let headers = [("x-auth-token", "u:p"), ("content-type", "application/json")];
     let escrow = |name: &str| {

@@ -20,6 +20,7 @@ use sha2::{Digest, Sha256};
 use super::Caller;
 use crate::api::error::ApiError;
 use crate::metrics::CacheCounts;
+use crate::tls::CaBundle;
 
 /// Cached valid tokens at most, and as many invalid ones in a cache of their own.
 const CACHE_CAPACITY: u64 = 10_000;
@@ -49,15 +50,20 @@ impl std::fmt::Debug for Keystone {
 impl Keystone {
     /// `url` is the Keystone base URL, with or without a trailing `/v3`.
     pub fn new(url: &str, cache_ttl: Duration) -> Result<Self, String> {
+        Self::new_trusting(url, cache_ttl, None)
+    }
+
+    /// [`Keystone::new`] whose HTTPS trusts exactly `roots` (`tls.ca_file`) when given, else the system's roots.
+    pub fn new_trusting(url: &str, cache_ttl: Duration, roots: Option<&CaBundle>) -> Result<Self, String> {
         let rest = url.strip_prefix("https://").or_else(|| url.strip_prefix("http://"));
         if rest.is_none_or(str::is_empty) {
             return Err("must be an http:// or https:// URL".into());
         }
         let base = url.trim_end_matches('/');
         let base = base.strip_suffix("/v3").unwrap_or(base);
-        let client = reqwest::Client::builder()
-            .connect_timeout(CONNECT_TIMEOUT)
-            .timeout(REQUEST_TIMEOUT)
+        let builder = reqwest::Client::builder().connect_timeout(CONNECT_TIMEOUT).timeout(REQUEST_TIMEOUT);
+        let client = crate::tls::trusting(builder, roots)
+            .map_err(|e| e.to_string())?
             .build()
             .map_err(|e| format!("cannot build the HTTP client: {e}"))?;
         Ok(Self {

@@ -11,11 +11,15 @@
 //! | `verify-ca` | chain checked against the system roots | chain checked against the file |
 //! | `verify-full` | chain and host name checked against the system roots | chain and host name against the file |
 //!
+//! `tls.ca_file` (kps's CA bundle for outgoing TLS), when set, takes the place of "the system roots" in this
+//! table; a URL's own `sslrootcert` still wins, as it names this database's CA.
+//!
 //! A URL whose hosts are all Unix sockets uses no TLS, as libpq. The URL may carry a password: no error here quotes a value of it.
 
 use std::path::PathBuf;
 use std::sync::Arc;
 
+use crate::tls::CaBundle;
 use tokio_rustls::rustls::client::WebPkiServerVerifier;
 use tokio_rustls::rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
 use tokio_rustls::rustls::crypto::{CryptoProvider, verify_tls12_signature, verify_tls13_signature};
@@ -91,8 +95,9 @@ pub fn parse(url: &str) -> Result<ConnectOptions, String> {
     Ok(ConnectOptions { config, verify, root_cert })
 }
 
-/// The rustls configuration for `options` (ring, as the rest of kps).
-pub fn tls_config(options: &ConnectOptions) -> Result<ClientConfig, String> {
+/// The rustls configuration for `options` (ring, as the rest of kps). `roots` (`tls.ca_file`) replaces the
+/// system roots; `sslrootcert` beats both.
+pub fn tls_config(options: &ConnectOptions, roots: Option<&CaBundle>) -> Result<ClientConfig, String> {
     let provider = Arc::new(tokio_rustls::rustls::crypto::ring::default_provider());
     let builder = ClientConfig::builder_with_provider(Arc::clone(&provider))
         .with_safe_default_protocol_versions()
@@ -100,7 +105,7 @@ pub fn tls_config(options: &ConnectOptions) -> Result<ClientConfig, String> {
     let verifier: Arc<dyn ServerCertVerifier> = match options.verify {
         Verify::Nothing => Arc::new(AnyCertificate(provider)),
         Verify::Chain | Verify::Full => {
-            let roots = Arc::new(root_store(options.root_cert.as_deref())?);
+            let roots = Arc::new(root_store(options.root_cert.as_deref(), roots)?);
             let webpki = WebPkiServerVerifier::builder_with_provider(roots, provider)
                 .build()
                 .map_err(|e| format!("TLS: {e}"))?;
@@ -110,17 +115,18 @@ pub fn tls_config(options: &ConnectOptions) -> Result<ClientConfig, String> {
     Ok(builder.dangerous().with_custom_certificate_verifier(verifier).with_no_client_auth())
 }
 
-fn root_store(file: Option<&std::path::Path>) -> Result<RootCertStore, String> {
+fn root_store(file: Option<&std::path::Path>, ca_bundle: Option<&CaBundle>) -> Result<RootCertStore, String> {
     let mut roots = RootCertStore::empty();
-    match file {
-        Some(path) => {
+    match (file, ca_bundle) {
+        (Some(path), _) => {
             let shown = path.display();
             for cert in CertificateDer::pem_file_iter(path).map_err(|e| format!("sslrootcert {shown}: {e}"))? {
                 let cert = cert.map_err(|e| format!("sslrootcert {shown}: {e}"))?;
                 roots.add(cert).map_err(|e| format!("sslrootcert {shown}: {e}"))?;
             }
         }
-        None => {
+        (None, Some(bundle)) => roots = bundle.root_store(),
+        (None, None) => {
             let native = rustls_native_certs::load_native_certs();
             if let Some(error) = native.errors.first() {
                 tracing::warn!(%error, "store: reading the system's root certificates");
@@ -370,12 +376,36 @@ mod tests {
         for url in ["postgresql://db/kps?sslmode=require", "postgresql://db/kps?sslmode=verify-full"] {
             let options = parse(url).expect("parse");
             // The machine may have no system roots; then verify-full says so.
-            match tls_config(&options) {
+            match tls_config(&options, None) {
                 Ok(_) => {}
                 Err(error) => assert!(error.contains("no root certificates"), "{error}"),
             }
         }
         let missing = parse("postgresql://db/kps?sslmode=verify-full&sslrootcert=/nonexistent/ca.pem").expect("parse");
-        assert!(tls_config(&missing).expect_err("no file").contains("/nonexistent/ca.pem"));
+        assert!(tls_config(&missing, None).expect_err("no file").contains("/nonexistent/ca.pem"));
+    }
+
+    /// `tls.ca_file` takes the place of the system roots; a URL's sslrootcert still names its own CA.
+    #[test]
+    fn the_ca_bundle_replaces_the_system_roots_and_sslrootcert_beats_it() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let write_ca = |name: &str, count: usize| {
+            let mut pem = String::new();
+            for _ in 0..count {
+                let key = rcgen::KeyPair::generate().expect("key");
+                let mut params = rcgen::CertificateParams::new(Vec::<String>::new()).expect("params");
+                params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+                pem.push_str(&params.self_signed(&key).expect("cert").pem());
+            }
+            let path = dir.path().join(name);
+            std::fs::write(&path, pem).expect("write");
+            path
+        };
+        let bundle = CaBundle::load(&write_ca("bundle.pem", 3)).expect("bundle");
+        let own_ca = write_ca("db-ca.pem", 1);
+        assert_eq!(root_store(None, Some(&bundle)).expect("bundle").len(), 3);
+        assert_eq!(root_store(Some(&own_ca), Some(&bundle)).expect("sslrootcert").len(), 1);
+        let options = parse("postgresql://db/kps?sslmode=verify-full").expect("parse");
+        assert!(tls_config(&options, Some(&bundle)).is_ok(), "builds without any system root");
     }
 }
