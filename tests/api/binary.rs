@@ -227,3 +227,34 @@ fn the_server_process_is_not_dumpable() {
     assert_eq!(status.uid(), 0, "a dumpable server's /proc entries would belong to uid {server_uid}");
     assert!(server.stop().success());
 }
+
+/// Runs `kps serve` on `data_dir` with extra `KPS_*` variables, expecting it to refuse to start: its stderr.
+/// One still running after 60 s has started, which fails the test.
+pub fn refused_start(data_dir: &Path, env: &[(&str, &str)]) -> String {
+    let mut child = Command::new(env!("CARGO_BIN_EXE_kps"))
+        .args(["serve", "--listen", &format!("127.0.0.1:{}", free_port()), "--data-dir"])
+        .arg(data_dir)
+        .env_remove("KPS_CONFIG")
+        .env("KPS_LOG", "warn")
+        .envs(env.iter().copied())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn kps");
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let status = loop {
+        if let Some(status) = child.try_wait().expect("wait") {
+            break status;
+        }
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!("kps started instead of refusing");
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    let mut stderr = String::new();
+    std::io::Read::read_to_string(&mut child.stderr.take().expect("stderr"), &mut stderr).expect("read stderr");
+    assert!(!status.success(), "kps exited 0: {stderr}");
+    stderr
+}

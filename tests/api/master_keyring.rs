@@ -2,44 +2,13 @@
 //! sled): the real binary refuses to start with a missing or replaced `master.key`, never creating a new one
 //! for a store that has used one.
 
-use std::io::Read;
 use std::path::Path;
-use std::process::{Command, Stdio};
-use std::time::{Duration, Instant};
+use std::process::Command;
 
 use serde_json::json;
 
-use crate::binary::{Server, free_port};
+use crate::binary::Server;
 use crate::{ED25519_PRIVATE_KEY, ED25519_PUBLIC_KEY};
-
-/// `kps serve` that is expected to refuse to start: its stderr. One that is still running after 30 s has
-/// started, which fails the test.
-fn refused_start(data: &Path) -> String {
-    let mut child = Command::new(env!("CARGO_BIN_EXE_kps"))
-        .args(["serve", "--listen", &format!("127.0.0.1:{}", free_port()), "--data-dir"])
-        .arg(data)
-        .env("KPS_LOG", "warn")
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("spawn kps");
-    let deadline = Instant::now() + Duration::from_secs(30);
-    let status = loop {
-        if let Some(status) = child.try_wait().expect("wait") {
-            break status;
-        }
-        if Instant::now() > deadline {
-            let _ = child.kill();
-            let _ = child.wait();
-            panic!("kps started instead of refusing");
-        }
-        std::thread::sleep(Duration::from_millis(50));
-    };
-    let mut stderr = String::new();
-    child.stderr.take().expect("stderr").read_to_string(&mut stderr).expect("read stderr");
-    assert!(!status.success(), "kps exited 0: {stderr}");
-    stderr
-}
 
 fn escrow(server: &Server, name: &str) {
     let body = json!({"keypair": {"name": name, "public_key": ED25519_PUBLIC_KEY.trim_end(),
@@ -88,7 +57,7 @@ fn a_missing_keyring_refuses_to_start_and_is_not_recreated() {
     let original = std::fs::read(&keyring).expect("read");
 
     std::fs::rename(&keyring, data.join("master.key.misnamed")).expect("misname");
-    let stderr = refused_start(&data);
+    let stderr = crate::binary::refused_start(&data, &[]);
     assert!(stderr.contains("does not exist") && stderr.contains(&id), "{stderr}");
     assert!(!keyring.exists(), "no new keyring was created");
 
@@ -120,7 +89,7 @@ fn other_key_bytes_under_a_recorded_id_refuse_to_start_naming_the_id() {
     let first = if hex.starts_with('0') { '1' } else { '0' };
     let flipped = format!("{first}{}", &hex[1..]);
     std::fs::write(&keyring, text.replace(hex, &flipped)).expect("replace the key bytes");
-    let stderr = refused_start(&data);
+    let stderr = crate::binary::refused_start(&data, &[]);
     assert!(stderr.contains(&format!("other key bytes under master keys {id} ")), "{stderr}");
     assert!(!stderr.contains(hex) && !stderr.contains(&flipped), "never the key");
 }
@@ -184,7 +153,7 @@ fn a_store_from_before_verifiers_refuses_a_keyring_whose_bytes_do_not_open_its_e
     let first = if hex.starts_with('0') { '1' } else { '0' };
     std::fs::write(&keyring, original.replace(hex, &format!("{first}{}", &hex[1..]))).expect("other bytes");
 
-    let stderr = refused_start(&data);
+    let stderr = crate::binary::refused_start(&data, &[]);
     assert!(stderr.contains(&format!("other key bytes under master keys {id} than sealed")), "{stderr}");
     assert!(recorded(&data).is_empty(), "no verifier recorded for the wrong keyring");
 

@@ -5,9 +5,9 @@
 use std::net::SocketAddr;
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
+use std::process::Command;
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use axum::Router;
 use axum::http::HeaderMap;
@@ -269,35 +269,6 @@ async fn keystone_over_https_trusts_exactly_the_ca_file() {
     refused.assert_error(503, "KPS.2005", "The Keystone service is temporarily unavailable.");
 }
 
-/// Runs `kps serve` expecting it to refuse to start; its stderr.
-fn serve_refuses(data_dir: &Path, env: &[(&str, &str)]) -> String {
-    let mut child = Command::new(env!("CARGO_BIN_EXE_kps"))
-        .args(["serve", "--listen", "127.0.0.1:0", "--data-dir"])
-        .arg(data_dir)
-        .env_remove("KPS_CONFIG")
-        .envs(env.iter().copied())
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("spawn kps");
-    let deadline = Instant::now() + Duration::from_secs(30);
-    let status = loop {
-        if let Some(status) = child.try_wait().expect("wait") {
-            break status;
-        }
-        if Instant::now() > deadline {
-            let _ = child.kill();
-            let _ = child.wait();
-            panic!("kps started although it should have refused");
-        }
-        std::thread::sleep(Duration::from_millis(50));
-    };
-    assert!(!status.success());
-    let mut stderr = String::new();
-    std::io::Read::read_to_string(&mut child.stderr.take().expect("stderr"), &mut stderr).expect("stderr");
-    stderr
-}
-
 #[test]
 fn a_missing_empty_or_invalid_ca_file_refuses_to_start_and_fails_config_check() {
     let dir = tempfile::tempdir().expect("tempdir");
@@ -308,7 +279,7 @@ fn a_missing_empty_or_invalid_ca_file_refuses_to_start_and_fails_config_check() 
     let missing = dir.path().join("missing.pem");
     for file in [&empty, &not_a_cert, &missing] {
         let shown = file.display().to_string();
-        let stderr = serve_refuses(&dir.path().join("data"), &[("KPS_TLS_CA_FILE", &shown)]);
+        let stderr = crate::binary::refused_start(&dir.path().join("data"), &[("KPS_TLS_CA_FILE", &shown)]);
         assert!(stderr.contains(&shown) && stderr.contains("tls.ca_file"), "{stderr}");
 
         let check = Command::new(env!("CARGO_BIN_EXE_kps"))

@@ -4,17 +4,16 @@
 //! itself once the KMS is back; `kps master-key wrap|unwrap` convert both ways and keep the keys.
 
 use std::collections::BTreeMap;
-use std::io::Read;
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output, Stdio};
+use std::process::{Command, Output};
 use std::time::{Duration, Instant};
 
 use base64::Engine;
 use reqwest::blocking::{Client, Response};
 use serde_json::{Value, json};
 
-use crate::binary::{Server, free_port};
+use crate::binary::Server;
 use crate::kms::{ESCROW_ID, KmsMock};
 use crate::{ED25519_PRIVATE_KEY, ED25519_PUBLIC_KEY};
 
@@ -295,36 +294,6 @@ fn wrap_and_unwrap_keep_the_keys_and_refuse_a_keyring_already_in_that_form() {
     assert_eq!(std::fs::metadata(&keyring).expect("meta").permissions().mode() & 0o777, 0o600);
 }
 
-/// `kps serve` that must refuse to start: its stderr.
-fn refused_start(data: &Path, env: &[(&'static str, String)]) -> String {
-    let mut child = Command::new(env!("CARGO_BIN_EXE_kps"))
-        .args(["serve", "--listen", &format!("127.0.0.1:{}", free_port()), "--data-dir"])
-        .arg(data)
-        .env_remove("KPS_CONFIG")
-        .env("KPS_LOG", "warn")
-        .envs(env.iter().map(|(name, value)| (*name, value.as_str())))
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("spawn kps");
-    let deadline = Instant::now() + Duration::from_secs(60);
-    let status = loop {
-        if let Some(status) = child.try_wait().expect("wait") {
-            break status;
-        }
-        if Instant::now() > deadline {
-            let _ = child.kill();
-            let _ = child.wait();
-            panic!("kps started instead of refusing");
-        }
-        std::thread::sleep(Duration::from_millis(50));
-    };
-    let mut stderr = String::new();
-    child.stderr.take().expect("stderr").read_to_string(&mut stderr).expect("read stderr");
-    assert!(!status.success(), "kps exited 0: {stderr}");
-    stderr
-}
-
 #[test]
 fn a_permanent_kms_failure_or_a_plaintext_keyring_refuses_to_start() {
     let mock = kms_mock();
@@ -332,11 +301,11 @@ fn a_permanent_kms_failure_or_a_plaintext_keyring_refuses_to_start() {
     let parent = tempfile::tempdir().expect("tempdir");
     let data = parent.path().join("data");
 
-    let message = refused_start(&data, &env);
+    let message = crate::binary::refused_start(&data, &env.iter().map(|(k, v)| (*k, v.as_str())).collect::<Vec<_>>());
     assert!(message.contains("kps master-key generate --kms-key kps-master"), "{message}");
 
     succeeds(&kps(&["master-key", "generate"], &data, &env_of_plain(&env)));
-    let message = refused_start(&data, &env);
+    let message = crate::binary::refused_start(&data, &env.iter().map(|(k, v)| (*k, v.as_str())).collect::<Vec<_>>());
     assert!(message.contains("is plaintext") && message.contains("kps master-key wrap"), "{message}");
     let message = refused(&kps(&["config", "check"], &data, &env));
     assert!(message.contains("requires it wrapped"), "{message}");
@@ -346,7 +315,7 @@ fn a_permanent_kms_failure_or_a_plaintext_keyring_refuses_to_start() {
     assert!(report.contains("mode ok, wrapped by a KMS key"), "{report}");
     let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("runtime");
     runtime.block_on(mock.set_key_state(MASTER_ID, "3"));
-    let message = refused_start(&data, &env);
+    let message = crate::binary::refused_start(&data, &env.iter().map(|(k, v)| (*k, v.as_str())).collect::<Vec<_>>());
     assert!(message.contains(&format!("KMS key {MASTER_ID} is disabled")), "{message}");
 }
 
