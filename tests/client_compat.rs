@@ -8,6 +8,13 @@
 //! `python3` fails the test with instructions: these clients are part of what kps promises, so a machine
 //! that cannot run them must not report green. `KPS_SKIP_CLIENT_COMPAT=1` skips the test for quick local
 //! runs; `KPS_COMPAT_PYTHON` names another interpreter than `python3`.
+//!
+//! The second test fuzzes kps's own `/openapi.json` with schemathesis (`tests/compat/openapi_fuzz.py`, in
+//! its own venv `<target>/openapi-fuzz-venv` from `tests/compat/requirements-openapi.txt`): no server error
+//! but the documented 501s, no rejected schema-valid request, no accepted schema-violating request, and
+//! responses that match their schemas. It is bounded by a number of generated cases per operation
+//! (`KPS_OPENAPI_FUZZ_EXAMPLES`, default 100) with a fixed seed, and skipped with `KPS_SKIP_CLIENT_COMPAT=1`
+//! or `KPS_SKIP_OPENAPI_FUZZ=1`.
 
 use std::ffi::OsStr;
 use std::fs;
@@ -18,6 +25,14 @@ use std::thread;
 use std::time::{Duration, Instant, SystemTime};
 
 const SKIP_VAR: &str = "KPS_SKIP_CLIENT_COMPAT";
+const FUZZ_SKIP_VAR: &str = "KPS_SKIP_OPENAPI_FUZZ";
+const FUZZ_EXAMPLES_VAR: &str = "KPS_OPENAPI_FUZZ_EXAMPLES";
+/// Generated cases per operation and generation mode (schemathesis `--max-examples`): under a minute here.
+const FUZZ_EXAMPLES: &str = "100";
+const FUZZ_SEED: &str = "14";
+const FUZZ_VENV_DIR: &str = "openapi-fuzz-venv";
+/// A hard stop far above the expected minute; the bound that matters is the number of cases.
+const FUZZ_TIMEOUT: Duration = Duration::from_secs(10 * 60);
 const PYTHON_VAR: &str = "KPS_COMPAT_PYTHON";
 const VENV_DIR: &str = "compat-venv";
 const STAMP_FILE: &str = "kps-requirements.stamp";
@@ -40,7 +55,7 @@ fn python_openstack_clients_work_against_kps() {
     let python_version = python_version(&python);
 
     let started = Instant::now();
-    let venv = ensure_venv(&python, &python_version, repo, &target_dir(kps_bin));
+    let venv = ensure_venv(&python, &python_version, repo, &target_dir(kps_bin), "requirements.txt", VENV_DIR);
     println!("client_compat: venv {} ready in {:.1?}", venv.display(), started.elapsed());
 
     let started = Instant::now();
@@ -54,6 +69,41 @@ fn python_openstack_clients_work_against_kps() {
     let run = run_with_timeout(&mut pytest, PYTEST_TIMEOUT);
     println!("client_compat: pytest finished in {:.1?}\n{}", started.elapsed(), run.output);
     assert!(run.status.success(), "client-compatibility tests failed ({}); pytest output:\n{}", run.status, run.output);
+}
+
+#[test]
+fn openapi_document_survives_schemathesis() {
+    for var in [SKIP_VAR, FUZZ_SKIP_VAR] {
+        if std::env::var_os(var).is_some_and(|v| v == "1") {
+            println!("openapi_fuzz: skipped because {var}=1 (never set this in CI)");
+            return;
+        }
+    }
+    let repo = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let kps_bin = Path::new(env!("CARGO_BIN_EXE_kps"));
+    let python = std::env::var_os(PYTHON_VAR).map_or_else(|| PathBuf::from("python3"), PathBuf::from);
+    let python_version = python_version(&python);
+    let examples = std::env::var(FUZZ_EXAMPLES_VAR).unwrap_or_else(|_| FUZZ_EXAMPLES.to_owned());
+
+    let started = Instant::now();
+    let target = target_dir(kps_bin);
+    let venv = ensure_venv(&python, &python_version, repo, &target, "requirements-openapi.txt", FUZZ_VENV_DIR);
+    println!("openapi_fuzz: venv {} ready in {:.1?}", venv.display(), started.elapsed());
+
+    let started = Instant::now();
+    let mut fuzz = Command::new(venv.join("bin/python"));
+    fuzz.args(["tests/compat/openapi_fuzz.py", "--max-time", "0", "--seed", FUZZ_SEED, "--max-examples", &examples])
+        .current_dir(repo)
+        .env("KPS_BIN", kps_bin)
+        .env("PYTHONDONTWRITEBYTECODE", "1");
+    let run = run_with_timeout(&mut fuzz, FUZZ_TIMEOUT);
+    println!("openapi_fuzz: finished in {:.1?}\n{}", started.elapsed(), run.output);
+    assert!(
+        run.status.success(),
+        "schemathesis found problems in openapi.json ({}); output:\n{}",
+        run.status,
+        run.output
+    );
 }
 
 /// `<target>` from `<target>/<profile>/kps` (also right for the shared target directory of this repo).
@@ -82,15 +132,23 @@ fn python_version(python: &Path) -> String {
     String::from_utf8_lossy(&text).trim().to_string()
 }
 
-/// The venv at `<target>/compat-venv`, (re)built unless its stamp matches the requirements and Python.
-fn ensure_venv(python: &Path, python_version: &str, repo: &Path, target: &Path) -> PathBuf {
-    let requirements = repo.join("tests/compat/requirements.txt");
-    let contents = fs::read(&requirements).expect("read tests/compat/requirements.txt");
+/// The venv at `<target>/<venv_dir>` for `tests/compat/<requirements>`, (re)built unless its stamp matches
+/// the requirements and Python.
+fn ensure_venv(
+    python: &Path,
+    python_version: &str,
+    repo: &Path,
+    target: &Path,
+    requirements: &str,
+    venv_dir: &str,
+) -> PathBuf {
+    let requirements = repo.join("tests/compat").join(requirements);
+    let contents = fs::read(&requirements).unwrap_or_else(|e| panic!("read {}: {e}", requirements.display()));
     let stamp = format!("{:016x} {python_version}\n", fnv1a64(&[&contents, python_version.as_bytes()]));
-    let venv = target.join(VENV_DIR);
+    let venv = target.join(venv_dir);
     let stamp_path = venv.join(STAMP_FILE);
 
-    let _lock = DirLock::acquire(&target.join(format!("{VENV_DIR}.lock")));
+    let _lock = DirLock::acquire(&target.join(format!("{venv_dir}.lock")));
     if venv.join("bin/python").exists() && fs::read_to_string(&stamp_path).is_ok_and(|s| s == stamp) {
         return venv;
     }

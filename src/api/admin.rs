@@ -38,6 +38,10 @@ pub fn rewrap_options(value: &Value) -> Result<RewrapOptions, String> {
     if value.is_null() {
         return Ok(RewrapOptions::default());
     }
+    // serde also reads a struct from an array of its fields in order (`[]`, `[true]`); the body is an object.
+    if value.is_array() {
+        return Err("Invalid rewrap options: invalid type: sequence, expected struct RewrapOptions".into());
+    }
     let options: RewrapOptions =
         serde_json::from_value(value.clone()).map_err(|e| format!("Invalid rewrap options: {e}"))?;
     if options.to_default && options.to_kms_key.is_some() {
@@ -87,4 +91,21 @@ pub async fn backup(state: &AppState, call: &Call<'_>) -> Result<Response, ApiEr
     let mut response = Response::new(Body::from_stream(stream));
     response.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static("application/x-ndjson"));
     Ok(response)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn rewrap_options_are_an_object_or_nothing() {
+        assert_eq!(rewrap_options(&json!(null)), Ok(RewrapOptions::default()));
+        assert_eq!(rewrap_options(&json!({})), Ok(RewrapOptions::default()));
+        assert!(rewrap_options(&json!({"dry_run": true})).is_ok_and(|o| o.dry_run));
+        for bad in [json!([]), json!([true]), json!([false, "k", true]), json!(5), json!({"x": 1})] {
+            assert!(rewrap_options(&bad).is_err(), "{bad}");
+        }
+        assert!(rewrap_options(&json!({"to_default": true, "to_kms_key": "k"})).is_err());
+    }
 }
