@@ -244,6 +244,9 @@ async fn open_store_trusting(
 /// directory for sled), serves, then finishes in-flight requests and flushes the store.
 pub async fn serve(config: Config) -> Result<(), ServeError> {
     config.validate()?;
+    // SIGHUP is taken from the start (its default action would end the process): a reload while the store
+    // opens or the keyring is unwrapped waits for the certificate to be served, and then reloads it.
+    let hangups = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())?;
     let roots = outgoing_roots(&config)?;
     let (store, data_dir) = open_store_trusting(&config, roots.as_ref()).await?;
     let (state, sealed) = match read_master_keyring(&config, store.as_ref()).await? {
@@ -298,7 +301,7 @@ pub async fn serve(config: Config) -> Result<(), ServeError> {
         _ => None,
     };
     let tls = certificate.clone().map(tls::server_config).transpose()?;
-    reload_on_sighup(certificate, Arc::clone(&state.tls_reloads))?;
+    reload_on_sighup(hangups, certificate, Arc::clone(&state.tls_reloads));
 
     let addr = config.listen_addr()?;
     let listener = tokio::net::TcpListener::bind(addr)
@@ -340,15 +343,15 @@ pub async fn serve(config: Config) -> Result<(), ServeError> {
     Ok(())
 }
 
-/// Handles SIGHUP from now on: it reloads the TLS certificate and key files (`tls::ServerCertificate`), for
+/// Handles `hangups` (SIGHUP) from now on: it reloads the TLS certificate and key files (`tls::ServerCertificate`), for
 /// new handshakes only, while open connections go on; a reload that fails keeps the old certificate. Each
 /// outcome is logged and counted in `counts`. Without TLS a SIGHUP is logged and ignored. The admin
 /// listener (`admin_listen`) serves plain HTTP and has no certificate.
 fn reload_on_sighup(
+    mut hangups: tokio::signal::unix::Signal,
     certificate: Option<Arc<tls::ServerCertificate>>,
     counts: Arc<tls::ReloadCounts>,
-) -> std::io::Result<()> {
-    let mut hangups = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())?;
+) {
     tokio::spawn(async move {
         while hangups.recv().await.is_some() {
             let Some(certificate) = &certificate else {
@@ -368,7 +371,6 @@ fn reload_on_sighup(
             }
         }
     });
-    Ok(())
 }
 
 /// Serves until SIGTERM/SIGINT, then lets in-flight requests finish for at most `grace`.

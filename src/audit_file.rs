@@ -47,16 +47,21 @@ impl AuditFile {
     /// that its group or others may access is refused.
     pub fn open(path: &Path) -> Result<Self, AuditFileError> {
         let open_error = |source| AuditFileError::Open { path: path.to_owned(), source };
+        let existed = path.exists();
         let file = OpenOptions::new().append(true).create(true).mode(0o600).open(path).map_err(open_error)?;
         let mode = file.metadata().map_err(open_error)?.permissions().mode() & 0o777;
         if mode & 0o077 != 0 {
             return Err(AuditFileError::Permissions { path: path.to_owned(), mode });
         }
-        let length = file.metadata().map_err(open_error)?.len();
+        if !existed {
+            // The new entry itself must survive a crash, or the lines synced into it could vanish with it.
+            let parent = path.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
+            File::open(parent).and_then(|dir| dir.sync_all()).map_err(open_error)?;
+        }
         let (sender, receiver) = mpsc::channel();
         std::thread::Builder::new()
             .name("kps-audit-file".into())
-            .spawn(move || write_groups(file, length, &receiver))
+            .spawn(move || write_groups(file, &receiver))
             .map_err(open_error)?;
         Ok(Self { sender, path: path.to_owned() })
     }
@@ -97,7 +102,12 @@ impl AuditFile {
 }
 
 /// The writer thread: until every sender is gone, one write and one sync per group of waiting lines.
-fn write_groups(mut file: File, mut length: u64, receiver: &mpsc::Receiver<Pending>) {
+///
+/// A group that fails is cut off again (`set_len` to the length before it, synced), so the file holds whole
+/// lines only. Should that cut fail too, the file's end is unknown: every later line is refused rather than
+/// appended after a fragment.
+fn write_groups(mut file: File, receiver: &mpsc::Receiver<Pending>) {
+    let mut broken = false;
     while let Ok(first) = receiver.recv() {
         let mut group = vec![first];
         while group.len() < MAX_GROUP {
@@ -106,15 +116,12 @@ fn write_groups(mut file: File, mut length: u64, receiver: &mpsc::Receiver<Pendi
                 Err(_) => break,
             }
         }
-        let bytes: Vec<u8> = group.iter().flat_map(|pending| pending.line.iter().copied()).collect();
-        let written = file.write_all(&bytes).and_then(|()| file.sync_data());
-        match &written {
-            Ok(()) => length += bytes.len() as u64,
-            // Whatever part of the group reached the file goes: the trail holds whole lines only.
-            Err(_) => {
-                let _ = file.set_len(length);
-            }
-        }
+        let written = if broken {
+            Err(std::io::Error::other("a failed write could not be cut off the audit file; restart kps"))
+        } else {
+            let bytes: Vec<u8> = group.iter().flat_map(|pending| pending.line.iter().copied()).collect();
+            write_group(&mut file, &bytes, &mut broken)
+        };
         for pending in group {
             let answer = match &written {
                 Ok(()) => Ok(()),
@@ -123,6 +130,17 @@ fn write_groups(mut file: File, mut length: u64, receiver: &mpsc::Receiver<Pendi
             let _ = pending.done.send(answer);
         }
     }
+}
+
+/// Appends `bytes` with one write and one `fdatasync`. On failure the file is cut back to its length before
+/// (read each time: it may have been rotated by truncation); `broken` is set when even that fails.
+fn write_group(file: &mut File, bytes: &[u8], broken: &mut bool) -> std::io::Result<()> {
+    let length = file.metadata()?.len();
+    let written = file.write_all(bytes).and_then(|()| file.sync_data());
+    if written.is_err() && file.set_len(length).and_then(|()| file.sync_data()).is_err() {
+        *broken = true;
+    }
+    written
 }
 
 #[cfg(test)]
@@ -143,6 +161,17 @@ mod tests {
         let text = std::fs::read_to_string(&path).expect("read");
         assert_eq!(text.lines().count(), 51);
         assert!(text.starts_with("{\"earlier\":1}\n") && text.ends_with("}\n"));
+    }
+
+    #[tokio::test]
+    async fn a_file_truncated_by_rotation_is_appended_to_from_its_new_end() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("audit.jsonl");
+        let file = AuditFile::open(&path).expect("open");
+        file.append(b"{\"n\":1}".to_vec()).await.expect("appended");
+        std::fs::OpenOptions::new().write(true).open(&path).expect("open").set_len(0).expect("copytruncate");
+        file.append(b"{\"n\":2}".to_vec()).await.expect("appended");
+        assert_eq!(std::fs::read_to_string(&path).expect("read"), "{\"n\":2}\n");
     }
 
     #[test]

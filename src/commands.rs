@@ -43,8 +43,8 @@ pub enum CommandError {
 /// report returned. A running server picks the new current key up at its next start.
 ///
 /// A wrapped keyring stays wrapped: it is unwrapped (one KMS call), given the new key and wrapped again under
-/// `kms_key`, else under the KMS key it names. With `kms_key` a new keyring is created wrapped; a plaintext
-/// one is refused (`kps master-key wrap` converts it first).
+/// `kms_key`, else under the KMS key it names. With `kms_key` (default: `custody.master_key_kms_key`) a new
+/// keyring is created wrapped; a plaintext one is refused (`kps master-key wrap` converts it first).
 pub async fn master_key_generate(
     config: &Config,
     print: bool,
@@ -52,6 +52,8 @@ pub async fn master_key_generate(
 ) -> Result<zeroize::Zeroizing<String>, CommandError> {
     use crate::custody::keyring::{self, OnDisk};
     let path = config.master_key_path();
+    // With auto-unseal configured, a new keyring is never written in plaintext, flag or not.
+    let kms_key = kms_key.or(config.custody.master_key_kms_key.as_deref());
     if !print && !config.data_dir.exists() && config.custody.master_key_file.is_none() {
         std::fs::DirBuilder::new()
             .recursive(true)
@@ -399,9 +401,17 @@ pub fn config_check(config: &Config) -> Result<String, String> {
     let master_key = config.master_key_path();
     if config.custody.allow_default {
         if master_key.exists() {
-            let text =
-                secret_file::read_to_string(&master_key, allow_group).map_err(|e| format!("master keyring: {e}"))?;
-            let wrapped = crate::custody::wrapped_keyring::is_wrapped(&text) == Some(true);
+            // Read and parsed as serve reads it (a wrapped file's format and fields included).
+            let on_disk = crate::custody::keyring::read_on_disk(&master_key, allow_group)
+                .map_err(|e| format!("master keyring: {e}"))?;
+            let wrapped = matches!(on_disk, Some(crate::custody::keyring::OnDisk::Wrapped(_)));
+            if wrapped && config.kms.provider.is_none() {
+                return Err(format!(
+                    "master keyring {} is wrapped by a KMS key, but no KMS is configured (kms.provider): kps serve \
+                     could not unwrap it",
+                    master_key.display()
+                ));
+            }
             if let (false, Some(key)) = (wrapped, &config.custody.master_key_kms_key) {
                 return Err(format!(
                     "master keyring {} is plaintext, but custody.master_key_kms_key = {key:?} requires it wrapped \

@@ -65,6 +65,12 @@ impl Audit {
     /// Writes `line` to the log and the audit file. `Err` (KPS.9006) only with `audit.fail_closed` and a line
     /// that did not reach the file.
     async fn write(&self, line: &Line<'_>) -> Result<(), ApiError> {
+        let bytes = self.log(line)?;
+        self.append(bytes).await
+    }
+
+    /// Logs and counts `line`; its JSON for `audit.file`, if one is set.
+    fn log(&self, line: &Line<'_>) -> Result<Option<Vec<u8>>, ApiError> {
         tracing::info!(
             target: "kps::audit",
             action = line.action,
@@ -85,8 +91,16 @@ impl Audit {
             "custody action"
         );
         self.0.lines[line.outcome as usize].increment();
-        let Some(file) = &self.0.file else { return Ok(()) };
-        let bytes = serde_json::to_vec(line).map_err(|_| ApiError::internal())?;
+        match &self.0.file {
+            Some(_) => serde_json::to_vec(line).map(Some).map_err(|_| ApiError::internal()),
+            None => Ok(None),
+        }
+    }
+
+    /// Appends logged lines (`bytes`: one or more JSON lines, newline-separated) to `audit.file` in one write
+    /// and one sync: all of them or none.
+    async fn append(&self, bytes: Option<Vec<u8>>) -> Result<(), ApiError> {
+        let (Some(file), Some(bytes)) = (&self.0.file, bytes) else { return Ok(()) };
         match file.append(bytes).await {
             Ok(()) => Ok(()),
             Err(error) => {
@@ -266,18 +280,52 @@ pub async fn custody_action(
     Ok(())
 }
 
-/// The success lines of one batch export, one per key pair revealed; counted once.
+/// The success lines of one batch export, one per key pair revealed, written together (all or none); counted
+/// once.
 pub async fn batch_export(
     state: &AppState,
     caller: &Caller,
     records: &[Keypair],
     request_id: &str,
 ) -> Result<(), ApiError> {
+    let mut bytes: Option<Vec<u8>> = None;
     for record in records {
         let line = Line::new(CustodyAction::BatchExport.name(), Outcome::Success, Some(caller), request_id);
-        state.audit.write(&line.of_record(record)).await?;
+        if let Some(json) = state.audit.log(&line.of_record(record))? {
+            let joined = bytes.get_or_insert_with(Vec::new);
+            if !joined.is_empty() {
+                joined.push(b'\n');
+            }
+            joined.extend_from_slice(&json);
+        }
     }
+    state.audit.append(bytes).await?;
     state.metrics.record_custody(CustodyAction::BatchExport, records.len() as u64);
+    Ok(())
+}
+
+/// The success line of an escrowing create, with `undo` (deleting the new key pair) when the line cannot be
+/// written under `audit.fail_closed`. Both run in a task of their own, so that a request abandoned meanwhile
+/// (its timeout, a shutdown) cannot leave an escrow behind that the audit file does not name.
+pub async fn escrow_or_undo(
+    state: &AppState,
+    caller: &Caller,
+    record: &Keypair,
+    request_id: &str,
+    undo: impl std::future::Future<Output = ()> + Send + 'static,
+) -> Result<(), ApiError> {
+    let line = Line::new(CustodyAction::Escrow.name(), Outcome::Success, Some(caller), request_id).of_record(record);
+    let bytes = state.audit.log(&line)?;
+    let audit = state.audit.clone();
+    let written = tokio::spawn(async move {
+        let written = audit.append(bytes).await;
+        if written.is_err() {
+            undo.await;
+        }
+        written
+    });
+    written.await.map_err(|_| ApiError::internal())??;
+    state.metrics.record_custody(CustodyAction::Escrow, 0);
     Ok(())
 }
 

@@ -103,15 +103,9 @@ pub async fn create_and_audit(
             return Err(error);
         }
     };
-    if created.record.sealed.is_some()
-        && let Err(unaudited) =
-            audit::custody_action(state, caller, CustodyAction::Escrow, &created.record, request_id).await
-    {
-        let record = &created.record;
-        if let Err(error) = state.service.delete(&record.user_id, &record.project_id, &record.name).await {
-            tracing::error!(%error, keypair_id = record.id, "an unaudited escrow could not be deleted");
-        }
-        return Err(unaudited);
+    if created.record.sealed.is_some() {
+        let undo = state.service.undo_create(&created.record);
+        audit::escrow_or_undo(state, caller, &created.record, request_id, undo).await?;
     }
     Ok(created)
 }
@@ -129,9 +123,12 @@ pub async fn delete_and_audit(
     let loaded = authorize_record(state, caller, action, user)?.load(user, name).await?;
     let escrowed = match loaded {
         Some(record) => record.sealed.is_some(),
-        None if state.audit.writes_file() => {
-            state.service.get(user, &caller.project_id, name).await.is_ok_and(|record| record.sealed.is_some())
-        }
+        // A failed read counts as escrowed: the attempt line is written rather than skipped.
+        None if state.audit.writes_file() => match state.service.get(user, &caller.project_id, name).await {
+            Ok(record) => record.sealed.is_some(),
+            Err(ServiceError::NotFound { .. }) => false,
+            Err(_) => true,
+        },
         None => false,
     };
     let delete_escrowed = CustodyAction::DeleteEscrowed.name();

@@ -496,6 +496,10 @@ impl Config {
         if self.limits.request_timeout_s == 0 {
             return Err(invalid("limits.request_timeout_s", "0", "must be positive"));
         }
+        if self.audit.fail_closed && self.audit.file.is_none() {
+            // Fail-closed guards the writes to audit.file; without one it would promise what it cannot do.
+            return Err(invalid("audit.fail_closed", "true", "needs audit.file (the audit stream it guards)"));
+        }
         if self.limits.header_timeout_s == 0 {
             return Err(invalid("limits.header_timeout_s", "0", "must be positive"));
         }
@@ -721,6 +725,16 @@ mod tests {
         let mut config = config;
         config.auth.allow_noauth_remote = true;
         config.validate().expect("explicitly allowed");
+    }
+
+    #[test]
+    fn audit_fail_closed_needs_an_audit_file() {
+        let mut config = Config::default();
+        config.audit.fail_closed = true;
+        let error = config.validate().expect_err("no file");
+        assert!(error.to_string().contains("needs audit.file"), "{error}");
+        config.audit.file = Some(PathBuf::from("/var/log/kps/audit.jsonl"));
+        config.validate().expect("with a file");
     }
 
     #[test]

@@ -268,6 +268,23 @@ impl KeypairService {
         }
     }
 
+    /// Undoes the create of `record` (its audit line could not be written): a future that owns what it needs,
+    /// so that it can run to its end in a task of its own. A failure is logged: nothing else can be done.
+    pub fn undo_create(&self, record: &Keypair) -> impl std::future::Future<Output = ()> + Send + 'static {
+        let repo = self.repo.clone();
+        let (user_id, project_id, name, id) =
+            (record.user_id.clone(), record.project_id.clone(), record.name.clone(), record.id);
+        async move {
+            match repo.delete(&user_id, &project_id, &name).await {
+                Ok(_) => {
+                    tracing::warn!(keypair_id = id, "a key pair whose audit line was not written was deleted again")
+                }
+                Err(error) => tracing::error!(%error, keypair_id = id, "a key pair whose audit line was not written \
+                    could not be deleted"),
+            }
+        }
+    }
+
     /// Deletes the key pair `name` visible to `user_id` in `project_id`, with its name-index entry. Returns
     /// the deleted record (the audit log notes whether it held an escrowed key).
     pub async fn delete(&self, user_id: &str, project_id: &str, name: &str) -> Result<Keypair, ServiceError> {

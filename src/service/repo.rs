@@ -54,6 +54,7 @@ impl<E: Into<ServiceError>> From<E> for InsertError {
     }
 }
 
+#[derive(Clone)]
 pub struct Repo {
     store: Arc<dyn Store>,
 }

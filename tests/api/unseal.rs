@@ -292,6 +292,11 @@ fn wrap_and_unwrap_keep_the_keys_and_refuse_a_keyring_already_in_that_form() {
         assert_eq!(unwrapped.get(id), Some(key), "{id} kept its bytes");
     }
     assert_eq!(std::fs::metadata(&keyring).expect("meta").permissions().mode() & 0o777, 0o600);
+
+    // With custody.master_key_kms_key set, a plain generate makes a new keyring wrapped, never plaintext.
+    let other = parent.path().join("other");
+    succeeds(&kps(&["master-key", "generate"], &other, &with_master_key(&mock)));
+    assert_wrapped(&other.join("master.key"));
 }
 
 #[test]
@@ -301,11 +306,11 @@ fn a_permanent_kms_failure_or_a_plaintext_keyring_refuses_to_start() {
     let parent = tempfile::tempdir().expect("tempdir");
     let data = parent.path().join("data");
 
-    let message = crate::binary::refused_start(&data, &env.iter().map(|(k, v)| (*k, v.as_str())).collect::<Vec<_>>());
+    let message = crate::binary::refused_start(&data, &borrowed(&env));
     assert!(message.contains("kps master-key generate --kms-key kps-master"), "{message}");
 
     succeeds(&kps(&["master-key", "generate"], &data, &env_of_plain(&env)));
-    let message = crate::binary::refused_start(&data, &env.iter().map(|(k, v)| (*k, v.as_str())).collect::<Vec<_>>());
+    let message = crate::binary::refused_start(&data, &borrowed(&env));
     assert!(message.contains("is plaintext") && message.contains("kps master-key wrap"), "{message}");
     let message = refused(&kps(&["config", "check"], &data, &env));
     assert!(message.contains("requires it wrapped"), "{message}");
@@ -313,9 +318,11 @@ fn a_permanent_kms_failure_or_a_plaintext_keyring_refuses_to_start() {
     succeeds(&kps(&["master-key", "wrap"], &data, &env));
     let report = succeeds(&kps(&["config", "check"], &data, &env));
     assert!(report.contains("mode ok, wrapped by a KMS key"), "{report}");
+    let message = refused(&kps(&["config", "check"], &data, &[]));
+    assert!(message.contains("no KMS is configured"), "a wrapped keyring needs the KMS: {message}");
     let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("runtime");
     runtime.block_on(mock.set_key_state(MASTER_ID, "3"));
-    let message = crate::binary::refused_start(&data, &env.iter().map(|(k, v)| (*k, v.as_str())).collect::<Vec<_>>());
+    let message = crate::binary::refused_start(&data, &borrowed(&env));
     assert!(message.contains(&format!("KMS key {MASTER_ID} is disabled")), "{message}");
 }
 
