@@ -163,11 +163,17 @@ impl CaBundle {
         tls.ca_file.as_deref().map(Self::load).transpose()
     }
 
-    /// Reads a PEM bundle: a missing or unreadable file, one without a certificate, or one whose certificate
-    /// is malformed or unusable as a trust anchor is an error naming the file.
+    /// Reads the PEM bundle of `tls.ca_file`: a missing or unreadable file, one without a certificate, or one
+    /// whose certificate is malformed or unusable as a trust anchor is an error naming the file.
     pub fn load(path: &Path) -> Result<Self, TlsError> {
+        Self::read(path, "tls.ca_file")
+    }
+
+    /// [`CaBundle::load`] for a bundle named by another `setting` (PostgreSQL's `sslrootcert`), which the
+    /// errors name.
+    pub fn read(path: &Path, setting: &str) -> Result<Self, TlsError> {
         let file_error =
-            |message: String| TlsError::File { path: path.into(), message: format!("tls.ca_file: {message}") };
+            |message: String| TlsError::File { path: path.into(), message: format!("{setting}: {message}") };
         let certs: Vec<CertificateDer<'static>> = CertificateDer::pem_file_iter(path)
             .map_err(|e| file_error(e.to_string()))?
             .collect::<Result<_, _>>()
@@ -232,6 +238,19 @@ pub fn trusting(builder: reqwest::ClientBuilder, roots: Option<&CaBundle>) -> Re
     }
 }
 
+/// `count` fresh self-signed CA certificates as one PEM text (the unit tests' bundles).
+#[cfg(test)]
+pub(crate) fn test_ca_pem(count: usize) -> String {
+    let mut pem = String::new();
+    for _ in 0..count {
+        let key = rcgen::KeyPair::generate().expect("key");
+        let mut params = rcgen::CertificateParams::new(Vec::<String>::new()).expect("params");
+        params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+        pem.push_str(&params.self_signed(&key).expect("cert").pem());
+    }
+    pem
+}
+
 #[cfg(test)]
 mod tests {
     use std::os::unix::fs::PermissionsExt;
@@ -280,15 +299,8 @@ mod tests {
 
     /// A PEM file holding `count` self-signed CA certificates.
     fn ca_file(dir: &Path, count: usize) -> PathBuf {
-        let mut pem = String::new();
-        for _ in 0..count {
-            let key = rcgen::KeyPair::generate().expect("key");
-            let mut params = rcgen::CertificateParams::new(Vec::<String>::new()).expect("params");
-            params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
-            pem.push_str(&params.self_signed(&key).expect("cert").pem());
-        }
         let path = dir.join(format!("ca-{count}.pem"));
-        std::fs::write(&path, pem).expect("write");
+        std::fs::write(&path, test_ca_pem(count)).expect("write");
         path
     }
 
@@ -317,7 +329,7 @@ mod tests {
         let cases = [
             (dir.path().join("missing.pem"), "No such file"),
             (write("empty.pem", ""), "no CERTIFICATE"),
-            (write("key-only.pem", "-----BEGIN PRIVATE KEY-----\nAAAA\n-----END PRIVATE KEY-----\n"), "no CERTIFICATE"),
+            (write("key-only.pem", &rcgen::KeyPair::generate().expect("key").serialize_pem()), "no CERTIFICATE"),
             (write("bad-der.pem", "-----BEGIN CERTIFICATE-----\nAAAA\n-----END CERTIFICATE-----\n"), "certificate 1"),
             (write("bad-base64.pem", "-----BEGIN CERTIFICATE-----\n!!!!\n-----END CERTIFICATE-----\n"), "tls.ca_file"),
         ];

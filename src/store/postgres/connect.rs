@@ -23,7 +23,6 @@ use crate::tls::CaBundle;
 use tokio_rustls::rustls::client::WebPkiServerVerifier;
 use tokio_rustls::rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
 use tokio_rustls::rustls::crypto::{CryptoProvider, verify_tls12_signature, verify_tls13_signature};
-use tokio_rustls::rustls::pki_types::pem::PemObject;
 use tokio_rustls::rustls::pki_types::{CertificateDer, ServerName, UnixTime};
 use tokio_rustls::rustls::{CertificateError, ClientConfig, DigitallySignedStruct, Error as TlsError, RootCertStore};
 
@@ -118,13 +117,7 @@ pub fn tls_config(options: &ConnectOptions, roots: Option<&CaBundle>) -> Result<
 fn root_store(file: Option<&std::path::Path>, ca_bundle: Option<&CaBundle>) -> Result<RootCertStore, String> {
     let mut roots = RootCertStore::empty();
     match (file, ca_bundle) {
-        (Some(path), _) => {
-            let shown = path.display();
-            for cert in CertificateDer::pem_file_iter(path).map_err(|e| format!("sslrootcert {shown}: {e}"))? {
-                let cert = cert.map_err(|e| format!("sslrootcert {shown}: {e}"))?;
-                roots.add(cert).map_err(|e| format!("sslrootcert {shown}: {e}"))?;
-            }
-        }
+        (Some(path), _) => roots = CaBundle::read(path, "sslrootcert").map_err(|e| e.to_string())?.root_store(),
         (None, Some(bundle)) => roots = bundle.root_store(),
         (None, None) => {
             let native = rustls_native_certs::load_native_certs();
@@ -390,15 +383,8 @@ mod tests {
     fn the_ca_bundle_replaces_the_system_roots_and_sslrootcert_beats_it() {
         let dir = tempfile::tempdir().expect("tempdir");
         let write_ca = |name: &str, count: usize| {
-            let mut pem = String::new();
-            for _ in 0..count {
-                let key = rcgen::KeyPair::generate().expect("key");
-                let mut params = rcgen::CertificateParams::new(Vec::<String>::new()).expect("params");
-                params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
-                pem.push_str(&params.self_signed(&key).expect("cert").pem());
-            }
             let path = dir.path().join(name);
-            std::fs::write(&path, pem).expect("write");
+            std::fs::write(&path, crate::tls::test_ca_pem(count)).expect("write");
             path
         };
         let bundle = CaBundle::load(&write_ca("bundle.pem", 3)).expect("bundle");
