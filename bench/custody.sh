@@ -11,11 +11,9 @@ ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 export BENCH_DIR=$ROOT/bench
 DURATION=${BENCH_DURATION:-5s}
 ROUNDS=${BENCH_ROUNDS:-3}
-TMP=$(mktemp -d)
-PIDS=()
-cleanup() { for pid in "${PIDS[@]}"; do kill "$pid" 2>/dev/null || true; done; rm -rf "$TMP"; }
-trap cleanup EXIT
-free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
+# shellcheck source=bench/lib.sh
+source "$BENCH_DIR/lib.sh"
+temp_dir_and_servers
 
 [ -n "${BENCH_SKIP_BUILD:-}" ] || (cd "$ROOT" && cargo build --release -p kps -p kms-mock --bins >/dev/null 2>&1)
 BIN=${CARGO_TARGET_DIR:-$ROOT/target}/release

@@ -315,16 +315,18 @@ pub async fn escrow_or_undo(
     undo: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> Result<(), ApiError> {
     let line = Line::new(CustodyAction::Escrow.name(), Outcome::Success, Some(caller), request_id).of_record(record);
-    let bytes = state.audit.log(&line)?;
-    let audit = state.audit.clone();
-    let written = tokio::spawn(async move {
-        let written = audit.append(bytes).await;
-        if written.is_err() {
-            undo.await;
-        }
-        written
-    });
-    written.await.map_err(|_| ApiError::internal())??;
+    // Without audit.file the line is in the log already and nothing can fail: no task needed.
+    if let Some(bytes) = state.audit.log(&line)? {
+        let audit = state.audit.clone();
+        let written = tokio::spawn(async move {
+            let written = audit.append(Some(bytes)).await;
+            if written.is_err() {
+                undo.await;
+            }
+            written
+        });
+        written.await.map_err(|_| ApiError::internal())??;
+    }
     state.metrics.record_custody(CustodyAction::Escrow, 0);
     Ok(())
 }

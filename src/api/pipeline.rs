@@ -157,12 +157,10 @@ async fn handle(
         return answer;
     }
 
-    // A custody route: its refusals and its attempt are audited (`audit`), whoever is asking.
-    let audited = matched
-        .as_ref()
-        .and_then(|route| route.operation(&parts.method))
-        .and_then(|operation| operation.action)
-        .and_then(audit::audited_route);
+    // The route's row for this method (looked up once: step 3 answers when there is none). A custody route's
+    // refusals and attempt are audited (`audit`), whoever is asking.
+    let operation = matched.as_ref().and_then(|route| route.operation(&parts.method));
+    let audited = operation.and_then(|operation| operation.action).and_then(audit::audited_route);
     let path_name = audited.and(matched.as_ref()).and_then(|route| route.params.name.clone());
 
     // 2. Authentication for every API path, routed or not.
@@ -207,7 +205,7 @@ async fn handle(
 
     // 3. Routing: 404, then 405 with Allow, then the operations that need servers.
     let Some(matched) = matched else { return ApiError::not_found_route().into_response() };
-    let Some(operation) = matched.operation(&parts.method) else {
+    let Some(operation) = operation else {
         let mut response = ApiError::method_not_allowed(parts.method.as_str()).into_response();
         let allow = matched.allowed_methods().iter().map(Method::as_str).collect::<Vec<_>>().join(", ");
         if let Ok(value) = HeaderValue::from_str(&allow) {

@@ -403,16 +403,22 @@ async fn the_mock_refuses_a_security_token_outside_the_signature() {
 // -------------------------------------------------------------------------------------------------------
 // AWS session token
 
+/// The AWS provider at `endpoint` with a static key (the tests add the session token their way).
+fn aws_config(endpoint: &str) -> Config {
+    let mut config = Config::default();
+    config.kms.provider = Some("aws".into());
+    config.kms.endpoint = Some(endpoint.to_owned());
+    config.kms.region = Some("us-east-1".into());
+    config.kms.ak = Some("AKIDEXAMPLE".into());
+    config.kms.sk = Some(SecretString::from("aws-secret-never-sent"));
+    config
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn aws_session_token_is_sent_as_x_amz_security_token_and_signed() {
     const SESSION: &str = "FwoGZXIvYXdzEXAMPLESESSIONTOKEN";
     let capture = CapturingAws::start().await;
-    let mut config = Config::default();
-    config.kms.provider = Some("aws".into());
-    config.kms.endpoint = Some(capture.endpoint.clone());
-    config.kms.region = Some("us-east-1".into());
-    config.kms.ak = Some("AKIDEXAMPLE".into());
-    config.kms.sk = Some(SecretString::from("aws-secret-never-sent"));
+    let mut config = aws_config(&capture.endpoint);
     config.kms.security_token = Some(SecretString::from(SESSION));
     let kms = kps::kms::from_config(&config.kms, false, None).expect("valid").expect("aws");
     let error = kms.resolve(&KeyRef::Alias("kps-escrow".into())).await.expect_err("no such key");
@@ -469,12 +475,7 @@ async fn a_renewed_aws_session_token_file_is_used_without_a_restart() {
     let dir = tempfile::tempdir().expect("tempdir");
     let token_file = dir.path().join("session.token");
     renew(&token_file, "session-one\n");
-    let mut config = Config::default();
-    config.kms.provider = Some("aws".into());
-    config.kms.endpoint = Some(capture.endpoint.clone());
-    config.kms.region = Some("us-east-1".into());
-    config.kms.ak = Some("AKIDEXAMPLE".into());
-    config.kms.sk = Some(SecretString::from("aws-secret-never-sent"));
+    let mut config = aws_config(&capture.endpoint);
     config.kms.security_token_file = Some(token_file.clone());
     let kms = kps::kms::from_config(&config.kms, false, None).expect("valid").expect("aws");
     let alias = KeyRef::Alias("kps-escrow".into());

@@ -681,6 +681,18 @@ mod tests {
         Caller { user_id: fields[0].into(), project_id: fields[1].into(), roles }
     }
 
+    /// Each `(action, caller token, target, expected)` decided as expected.
+    fn assert_decisions(policy: &Policy, cases: &[(Action, &str, Target<'_>, Decision)]) {
+        for (action, who, target, expected) in cases {
+            assert_eq!(
+                policy.decide(*action, &caller(who), target),
+                *expected,
+                "{} by {who} on {target:?}",
+                action.name()
+            );
+        }
+    }
+
     fn from_toml(text: &str) -> Result<Policy, PolicyError> {
         Policy::from_toml(text, Path::new("policy.toml"))
     }
@@ -780,14 +792,7 @@ mod tests {
             (Action::AdminBackup, ALICE, Target::nothing(), Deny),
             (Action::AdminRewrap, "x:p:member,reader", Target::nothing(), Deny),
         ];
-        for (action, who, target, expected) in cases {
-            assert_eq!(
-                policy.decide(action, &caller(who), &target),
-                expected,
-                "{} by {who} on {target:?}",
-                action.name()
-            );
-        }
+        assert_decisions(&policy, &cases);
     }
 
     #[test]
@@ -967,14 +972,7 @@ mod tests {
             // The actions the file does not name keep kps's defaults.
             (Action::Show, BOB, Target::keypair(&domain_key), Allow),
         ];
-        for (action, who, target, expected) in cases {
-            assert_eq!(
-                policy.decide(action, &caller(who), &target),
-                expected,
-                "{} by {who} on {target:?}",
-                action.name()
-            );
-        }
+        assert_decisions(&policy, &cases);
     }
 
     #[test]
