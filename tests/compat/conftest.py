@@ -29,8 +29,6 @@ import subprocess
 import sys
 import tempfile
 import time
-import urllib.error
-import urllib.request
 import uuid
 from dataclasses import dataclass
 from pathlib import Path
@@ -40,6 +38,10 @@ from keystoneauth1 import session as ks_session
 from keystoneauth1 import token_endpoint
 from novaclient import api_versions
 from novaclient import client as nova_client
+
+from localserver import die_with_parent as _die_with_parent
+from localserver import free_port as _free_port
+from localserver import healthy as _healthy
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 STARTUP_TIMEOUT_S = 60
@@ -82,31 +84,6 @@ def _kps_binary() -> Path:
     if not path.is_file():
         pytest.exit(f"kps binary not found at {path} (build it or set KPS_BIN)", returncode=2)
     return path
-
-
-def _free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
-def _healthy(base_url: str) -> bool:
-    try:
-        with urllib.request.urlopen(f"{base_url}/healthz", timeout=2) as resp:
-            return resp.status == 200
-    except (urllib.error.URLError, OSError):
-        return False
-
-
-def _die_with_parent() -> None:
-    """Runs in the kps child before exec: if pytest is killed, the kernel sends kps SIGTERM."""
-    try:
-        import ctypes
-
-        pr_set_pdeathsig = 1
-        ctypes.CDLL(None, use_errno=True).prctl(pr_set_pdeathsig, signal.SIGTERM)
-    except (OSError, AttributeError):
-        pass  # not Linux: the session teardown still stops kps
 
 
 def pytest_configure(config):

@@ -15,14 +15,13 @@ import argparse
 import os
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
 import time
-import urllib.error
-import urllib.request
 from pathlib import Path
+
+from localserver import free_port, healthy
 
 HERE = Path(__file__).resolve().parent
 REPO_ROOT = HERE.parents[1]
@@ -30,20 +29,6 @@ CONFIG = Path(os.environ.get("KPS_OPENAPI_FUZZ_CONFIG", HERE / "schemathesis.tom
 STARTUP_TIMEOUT_S = 60
 SHUTDOWN_TIMEOUT_S = 30
 START_ATTEMPTS = 5
-
-
-def free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
-def healthy(base_url: str) -> bool:
-    try:
-        with urllib.request.urlopen(f"{base_url}/healthz", timeout=2) as resp:
-            return resp.status == 200
-    except (urllib.error.URLError, OSError):
-        return False
 
 
 def start_kps(binary: Path, workdir: Path) -> tuple[subprocess.Popen, str, Path]:
